@@ -1,0 +1,5 @@
+export { ArkError, ExitError } from './ark-error.ts';
+export { ExitCode } from './exit-codes.ts';
+export { runCli, reportError } from './run-cli.ts';
+export { ProgressBar, formatBytes } from './progress-bar.ts';
+export { colour, wantsColour } from './terminal.ts';

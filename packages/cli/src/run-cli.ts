@@ -1,0 +1,43 @@
+import type { CAC } from 'cac';
+import { ArkError, ExitError } from './ark-error.ts';
+import { ExitCode } from './exit-codes.ts';
+import { colour } from './terminal.ts';
+
+/**
+ * Parses argv with a cac program and runs the matched command; maps errors to
+ * exit codes: ArkError → one line (and a hint) on stderr, usage errors → 2,
+ * anything else is a bug and keeps its stack.
+ */
+export async function runCli(cli: CAC, argv: string[] = process.argv): Promise<void> {
+  const name = cli.name;
+  try {
+    cli.parse(argv, { run: false });
+    if (cli.options.help || cli.options.version) return;
+    if (!cli.matchedCommand) {
+      const unknown = cli.args[0];
+      throw new ArkError('USAGE', unknown ? `unknown command or argument '${unknown}'` : 'missing arguments', {
+        hint: `run '${name} --help'`,
+        exitCode: ExitCode.usage,
+      });
+    }
+    await cli.runMatchedCommand();
+  } catch (error) {
+    process.exitCode = reportError(name, error);
+  }
+}
+
+export function reportError(name: string, error: unknown): number {
+  if (error instanceof ExitError) return error.exitCode;
+  if (error instanceof ArkError) {
+    process.stderr.write(`${colour.red(`${name}:`)} ${error.message}\n`);
+    if (error.hint) process.stderr.write(`${colour.dim(`${name}: hint:`)} ${error.hint}\n`);
+    return error.exitCode;
+  }
+  // cac raises CACError for unknown options and missing arguments
+  if (error instanceof Error && error.name === 'CACError') {
+    process.stderr.write(`${name}: ${error.message}\n${name}: hint: run '${name} --help'\n`);
+    return ExitCode.usage;
+  }
+  process.stderr.write(`${name}: internal error (a bug; please report it):\n${error instanceof Error ? error.stack : String(error)}\n`);
+  return ExitCode.failure;
+}

@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# Installs everything ark needs on a Debian 12 host, idempotently:
+# Debian packages, Node.js 24 (from the npm registry) when the host's is older,
+# pnpm, the workspace's dependencies, the guest kernel (Debian's cloud kernel,
+# unpacked into a cache, never installed on the host) and the ark-* binaries on PATH.
+# Both README commands call it; a second run does nothing new.
+set -euo pipefail
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+ark_cache=${ARK_CACHE:-/var/cache/ark}
+node_prefix=/opt/ark/node
+bin_dir=/usr/local/bin
+
+say() { printf 'bootstrap: %s\n' "$*" >&2; }
+
+if [ "$(id -u)" != 0 ]; then
+  say "run me as root (I install Debian packages and create network namespaces)"
+  exit 1
+fi
+
+debs=(
+  qemu-system-x86 qemu-utils e2fsprogs busybox-static tini cpio kmod util-linux
+  iproute2 nftables ca-certificates curl xz-utils zstd
+  docker-registry skopeo umoci
+  nbdkit libnbd-bin fuse3 gnutls-bin
+  redis-server redis-tools
+)
+missing=()
+for p in "${debs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  say "installing Debian packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  # policy-rc.d keeps package services (redis, docker-registry) from starting on install
+  printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  rm -f /usr/sbin/policy-rc.d
+fi
+
+node_major() { "$1" -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0; }
+if [ "$(node_major "$(command -v node || echo node)")" -lt 24 ]; then
+  if [ ! -x "$node_prefix/node_modules/node/bin/node" ] || [ "$(node_major "$node_prefix/node_modules/node/bin/node")" -lt 24 ]; then
+    say "installing Node.js 24 from the npm registry into $node_prefix"
+    mkdir -p "$node_prefix"
+    npm install --silent --no-audit --no-fund --prefix "$node_prefix" node@24 >/dev/null
+  fi
+  ln -sf "$node_prefix/node_modules/node/bin/node" "$bin_dir/node"
+  hash -r
+fi
+if ! command -v pnpm >/dev/null || [ "$(pnpm --version | cut -d. -f1)" != 10 ]; then
+  say "installing pnpm"
+  npm install --silent --no-audit --no-fund -g --prefix /usr/local pnpm@10 >/dev/null
+  hash -r
+fi
+
+# The guest kernel: Debian's cloud kernel, unpacked into the cache.
+kdir="$ark_cache/kernel"
+if [ ! -e "$kdir/current/vmlinuz" ]; then
+  pkg=$(apt-cache depends linux-image-cloud-amd64 | awk '/Depends: linux-image-/ {print $2; exit}')
+  say "fetching the guest kernel $pkg"
+  tmp=$(mktemp -d)
+  (cd "$tmp" && chmod 777 . && apt-get download -qq "$pkg" >/dev/null)
+  mkdir -p "$kdir/$pkg.tmp"
+  dpkg-deb -x "$tmp"/*.deb "$kdir/$pkg.tmp"
+  rm -rf "$tmp"
+  kver=$(ls "$kdir/$pkg.tmp/lib/modules")
+  ln -sf "boot/vmlinuz-$kver" "$kdir/$pkg.tmp/vmlinuz"
+  ln -sf "lib/modules/$kver" "$kdir/$pkg.tmp/modules"
+  rm -rf "$kdir/$pkg" && mv "$kdir/$pkg.tmp" "$kdir/$pkg"
+  ln -sfn "$pkg" "$kdir/current"
+fi
+
+cd "$root"
+say "installing workspace dependencies"
+CI=true pnpm install --frozen-lockfile --reporter=silent 2>/dev/null || CI=true pnpm install --reporter=silent
+
+for bin in packages/*/bin/ark-*.ts; do
+  [ -e "$bin" ] || continue
+  chmod +x "$bin"
+  ln -sf "$root/$bin" "$bin_dir/$(basename "$bin" .ts)"
+done
+say "ready"
