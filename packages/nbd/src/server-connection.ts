@@ -1,0 +1,816 @@
+import type { Duplex } from 'node:stream';
+import type { BufferPool } from './buffer-pool.ts';
+import { type Extent, kindToFlags } from './extent.ts';
+import { errnoName, toErrno } from './nbd-error.ts';
+import type { BlockSizeConstraints, NbdExport } from './nbd-export.ts';
+import {
+  BASE_ALLOCATION,
+  ClientFlag,
+  Command,
+  CommandFlag,
+  Errno,
+  HandshakeFlag,
+  Info,
+  MAX_PAYLOAD,
+  Option,
+  OptionReply,
+  REQUEST_HEADER_SIZE,
+  ReplyFlag,
+  ReplyType,
+  SIMPLE_REPLY_MAGIC,
+  STRUCTURED_REPLY_MAGIC,
+  TransmissionFlag,
+  nameOf,
+} from './protocol-constants.ts';
+import { ByteQueue } from './byte-queue.ts';
+import { type PskLookup, startServerTls } from './tls-psk.ts';
+import { type RequestHeader, decodeString, parseExportQuery, parseMetaContextQuery, parseRequestHeader } from './wire-parsers.ts';
+
+/** Resource bounds per connection and server; every one of them defends against a hostile client. */
+export interface NbdServerLimits {
+  /** options a client may send before the server hangs up (default 4096) */
+  maxOptions: number;
+  /** bytes of one option's data (default 64 KiB) */
+  maxOptionLength: number;
+  /** requests being served at once on one connection; reading pauses beyond it (default 128) */
+  maxInflightRequests: number;
+  /** payload bytes being served at once on one connection (default 64 MiB) */
+  maxInflightBytes: number;
+  /** connections at once; more are refused (default 1024) */
+  maxConnections: number;
+  /** time to reach the transmission phase (default 30 s) */
+  handshakeTimeoutMs: number;
+}
+
+export const DEFAULT_LIMITS: NbdServerLimits = {
+  maxOptions: 4096,
+  maxOptionLength: 64 * 1024,
+  maxInflightRequests: 128,
+  maxInflightBytes: 64 * 1024 * 1024,
+  maxConnections: 1024,
+  handshakeTimeoutMs: 30_000,
+};
+
+export type NbdServerEvent =
+  | { kind: 'connect'; connection: number; remote: string }
+  | { kind: 'tls'; connection: number; identity: string | undefined }
+  | { kind: 'open'; connection: number; export: string; structuredReplies: boolean }
+  | { kind: 'protocol-error'; connection: number; message: string }
+  | { kind: 'request-error'; connection: number; command: string; errno: number; message: string }
+  | { kind: 'disconnect'; connection: number };
+
+/** What a connection needs from its server. */
+export interface ConnectionContext {
+  findExport(name: string): { exp: NbdExport; blockSize: BlockSizeConstraints } | undefined;
+  listExports(): NbdExport[];
+  tls: { lookup: PskLookup; required: boolean } | undefined;
+  limits: NbdServerLimits;
+  pool: BufferPool;
+  emit(event: NbdServerEvent): void;
+  isShuttingDown(): boolean;
+}
+
+type State = 'clientFlags' | 'optionHeader' | 'optionData' | 'tls' | 'request' | 'payload' | 'drain' | 'closing';
+
+const IHAVEOPT_HIGH = 0x49484156;
+const IHAVEOPT_LOW = 0x454f5054;
+const OPTION_REPLY_MAGIC_HIGH = 0x0003e889;
+const OPTION_REPLY_MAGIC_LOW = 0x045565a9;
+const ALLOCATION_CONTEXT_ID = 1;
+const MAX_EXTENTS_PER_REPLY = 1 << 20;
+/** more hole/data pieces than this in one read are sent as one data chunk */
+const MAX_READ_CHUNKS = 64;
+const MAX_QUEUED_REPLY_BYTES = 32 * 1024 * 1024;
+const DATA_HEADER = 28; // structured chunk header + offset
+const ZERO_CHUNK = 1024 * 1024;
+let zeroChunk: Buffer | undefined;
+
+const allowedFlags: Record<number, number> = {
+  [Command.read]: CommandFlag.fua | CommandFlag.df,
+  [Command.write]: CommandFlag.fua,
+  [Command.flush]: CommandFlag.fua,
+  [Command.trim]: CommandFlag.fua,
+  [Command.cache]: CommandFlag.fua,
+  [Command.writeZeroes]: CommandFlag.fua | CommandFlag.noHole | CommandFlag.fastZero,
+  [Command.blockStatus]: CommandFlag.fua | CommandFlag.reqOne,
+};
+
+function call<T>(fn: () => T | Promise<T>): Promise<T> {
+  try {
+    return Promise.resolve(fn());
+  } catch (error) {
+    return Promise.reject(error);
+  }
+}
+
+/** One client of an NbdServer: the handshake, then the transmission phase. */
+export class ServerConnection {
+  readonly id: number;
+  readonly #ctx: ConnectionContext;
+  readonly #raw: Duplex;
+  #socket: Duplex;
+  #queue = new ByteQueue();
+  #state: State = 'clientFlags';
+  #closed = false;
+  #timer: NodeJS.Timeout | undefined;
+
+  // negotiation
+  #noZeroes = false;
+  #tlsActive = false;
+  #structured = false;
+  #metaExport: string | undefined;
+  #allocationSelected = false;
+  #optionCount = 0;
+  #option = 0;
+  #optionLength = 0;
+
+  // transmission
+  #exp: NbdExport | undefined;
+  #blockSize: BlockSizeConstraints = { minimum: 1, preferred: 4096, maximum: MAX_PAYLOAD };
+  #inflight = 0;
+  #inflightBytes = 0;
+  #readPaused = false;
+  #payload: { header: RequestHeader; buf: Buffer; filled: number } | undefined;
+  #drainLeft = 0;
+
+  readonly #onData = (chunk: Buffer) => this.#receive(chunk);
+  readonly #onDrain = () => this.#resumeIfPossible();
+  readonly #onError = () => this.destroy();
+  readonly #onClose = () => this.#cleanup();
+
+  constructor(id: number, socket: Duplex, ctx: ConnectionContext) {
+    this.id = id;
+    this.#ctx = ctx;
+    this.#raw = socket;
+    this.#socket = socket;
+    socket.on('error', this.#onError);
+    socket.on('close', this.#onClose);
+    this.#attach(socket);
+    this.#timer = setTimeout(() => this.#fail('handshake timed out'), ctx.limits.handshakeTimeoutMs);
+    this.#timer.unref?.();
+    // greeting: NBDMAGIC, IHAVEOPT, handshake flags
+    const hello = Buffer.allocUnsafe(18);
+    hello.write('NBDMAGICIHAVEOPT', 0, 'latin1');
+    hello.writeUInt16BE(HandshakeFlag.fixedNewstyle | HandshakeFlag.noZeroes, 16);
+    this.#write(hello);
+  }
+
+  get closed(): boolean {
+    return this.#closed;
+  }
+
+  destroy(): void {
+    if (this.#closed) return;
+    this.#socket.destroy();
+    if (this.#socket !== this.#raw) this.#raw.destroy();
+    this.#cleanup();
+  }
+
+  #attach(socket: Duplex): void {
+    socket.on('data', this.#onData);
+    socket.on('drain', this.#onDrain);
+    if (socket !== this.#raw) {
+      socket.on('error', this.#onError);
+      socket.on('close', this.#onClose);
+    }
+  }
+
+  #cleanup(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#state = 'closing';
+    this.#queue.clear();
+    this.#payload = undefined;
+    if (this.#timer) clearTimeout(this.#timer);
+    this.#ctx.emit({ kind: 'disconnect', connection: this.id });
+  }
+
+  #fail(message: string): void {
+    if (this.#closed) return;
+    this.#ctx.emit({ kind: 'protocol-error', connection: this.id, message });
+    this.destroy();
+  }
+
+  #write(buf: Buffer, done?: (err?: Error | null) => void): void {
+    if (this.#closed) {
+      done?.(new Error('closed'));
+      return;
+    }
+    this.#socket.write(buf, done);
+  }
+
+  #receive(chunk: Buffer): void {
+    if (this.#state === 'closing') return;
+    this.#queue.push(chunk);
+    try {
+      this.#pump();
+    } catch (error) {
+      this.#fail(`internal error: ${error instanceof Error ? error.message : String(error)}`);
+    }
+  }
+
+  #pump(): void {
+    const q = this.#queue;
+    for (;;) {
+      if (this.#closed) return;
+      switch (this.#state) {
+        case 'clientFlags': {
+          if (q.length < 4) return;
+          const flags = q.take(4).readUInt32BE(0);
+          if ((flags & ~(ClientFlag.fixedNewstyle | ClientFlag.noZeroes)) !== 0) return this.#fail(`unknown client flags 0x${flags.toString(16)}`);
+          this.#noZeroes = (flags & ClientFlag.noZeroes) !== 0;
+          this.#state = 'optionHeader';
+          break;
+        }
+        case 'optionHeader': {
+          if (q.length < 16) return;
+          const h = q.take(16);
+          if (h.readUInt32BE(0) !== IHAVEOPT_HIGH || h.readUInt32BE(4) !== IHAVEOPT_LOW) return this.#fail('bad option magic');
+          this.#option = h.readUInt32BE(8);
+          this.#optionLength = h.readUInt32BE(12);
+          if (++this.#optionCount > this.#ctx.limits.maxOptions) return this.#fail('too many options');
+          if (this.#optionLength > this.#ctx.limits.maxOptionLength) return this.#fail(`option data of ${this.#optionLength} bytes is too long`);
+          this.#state = 'optionData';
+          break;
+        }
+        case 'optionData': {
+          if (q.length < this.#optionLength) return;
+          const data = q.take(this.#optionLength);
+          this.#state = 'optionHeader';
+          this.#handleOption(this.#option, data);
+          break;
+        }
+        case 'tls':
+        case 'closing':
+          return;
+        case 'request': {
+          if (this.#flowBlocked()) return this.#pauseReading();
+          if (q.length < REQUEST_HEADER_SIZE) return;
+          const header = parseRequestHeader(q.take(REQUEST_HEADER_SIZE));
+          if (header === undefined) return this.#fail('bad request magic');
+          this.#handleRequest(header);
+          break;
+        }
+        case 'payload': {
+          const p = this.#payload!;
+          p.filled += q.takeInto(p.buf, p.filled, p.header.length - p.filled);
+          if (p.filled < p.header.length) return;
+          this.#payload = undefined;
+          this.#state = 'request';
+          this.#runWrite(p.header, p.buf);
+          break;
+        }
+        case 'drain': {
+          this.#drainLeft -= q.skip(this.#drainLeft);
+          if (this.#drainLeft > 0) return;
+          this.#state = 'request';
+          break;
+        }
+      }
+    }
+  }
+
+  // ---- negotiation ----
+
+  #optionReply(option: number, type: number, data?: Buffer | string): void {
+    const payload = typeof data === 'string' ? Buffer.from(data) : data;
+    const h = Buffer.allocUnsafe(20);
+    h.writeUInt32BE(OPTION_REPLY_MAGIC_HIGH, 0);
+    h.writeUInt32BE(OPTION_REPLY_MAGIC_LOW, 4);
+    h.writeUInt32BE(option, 8);
+    h.writeUInt32BE(type, 12);
+    h.writeUInt32BE(payload?.length ?? 0, 16);
+    this.#write(payload && payload.length > 0 ? Buffer.concat([h, payload]) : h);
+  }
+
+  #handleOption(option: number, data: Buffer): void {
+    const tls = this.#ctx.tls;
+    if (tls?.required && !this.#tlsActive && option !== Option.startTls && option !== Option.abort) {
+      // FORCEDTLS: nothing is revealed before the upgrade
+      if (option === Option.exportName) return this.#fail('NBD_OPT_EXPORT_NAME before STARTTLS');
+      return this.#optionReply(option, OptionReply.errTlsReqd, 'TLS is required');
+    }
+    if (this.#ctx.isShuttingDown() && option !== Option.abort) {
+      if (option === Option.exportName) return this.#fail('server is shutting down');
+      return this.#optionReply(option, OptionReply.errShutdown, 'server is shutting down');
+    }
+    switch (option) {
+      case Option.exportName:
+        return this.#optExportName(data);
+      case Option.abort:
+        this.#optionReply(option, OptionReply.ack);
+        this.#state = 'closing';
+        this.#socket.end();
+        return;
+      case Option.list:
+        return this.#optList(data);
+      case Option.startTls:
+        return this.#optStartTls(data);
+      case Option.info:
+      case Option.go:
+        return this.#optInfo(option, data);
+      case Option.structuredReply:
+        if (data.length !== 0) return this.#optionReply(option, OptionReply.errInvalid, 'no data expected');
+        this.#structured = true;
+        return this.#optionReply(option, OptionReply.ack);
+      case Option.listMetaContext:
+      case Option.setMetaContext:
+        return this.#optMetaContext(option, data);
+      default:
+        return this.#optionReply(option, OptionReply.errUnsup, `option ${option} is not supported`);
+    }
+  }
+
+  #optExportName(data: Buffer): void {
+    const name = decodeString(data);
+    if (typeof name !== 'string') return this.#fail(name.error);
+    const found = this.#ctx.findExport(name);
+    if (found === undefined) return this.#fail(`no export named '${name.slice(0, 100)}'`);
+    const reply = Buffer.alloc(this.#noZeroes ? 10 : 134);
+    reply.writeBigUInt64BE(BigInt(found.exp.size), 0);
+    reply.writeUInt16BE(this.#transmissionFlags(found.exp), 8);
+    this.#write(reply);
+    this.#enterTransmission(found.exp, found.blockSize, name);
+  }
+
+  #optList(data: Buffer): void {
+    if (data.length !== 0) return this.#optionReply(Option.list, OptionReply.errInvalid, 'no data expected');
+    for (const exp of this.#ctx.listExports()) {
+      const name = Buffer.from(exp.name);
+      const description = Buffer.from(exp.description ?? '');
+      const payload = Buffer.allocUnsafe(4 + name.length + description.length);
+      payload.writeUInt32BE(name.length, 0);
+      name.copy(payload, 4);
+      description.copy(payload, 4 + name.length);
+      this.#optionReply(Option.list, OptionReply.server, payload);
+    }
+    this.#optionReply(Option.list, OptionReply.ack);
+  }
+
+  #optStartTls(data: Buffer): void {
+    const tls = this.#ctx.tls;
+    if (tls === undefined) return this.#optionReply(Option.startTls, OptionReply.errPolicy, 'TLS is not configured');
+    if (this.#tlsActive) return this.#optionReply(Option.startTls, OptionReply.errInvalid, 'TLS is already active');
+    if (data.length !== 0) return this.#optionReply(Option.startTls, OptionReply.errInvalid, 'no data expected');
+    if (this.#queue.length !== 0) return this.#fail('data after NBD_OPT_STARTTLS');
+    this.#optionReply(Option.startTls, OptionReply.ack);
+    // no negotiation state survives the upgrade
+    this.#structured = false;
+    this.#metaExport = undefined;
+    this.#allocationSelected = false;
+    this.#state = 'tls';
+    const raw = this.#socket;
+    raw.off('data', this.#onData);
+    raw.off('drain', this.#onDrain);
+    let identity: string | undefined;
+    const secure = startServerTls(raw, (id) => {
+      identity = id;
+      return tls.lookup(id);
+    });
+    this.#socket = secure;
+    this.#attach(secure);
+    secure.once('secure', () => {
+      if (this.#closed) return;
+      this.#tlsActive = true;
+      this.#state = 'optionHeader';
+      this.#ctx.emit({ kind: 'tls', connection: this.id, identity });
+      this.#pump();
+    });
+  }
+
+  #optInfo(option: number, data: Buffer): void {
+    const query = parseExportQuery(data);
+    if ('error' in query) return this.#optionReply(option, OptionReply.errInvalid, query.error);
+    const found = this.#ctx.findExport(query.name);
+    if (found === undefined) return this.#optionReply(option, OptionReply.errUnknown, `no export named '${query.name.slice(0, 100)}'`);
+    const { exp, blockSize } = found;
+    const info = Buffer.allocUnsafe(12);
+    info.writeUInt16BE(Info.export, 0);
+    info.writeBigUInt64BE(BigInt(exp.size), 2);
+    info.writeUInt16BE(this.#transmissionFlags(exp), 10);
+    this.#optionReply(option, OptionReply.info, info);
+    if (query.infoRequests.includes(Info.name)) this.#optionReply(option, OptionReply.info, Buffer.concat([u16(Info.name), Buffer.from(exp.name)]));
+    if (query.infoRequests.includes(Info.description) && exp.description !== undefined) {
+      this.#optionReply(option, OptionReply.info, Buffer.concat([u16(Info.description), Buffer.from(exp.description)]));
+    }
+    // sent even unasked: it is only advice then, and clients ignore what they did not ask for
+    const bs = Buffer.allocUnsafe(14);
+    bs.writeUInt16BE(Info.blockSize, 0);
+    bs.writeUInt32BE(blockSize.minimum, 2);
+    bs.writeUInt32BE(blockSize.preferred, 6);
+    bs.writeUInt32BE(blockSize.maximum, 10);
+    this.#optionReply(option, OptionReply.info, bs);
+    this.#optionReply(option, OptionReply.ack);
+    if (option === Option.go) this.#enterTransmission(exp, blockSize, query.name);
+  }
+
+  #optMetaContext(option: number, data: Buffer): void {
+    const setting = option === Option.setMetaContext;
+    if (setting) {
+      // the selection is replaced even when the option fails
+      this.#metaExport = undefined;
+      this.#allocationSelected = false;
+    }
+    if (!this.#structured) return this.#optionReply(option, OptionReply.errInvalid, 'negotiate structured replies first');
+    const query = parseMetaContextQuery(data);
+    if ('error' in query) return this.#optionReply(option, OptionReply.errInvalid, query.error);
+    if (this.#ctx.findExport(query.exportName) === undefined) return this.#optionReply(option, OptionReply.errUnknown, 'no such export');
+    let match: boolean;
+    if (setting) match = query.queries.includes(BASE_ALLOCATION);
+    else match = query.queries.length === 0 || query.queries.some((q) => q === BASE_ALLOCATION || q === 'base:');
+    if (match) {
+      const payload = Buffer.allocUnsafe(4 + BASE_ALLOCATION.length);
+      payload.writeUInt32BE(setting ? ALLOCATION_CONTEXT_ID : 0, 0);
+      payload.write(BASE_ALLOCATION, 4, 'latin1');
+      this.#optionReply(option, OptionReply.metaContext, payload);
+    }
+    if (setting) {
+      this.#metaExport = query.exportName;
+      this.#allocationSelected = match;
+    }
+    this.#optionReply(option, OptionReply.ack);
+  }
+
+  #transmissionFlags(exp: NbdExport): number {
+    const writable = !exp.readOnly && exp.write !== undefined;
+    let flags = TransmissionFlag.hasFlags | TransmissionFlag.sendFlush | TransmissionFlag.sendCache;
+    if (!writable) flags |= TransmissionFlag.readOnly;
+    if (writable) flags |= TransmissionFlag.sendFua | TransmissionFlag.sendWriteZeroes | TransmissionFlag.sendFastZero;
+    if (writable && exp.trim !== undefined) flags |= TransmissionFlag.sendTrim;
+    if (this.#structured) flags |= TransmissionFlag.sendDf;
+    if (exp.multiConn || !writable) flags |= TransmissionFlag.canMultiConn;
+    return flags;
+  }
+
+  #enterTransmission(exp: NbdExport, blockSize: BlockSizeConstraints, name: string): void {
+    if (this.#timer) clearTimeout(this.#timer);
+    this.#timer = undefined;
+    this.#exp = exp;
+    this.#blockSize = blockSize;
+    if (this.#metaExport !== name) this.#allocationSelected = false;
+    this.#state = 'request';
+    this.#ctx.emit({ kind: 'open', connection: this.id, export: exp.name, structuredReplies: this.#structured });
+  }
+
+  // ---- transmission ----
+
+  #flowBlocked(): boolean {
+    const limits = this.#ctx.limits;
+    return this.#inflight >= limits.maxInflightRequests || this.#inflightBytes >= limits.maxInflightBytes || this.#socket.writableLength >= MAX_QUEUED_REPLY_BYTES;
+  }
+
+  #pauseReading(): void {
+    if (this.#readPaused) return;
+    this.#readPaused = true;
+    this.#socket.pause();
+  }
+
+  #resumeIfPossible(): void {
+    if (this.#closed) return;
+    if (this.#state === 'closing') return this.#finishIfIdle();
+    if (!this.#readPaused || this.#flowBlocked()) return;
+    this.#readPaused = false;
+    this.#socket.resume();
+    try {
+      this.#pump();
+    } catch (error) {
+      this.#fail(`internal error: ${error instanceof Error ? error.message : String(error)}`);
+    }
+  }
+
+  #begin(bytes: number): void {
+    this.#inflight++;
+    this.#inflightBytes += bytes;
+  }
+
+  #end(bytes: number): void {
+    this.#inflight--;
+    this.#inflightBytes -= bytes;
+    this.#resumeIfPossible();
+  }
+
+  #finishIfIdle(): void {
+    if (this.#inflight > 0 || this.#closed) return;
+    // NBD_CMD_DISC: all replies are queued; end (closing TLS cleanly) once they are sent
+    this.#socket.end();
+    const t = setTimeout(() => this.destroy(), 5000);
+    t.unref?.();
+  }
+
+  /** Checks a request against the export; returns an error value or 0. */
+  #validate(h: RequestHeader): number {
+    const exp = this.#exp!;
+    const allowed = allowedFlags[h.type];
+    if (allowed === undefined) return Errno.EINVAL;
+    if ((h.flags & ~allowed) !== 0) return Errno.EINVAL;
+    if (h.type === Command.flush) return 0;
+    const writing = h.type === Command.write || h.type === Command.trim || h.type === Command.writeZeroes;
+    if (writing && (exp.readOnly || exp.write === undefined)) return Errno.EPERM;
+    if ((h.flags & CommandFlag.df) !== 0 && !this.#structured) return Errno.EINVAL;
+    if (h.offset + h.length > exp.size) return writing ? Errno.ENOSPC : Errno.EINVAL;
+    const min = this.#blockSize.minimum;
+    if (min > 1 && (h.offset % min !== 0 || h.length % min !== 0)) return Errno.EINVAL;
+    if ((h.type === Command.read || h.type === Command.write) && h.length > this.#blockSize.maximum) return Errno.EINVAL;
+    if (h.type === Command.blockStatus && (!this.#structured || !this.#allocationSelected || h.length === 0)) return Errno.EINVAL;
+    return 0;
+  }
+
+  #handleRequest(h: RequestHeader): void {
+    if (h.type === Command.disc) {
+      this.#state = 'closing';
+      this.#queue.clear();
+      return this.#finishIfIdle();
+    }
+    const errno = this.#validate(h);
+    if (h.type === Command.write) {
+      if (errno !== 0) {
+        // keep in step with the client: skip the payload it sends anyway
+        this.#replyError(h, errno, `write refused: ${errnoName(errno)}`);
+        this.#drainLeft = h.length;
+        this.#state = 'drain';
+        return;
+      }
+      const buf = this.#ctx.pool.get(h.length);
+      this.#begin(h.length);
+      this.#payload = { header: h, buf, filled: 0 };
+      this.#state = 'payload';
+      return;
+    }
+    if (errno !== 0) return this.#replyError(h, errno, `${nameOf(Command, h.type)} refused: ${errnoName(errno)}`);
+    switch (h.type) {
+      case Command.read:
+        return this.#runRead(h);
+      case Command.flush:
+        return this.#runSimple(h, () => this.#exp!.flush?.());
+      case Command.trim:
+        return this.#runSimple(h, () => this.#exp!.trim?.(h.offset, h.length, (h.flags & CommandFlag.fua) !== 0));
+      case Command.cache:
+        return this.#runSimple(h, () => this.#exp!.cache?.(h.offset, h.length));
+      case Command.writeZeroes:
+        return this.#runSimple(h, () => this.#writeZeroes(h));
+      case Command.blockStatus:
+        return this.#runBlockStatus(h);
+    }
+  }
+
+  #runSimple(h: RequestHeader, fn: () => unknown): void {
+    this.#begin(0);
+    call(fn).then(
+      () => {
+        this.#replyOk(h);
+        this.#end(0);
+      },
+      (error: unknown) => {
+        this.#replyError(h, toErrno(error), error instanceof Error ? error.message : String(error));
+        this.#end(0);
+      },
+    );
+  }
+
+  #runWrite(h: RequestHeader, buf: Buffer): void {
+    const pool = this.#ctx.pool;
+    call(() => this.#exp!.write!(h.offset, buf.subarray(0, h.length), (h.flags & CommandFlag.fua) !== 0)).then(
+      () => {
+        pool.release(buf);
+        this.#replyOk(h);
+        this.#end(h.length);
+      },
+      (error: unknown) => {
+        pool.release(buf);
+        this.#replyError(h, toErrno(error), error instanceof Error ? error.message : String(error));
+        this.#end(h.length);
+      },
+    );
+  }
+
+  async #writeZeroes(h: RequestHeader): Promise<void> {
+    const exp = this.#exp!;
+    const fua = (h.flags & CommandFlag.fua) !== 0;
+    const options = { fua, noHole: (h.flags & CommandFlag.noHole) !== 0, fastZero: (h.flags & CommandFlag.fastZero) !== 0 };
+    if (exp.writeZeroes) return exp.writeZeroes(h.offset, h.length, options);
+    if (options.fastZero) throw Object.assign(new Error('zeroing is not faster than writing'), { code: 'ENOTSUP' });
+    zeroChunk ??= Buffer.alloc(ZERO_CHUNK);
+    for (let done = 0; done < h.length; done += ZERO_CHUNK) {
+      const n = Math.min(ZERO_CHUNK, h.length - done);
+      await exp.write!(h.offset + done, zeroChunk.subarray(0, n), fua && done + n === h.length);
+    }
+  }
+
+  #runRead(h: RequestHeader): void {
+    const exp = this.#exp!;
+    this.#begin(h.length);
+    if (!this.#structured) return this.#readSimple(h);
+    if (exp.sparseReads && exp.blockStatus && (h.flags & CommandFlag.df) === 0 && h.length > 0) {
+      call(() => exp.blockStatus!(h.offset, h.length)).then(
+        (extents) => this.#readSparse(h, extents),
+        () => this.#readDense(h, undefined),
+      );
+      return;
+    }
+    this.#readDense(h, undefined);
+  }
+
+  /** One OFFSET_DATA chunk (DONE) with the header in front of the data in one buffer. */
+  #readDense(h: RequestHeader, zeroRanges: Extent[] | undefined): void {
+    const pool = this.#ctx.pool;
+    const buf = pool.get(h.length + DATA_HEADER);
+    writeChunkHeader(buf, 0, ReplyFlag.done, ReplyType.offsetData, h, h.length + 8);
+    buf.writeUInt32BE(Math.floor(h.offset / 0x100000000), 20);
+    buf.writeUInt32BE(h.offset >>> 0, 24);
+    const data = buf.subarray(DATA_HEADER, DATA_HEADER + h.length);
+    call(() => this.#exp!.read(h.offset, data)).then(
+      () => {
+        if (zeroRanges) for (const z of zeroRanges) data.fill(0, z.offset - h.offset, z.offset - h.offset + z.length);
+        this.#sendData(buf, DATA_HEADER + h.length, h.length);
+      },
+      (error: unknown) => {
+        pool.release(buf);
+        this.#replyError(h, toErrno(error), error instanceof Error ? error.message : String(error));
+        this.#end(h.length);
+      },
+    );
+  }
+
+  #readSimple(h: RequestHeader): void {
+    const pool = this.#ctx.pool;
+    const buf = pool.get(h.length + 16);
+    buf.writeUInt32BE(SIMPLE_REPLY_MAGIC, 0);
+    buf.writeUInt32BE(0, 4);
+    buf.writeUInt32BE(h.cookieHigh, 8);
+    buf.writeUInt32BE(h.cookieLow, 12);
+    call(() => this.#exp!.read(h.offset, buf.subarray(16, 16 + h.length))).then(
+      () => this.#sendData(buf, 16 + h.length, h.length),
+      (error: unknown) => {
+        pool.release(buf);
+        this.#replyError(h, toErrno(error), error instanceof Error ? error.message : String(error));
+        this.#end(h.length);
+      },
+    );
+  }
+
+  #sendData(buf: Buffer, length: number, accounted: number): void {
+    const pool = this.#ctx.pool;
+    if (this.#closed) {
+      pool.release(buf);
+      return this.#end(accounted);
+    }
+    this.#socket.write(buf.subarray(0, length), (err) => {
+      if (!err) pool.release(buf);
+    });
+    this.#end(accounted);
+  }
+
+  /** Holes as OFFSET_HOLE chunks, data as OFFSET_DATA chunks; the last chunk carries DONE. */
+  #readSparse(h: RequestHeader, raw: Extent[]): void {
+    const extents = clipExtents(raw, h.offset, h.length);
+    if (extents === undefined) return this.#readDense(h, undefined);
+    // a short list leaves the rest of the read as data
+    const last = extents[extents.length - 1]!;
+    const covered = last.offset + last.length;
+    if (covered < h.offset + h.length) {
+      if (last.kind === 'data') last.length = h.offset + h.length - last.offset;
+      else extents.push({ offset: covered, length: h.offset + h.length - covered, kind: 'data' });
+    }
+    if (extents.length === 1 && extents[0]!.kind === 'data') return this.#readDense(h, undefined);
+    if (extents.length > MAX_READ_CHUNKS) return this.#readDense(h, extents.filter((e) => e.kind !== 'data'));
+    const pool = this.#ctx.pool;
+    const chunks: Buffer[] = [];
+    const reads: Promise<void>[] = [];
+    const owned: Buffer[] = [];
+    for (const [i, e] of extents.entries()) {
+      const flags = i === extents.length - 1 ? ReplyFlag.done : 0;
+      if (e.kind === 'data') {
+        const buf = pool.get(e.length + DATA_HEADER);
+        owned.push(buf);
+        writeChunkHeader(buf, 0, flags, ReplyType.offsetData, h, e.length + 8);
+        buf.writeUInt32BE(Math.floor(e.offset / 0x100000000), 20);
+        buf.writeUInt32BE(e.offset >>> 0, 24);
+        chunks.push(buf.subarray(0, DATA_HEADER + e.length));
+        reads.push(call(() => this.#exp!.read(e.offset, buf.subarray(DATA_HEADER, DATA_HEADER + e.length))));
+      } else {
+        const hole = Buffer.allocUnsafe(32);
+        writeChunkHeader(hole, 0, flags, ReplyType.offsetHole, h, 12);
+        hole.writeUInt32BE(Math.floor(e.offset / 0x100000000), 20);
+        hole.writeUInt32BE(e.offset >>> 0, 24);
+        hole.writeUInt32BE(e.length, 28);
+        chunks.push(hole);
+      }
+    }
+    Promise.all(reads).then(
+      () => {
+        if (this.#closed) {
+          for (const b of owned) pool.release(b);
+          return this.#end(h.length);
+        }
+        const s = this.#socket;
+        s.cork();
+        for (const [i, c] of chunks.entries()) {
+          if (i === chunks.length - 1) {
+            s.write(c, (err) => {
+              if (!err) for (const b of owned) pool.release(b);
+            });
+          } else s.write(c);
+        }
+        s.uncork();
+        this.#end(h.length);
+      },
+      (error: unknown) => {
+        for (const b of owned) pool.release(b);
+        this.#replyError(h, toErrno(error), error instanceof Error ? error.message : String(error));
+        this.#end(h.length);
+      },
+    );
+  }
+
+  #runBlockStatus(h: RequestHeader): void {
+    const exp = this.#exp!;
+    this.#begin(0);
+    call(() => (exp.blockStatus ? exp.blockStatus(h.offset, h.length) : [{ offset: h.offset, length: h.length, kind: 'data' as const }])).then(
+      (raw) => {
+        let extents = clipExtents(raw, h.offset, h.length);
+        if (extents === undefined) throw new Error('the export returned an invalid extent list');
+        if ((h.flags & CommandFlag.reqOne) !== 0) extents = extents.slice(0, 1);
+        else if (extents.length > MAX_EXTENTS_PER_REPLY) extents = extents.slice(0, MAX_EXTENTS_PER_REPLY);
+        const buf = Buffer.allocUnsafe(24 + extents.length * 8);
+        writeChunkHeader(buf, 0, ReplyFlag.done, ReplyType.blockStatus, h, 4 + extents.length * 8);
+        buf.writeUInt32BE(ALLOCATION_CONTEXT_ID, 20);
+        let at = 24;
+        for (const e of extents) {
+          buf.writeUInt32BE(e.length, at);
+          buf.writeUInt32BE(kindToFlags(e.kind), at + 4);
+          at += 8;
+        }
+        this.#write(buf);
+        this.#end(0);
+      },
+    ).catch((error: unknown) => {
+      this.#replyError(h, toErrno(error), error instanceof Error ? error.message : String(error));
+      this.#end(0);
+    });
+  }
+
+  #replyOk(h: RequestHeader): void {
+    const buf = Buffer.allocUnsafe(16);
+    buf.writeUInt32BE(SIMPLE_REPLY_MAGIC, 0);
+    buf.writeUInt32BE(0, 4);
+    buf.writeUInt32BE(h.cookieHigh, 8);
+    buf.writeUInt32BE(h.cookieLow, 12);
+    this.#write(buf);
+  }
+
+  #replyError(h: RequestHeader, errno: number, message: string): void {
+    this.#ctx.emit({ kind: 'request-error', connection: this.id, command: nameOf(Command, h.type), errno, message });
+    if (!this.#structured) {
+      const buf = Buffer.allocUnsafe(16);
+      buf.writeUInt32BE(SIMPLE_REPLY_MAGIC, 0);
+      buf.writeUInt32BE(errno, 4);
+      buf.writeUInt32BE(h.cookieHigh, 8);
+      buf.writeUInt32BE(h.cookieLow, 12);
+      return this.#write(buf);
+    }
+    const text = Buffer.from(message.slice(0, 200));
+    const buf = Buffer.allocUnsafe(26 + text.length);
+    writeChunkHeader(buf, 0, ReplyFlag.done, ReplyType.error, h, 6 + text.length);
+    buf.writeUInt32BE(errno, 20);
+    buf.writeUInt16BE(text.length, 24);
+    text.copy(buf, 26);
+    this.#write(buf);
+  }
+}
+
+function u16(n: number): Buffer {
+  const b = Buffer.allocUnsafe(2);
+  b.writeUInt16BE(n, 0);
+  return b;
+}
+
+function writeChunkHeader(buf: Buffer, at: number, flags: number, type: number, h: RequestHeader, length: number): void {
+  buf.writeUInt32BE(STRUCTURED_REPLY_MAGIC, at);
+  buf.writeUInt16BE(flags, at + 4);
+  buf.writeUInt16BE(type, at + 6);
+  buf.writeUInt32BE(h.cookieHigh, at + 8);
+  buf.writeUInt32BE(h.cookieLow, at + 12);
+  buf.writeUInt32BE(length, at + 16);
+}
+
+/**
+ * Checks what an export returned and clips it to [offset, offset + length):
+ * consecutive extents from offset with positive lengths; a short list is
+ * allowed (the client asks again). Undefined when the list is unusable.
+ */
+function clipExtents(raw: readonly Extent[], offset: number, length: number): Extent[] | undefined {
+  const end = offset + length;
+  const out: Extent[] = [];
+  let pos = offset;
+  for (const e of raw) {
+    if (pos >= end) break;
+    if (!(e.length > 0) || e.offset > pos || e.offset + e.length <= pos) return undefined;
+    const stop = Math.min(e.offset + e.length, end);
+    const kind = e.kind === 'hole' || e.kind === 'zero' ? e.kind : 'data';
+    const last = out[out.length - 1];
+    if (last !== undefined && last.kind === kind) last.length += stop - pos;
+    else out.push({ offset: pos, length: stop - pos, kind });
+    pos = stop;
+  }
+  return out.length > 0 ? out : undefined;
+}
