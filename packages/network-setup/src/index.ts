@@ -1,0 +1,14 @@
+export { setupNetwork } from './setup-network.ts';
+export type { NetworkSetup } from './setup-network.ts';
+export { resolveSetupOptions } from './setup-options.ts';
+export type { ResolvedSetupOptions, SetupNetworkOptions } from './setup-options.ts';
+export { teardownNetwork } from './teardown-network.ts';
+export type { NetworkTeardown, TeardownNetworkOptions } from './teardown-network.ts';
+export { publishPort } from './publish-port.ts';
+export type { PortProtocol, PublishedPort, PublishPortOptions } from './publish-port.ts';
+export { namespaceNetwork } from './namespace-network.ts';
+export type { NamespaceNetwork } from './namespace-network.ts';
+export { describeNetworkEvent } from './network-events.ts';
+export type { NetworkEvent, NetworkEventHandler } from './network-events.ts';
+export { DEFAULT_HOST_CIDR, DEFAULT_PREFIX, MAX_COUNT, NAMESPACE_LINK, guestNetwork } from './guest-network.ts';
+export { namespaceName, portsTableName, rulesTableName } from './names.ts';
