@@ -66,6 +66,7 @@ if [ ! -e "$kdir/current/vmlinuz" ]; then
   dpkg-deb -x "$tmp"/*.deb "$kdir/$pkg.tmp"
   rm -rf "$tmp"
   kver=$(ls "$kdir/$pkg.tmp/lib/modules")
+  depmod -b "$kdir/$pkg.tmp" "$kver"
   ln -sf "boot/vmlinuz-$kver" "$kdir/$pkg.tmp/vmlinuz"
   ln -sf "lib/modules/$kver" "$kdir/$pkg.tmp/modules"
   rm -rf "$kdir/$pkg" && mv "$kdir/$pkg.tmp" "$kdir/$pkg"
@@ -79,6 +80,8 @@ CI=true pnpm install --frozen-lockfile --reporter=silent 2>/dev/null || CI=true 
 for bin in packages/*/bin/ark-*.ts; do
   [ -e "$bin" ] || continue
   chmod +x "$bin"
+  # guest-side tools run inside the VM, not on the host
+  case "$bin" in packages/agent/*|packages/liveness/*) continue ;; esac
   ln -sf "$root/$bin" "$bin_dir/$(basename "$bin" .ts)"
 done
 say "ready"

@@ -1,0 +1,136 @@
+import { execFileSync, spawnSync } from 'node:child_process';
+import { randomUUID } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import { constants } from 'node:os';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { FrameDecoder, FrameType, encodeFrame, encodeMessage, guestPorts, syncMarker, type AgentMessage, type AgentRequest } from '@ark/guest-protocol';
+import { findGuestPort } from './guest-port.ts';
+import { PortChannel } from './port-channel.ts';
+import { resolveUser } from './user-lookup.ts';
+import { startWorkload, type WorkloadSpec } from './workload.ts';
+
+interface GuestConfig {
+  run: WorkloadSpec & { user: string };
+  hooks: { beforeSuspend: string | null; afterResume: string | null; readyTcpPort: number | null; readyCommand: string | null };
+}
+
+const busybox = '/.ark/bin/busybox';
+
+function log(message: string): void {
+  process.stderr.write(`ark-agent: ${message}\n`);
+}
+
+/**
+ * The guest side of ark: runs the workload, carries its output to the host on
+ * the agent port, answers the host's requests, reports the exit code and
+ * powers the VM off once the host has read everything.
+ */
+export async function runAgent(configPath = '/.ark/config.json'): Promise<never> {
+  const config = JSON.parse(readFileSync(configPath, 'utf8')) as GuestConfig;
+  const device = await findGuestPort(guestPorts.agent);
+  if (!device) {
+    log(`no ${guestPorts.agent} port; cannot talk to the host`);
+    return powerOff();
+  }
+  const channel = new PortChannel(device);
+  const send = (message: AgentMessage) => channel.write(encodeMessage(message));
+  let exitAcked: (() => void) | undefined;
+
+  const handle = async (request: AgentRequest) => {
+    switch (request.kind) {
+      case 'ping':
+        return send({ kind: 'reply', id: request.id, ok: true, guestTimeMs: Date.now() });
+      case 'before-suspend': {
+        const error = runHook(config.hooks.beforeSuspend);
+        execFileSync(busybox, ['sync']);
+        return send(error ? { kind: 'reply', id: request.id, ok: false, error } : { kind: 'reply', id: request.id, ok: true, guestTimeMs: Date.now() });
+      }
+      case 'after-resume': {
+        setClock(request.hostTimeMs);
+        await channel.write(syncMarker(request.sync));
+        const error = runHook(config.hooks.afterResume);
+        return send(error ? { kind: 'reply', id: request.id, ok: false, error } : { kind: 'reply', id: request.id, ok: true, guestTimeMs: Date.now() });
+      }
+      case 'exit-ack':
+        exitAcked?.();
+        return;
+    }
+  };
+  const decoder = new FrameDecoder({
+    onFrame: (type, payload) => {
+      if (type !== FrameType.message) return;
+      let request: AgentRequest;
+      try {
+        request = JSON.parse(payload.toString('utf8')) as AgentRequest;
+      } catch {
+        return log('ignored a malformed request');
+      }
+      handle(request).catch((error: unknown) => log(`request ${request.kind} failed: ${String(error)}`));
+    },
+    onCorrupt: (reason) => log(`host stream out of step: ${reason}`),
+  });
+  void channel.readLoop((chunk) => decoder.push(chunk));
+  await send({ kind: 'hello', bootId: randomUUID() });
+
+  let code: number;
+  let signal: string | null = null;
+  try {
+    const user = resolveUser(config.run.user);
+    const child = startWorkload(config.run, user);
+    const outputs = [forward(child.stdout!, FrameType.stdout, channel), forward(child.stderr!, FrameType.stderr, channel)];
+    const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve, reject) => {
+      child.once('error', reject);
+      child.once('exit', (c, s) => resolve({ code: c, signal: s }));
+    });
+    await new Promise<void>((resolve, reject) => {
+      child.once('spawn', resolve);
+      child.once('error', reject);
+    });
+    await send({ kind: 'started', pid: child.pid ?? 0 });
+    const result = await exited;
+    await Promise.all(outputs);
+    signal = result.signal;
+    code = result.code ?? 128 + signalNumber(result.signal);
+  } catch (error) {
+    const err = error as NodeJS.ErrnoException & { exitCode?: number };
+    code = err.exitCode ?? (err.code === 'ENOENT' ? 127 : 126);
+    await channel.write(encodeFrame(FrameType.stderr, Buffer.from(`ark: cannot start the workload: ${err.message}\n`)));
+  }
+  const acked = new Promise<void>((resolve) => (exitAcked = resolve));
+  await send({ kind: 'exit', code, signal });
+  // the host answers once it has read everything before the exit message
+  await Promise.race([acked, sleep(10_000)]);
+  return powerOff();
+}
+
+async function forward(stream: NodeJS.ReadableStream, type: FrameType, channel: PortChannel): Promise<void> {
+  for await (const chunk of stream) await channel.write(encodeFrame(type, chunk as Buffer));
+}
+
+function runHook(command: string | null): string | undefined {
+  if (!command) return undefined;
+  const result = spawnSync(busybox, ['sh', '-c', command], { stdio: ['ignore', 'inherit', 'inherit'], timeout: 60_000 });
+  if (result.status === 0) return undefined;
+  return `'${command}' failed (${result.error?.message ?? `exit ${result.status ?? result.signal}`})`;
+}
+
+function setClock(hostTimeMs: number): void {
+  // busybox date takes whole seconds: wait for the next second boundary so the error stays small
+  const wait = 1000 - (hostTimeMs % 1000);
+  const target = Math.floor(hostTimeMs / 1000) + 1;
+  const until = performance.now() + wait;
+  while (performance.now() < until) {
+    // a short busy wait: the clock being set is the one we would sleep on
+  }
+  spawnSync(busybox, ['date', '-u', '-s', `@${target}`], { stdio: 'ignore' });
+}
+
+function signalNumber(signal: NodeJS.Signals | null): number {
+  return signal ? (constants.signals[signal] ?? 0) : 0;
+}
+
+function powerOff(): never {
+  spawnSync(busybox, ['sync']);
+  spawnSync(busybox, ['poweroff', '-f']);
+  process.exit(1);
+}

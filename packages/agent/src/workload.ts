@@ -1,0 +1,48 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, mkdirSync, chownSync } from 'node:fs';
+import { isAbsolute, join } from 'node:path';
+import type { ResolvedUser } from './user-lookup.ts';
+
+export interface WorkloadSpec {
+  entrypoint: string[];
+  cmd: string[];
+  env: string[];
+  workingDir: string;
+}
+
+/** Runs entrypoint + cmd as the image config says: env, workdir (created if missing, as Docker does), user. */
+export function startWorkload(spec: WorkloadSpec, user: ResolvedUser): ChildProcess {
+  const argv = [...spec.entrypoint, ...spec.cmd];
+  const file = argv[0];
+  if (file === undefined) throw Object.assign(new Error('the image has no entrypoint and no cmd: nothing to run'), { exitCode: 127 });
+  const env: Record<string, string> = {};
+  for (const entry of spec.env) {
+    const eq = entry.indexOf('=');
+    if (eq > 0) env[entry.slice(0, eq)] = entry.slice(eq + 1);
+  }
+  env.HOME ??= user.home;
+  env.HOSTNAME ??= 'ark';
+  const cwd = spec.workingDir || '/';
+  if (!existsSync(cwd)) {
+    mkdirSync(cwd, { recursive: true });
+    chownSync(cwd, user.uid, user.gid);
+  }
+  const resolved = isAbsolute(file) || file.includes('/') ? file : lookPath(file, env.PATH ?? '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin');
+  if (!resolved) throw Object.assign(new Error(`exec: "${file}": executable file not found in $PATH`), { exitCode: 127 });
+  return spawn(resolved, argv.slice(1), {
+    argv0: file,
+    cwd,
+    env,
+    uid: user.uid,
+    gid: user.gid,
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+}
+
+function lookPath(file: string, path: string): string | undefined {
+  for (const dir of path.split(':')) {
+    const candidate = join(dir || '.', file);
+    if (existsSync(candidate)) return candidate;
+  }
+  return undefined;
+}

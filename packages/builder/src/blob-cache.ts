@@ -1,0 +1,72 @@
+import { createHash } from 'node:crypto';
+import { createWriteStream, existsSync, mkdirSync, renameSync, rmSync, statSync } from 'node:fs';
+import { homedir } from 'node:os';
+import { join } from 'node:path';
+import { ArkError, ExitCode } from '@ark/cli';
+
+/** ark's cache: /var/cache/ark for root, else ~/.cache/ark; ARK_CACHE overrides. */
+export function arkCacheDir(): string {
+  if (process.env.ARK_CACHE) return process.env.ARK_CACHE;
+  if (process.getuid?.() === 0) return '/var/cache/ark';
+  return join(process.env.XDG_CACHE_HOME ?? join(homedir(), '.cache'), 'ark');
+}
+
+export function parseDigest(digest: string): { algorithm: 'sha256'; hex: string } {
+  const match = /^sha256:([a-f0-9]{64})$/.exec(digest);
+  if (!match?.[1]) throw new ArkError('BAD_DIGEST', `unsupported or malformed digest '${digest}'`, { hint: 'only sha256 digests are supported', exitCode: ExitCode.badInput });
+  return { algorithm: 'sha256', hex: match[1] };
+}
+
+/** Content-addressed blobs, written once, verified on the way in. */
+export class BlobCache {
+  readonly dir: string;
+
+  constructor(dir: string = join(arkCacheDir(), 'blobs')) {
+    this.dir = dir;
+  }
+
+  path(digest: string): string {
+    return join(this.dir, 'sha256', parseDigest(digest).hex);
+  }
+
+  has(digest: string, size?: number): boolean {
+    const path = this.path(digest);
+    if (!existsSync(path)) return false;
+    return size === undefined || statSync(path).size === size;
+  }
+
+  /**
+   * Stores a stream under its digest; the stream must hash to it (and have
+   * `size` bytes when given), else nothing is stored and the error names it.
+   */
+  async store(digest: string, chunks: AsyncIterable<Uint8Array>, options: { size?: number; what: string; onBytes?: (n: number) => void }): Promise<string> {
+    const final = this.path(digest);
+    mkdirSync(join(this.dir, 'sha256'), { recursive: true });
+    const temp = `${final}.${process.pid}.partial`;
+    const hash = createHash('sha256');
+    const out = createWriteStream(temp);
+    let bytes = 0;
+    try {
+      for await (const chunk of chunks) {
+        hash.update(chunk);
+        bytes += chunk.length;
+        options.onBytes?.(chunk.length);
+        if (!out.write(chunk)) await new Promise<void>((resolve) => out.once('drain', () => resolve()));
+      }
+      await new Promise<void>((resolve, reject) => out.end((error?: Error | null) => (error ? reject(error) : resolve())));
+      const actual = `sha256:${hash.digest('hex')}`;
+      if (actual !== digest || (options.size !== undefined && bytes !== options.size)) {
+        throw new ArkError('DIGEST_MISMATCH', `${options.what} does not match its digest: expected ${digest} (${options.size ?? '?'} bytes), got ${actual} (${bytes} bytes)`, {
+          hint: 'the registry or file served corrupted content; try again or check the source',
+          exitCode: ExitCode.badInput,
+        });
+      }
+      renameSync(temp, final);
+      return final;
+    } catch (error) {
+      out.destroy();
+      rmSync(temp, { force: true });
+      throw error;
+    }
+  }
+}

@@ -1,0 +1,49 @@
+import { execFile } from 'node:child_process';
+import { rmSync } from 'node:fs';
+import { promisify } from 'node:util';
+import { ArkError, ExitCode } from '@ark/cli';
+
+const run = promisify(execFile);
+const MiB = 1024 * 1024;
+
+/** Bytes and inodes a directory tree uses, as du counts them. */
+export async function measureTree(dir: string): Promise<{ bytes: number; inodes: number }> {
+  const [{ stdout: bytes }, { stdout: inodes }] = await Promise.all([
+    run('du', ['-s', '--block-size=1', dir]),
+    run('du', ['-s', '--inodes', dir]),
+  ]);
+  return { bytes: Number(bytes.split('\t')[0]), inodes: Number(inodes.split('\t')[0]) };
+}
+
+/** The content plus headroom for the workload's own writes and the filesystem's metadata. */
+export function defaultDiskSize(contentBytes: number): number {
+  const size = contentBytes * 1.25 + 256 * MiB;
+  return Math.ceil(size / MiB) * MiB;
+}
+
+export function parseSize(text: string): number {
+  const match = /^(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?$/i.exec(text.trim());
+  if (!match?.[1]) throw new ArkError('BAD_SIZE', `'${text}' is not a size`, { hint: 'use e.g. 512M, 2G or a number of bytes', exitCode: ExitCode.usage });
+  const unit = { '': 1, k: 1024, m: MiB, g: 1024 * MiB, t: 1024 * 1024 * MiB }[match[2]!.toLowerCase() as '' | 'k' | 'm' | 'g' | 't'];
+  return Math.ceil((Number(match[1]) * unit) / 4096) * 4096;
+}
+
+/** Builds an ext4 image from a directory without mounting it (mkfs.ext4 -d); the file stays sparse. */
+export async function writeExt4Image(dir: string, outPath: string, sizeBytes: number, inodes: number): Promise<void> {
+  rmSync(outPath, { force: true });
+  try {
+    await run('mkfs.ext4', [
+      '-q', '-F', '-t', 'ext4', '-L', 'ark', '-d', dir,
+      '-N', String(Math.max(inodes * 2 + 4096, 16384)),
+      '-E', 'lazy_itable_init=1,lazy_journal_init=1',
+      outPath, `${Math.floor(sizeBytes / 1024)}k`,
+    ], { maxBuffer: 16 * MiB });
+  } catch (error) {
+    const stderr = String((error as { stderr?: string }).stderr ?? error);
+    rmSync(outPath, { force: true });
+    throw new ArkError('MKFS_FAILED', `mkfs.ext4 could not build the disk: ${stderr.trim().split('\n').at(-1)}`, {
+      hint: /No space|Could not allocate|too small/i.test(stderr) ? 'the disk is too small for the image: raise --disk-size' : 'check that e2fsprogs is installed (scripts/bootstrap.sh)',
+      exitCode: /No space|Could not allocate|too small/i.test(stderr) ? ExitCode.usage : ExitCode.failure,
+    });
+  }
+}

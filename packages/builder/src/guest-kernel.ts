@@ -1,0 +1,75 @@
+import { existsSync, readFileSync, realpathSync, statSync } from 'node:fs';
+import { basename, join } from 'node:path';
+import { ArkError, ExitCode } from '@ark/cli';
+import { arkCacheDir } from './blob-cache.ts';
+
+export interface GuestKernel {
+  kernelPath: string;
+  modulesDir: string;
+  version: string;
+}
+
+/** The virtio drivers a microvm guest needs (virtio-mmio bus, disk, serial ports, network, entropy). */
+export const guestModules = ['virtio_mmio', 'virtio_blk', 'virtio_console', 'virtio_net', 'virtio-rng'];
+
+/** The default kernel is Debian's cloud kernel that bootstrap unpacks into the cache. */
+export function findGuestKernel(kernel?: string, modules?: string): GuestKernel {
+  const defaultDir = join(arkCacheDir(), 'kernel', 'current');
+  const kernelPath = kernel ?? join(defaultDir, 'vmlinuz');
+  const modulesDir = modules ?? join(defaultDir, 'modules');
+  if (!existsSync(kernelPath) || !statSync(kernelPath).isFile()) {
+    throw new ArkError('NO_KERNEL', kernel ? `the kernel ${kernel} does not exist` : `no guest kernel in ${defaultDir}`, {
+      hint: kernel ? 'pass a bzImage with --kernel' : 'run scripts/bootstrap.sh, which fetches it, or pass --kernel FILE --modules DIR',
+      exitCode: ExitCode.environment,
+    });
+  }
+  if (!existsSync(join(modulesDir, 'modules.dep'))) {
+    throw new ArkError('NO_MODULES', `${modulesDir} has no modules.dep`, {
+      hint: 'point --modules at the kernel\'s lib/modules/VERSION directory (run depmod -b ROOT VERSION if it lacks modules.dep)',
+      exitCode: ExitCode.environment,
+    });
+  }
+  return { kernelPath, modulesDir, version: basename(realpathSync(modulesDir)) };
+}
+
+/**
+ * The module files to load, dependencies first, resolved through modules.dep.
+ * A module built into the kernel (in modules.builtin) needs nothing.
+ */
+export function resolveModules(modulesDir: string, names: string[]): string[] {
+  const dependencies = new Map<string, string[]>();
+  for (const line of readFileSync(join(modulesDir, 'modules.dep'), 'utf8').split('\n')) {
+    const colon = line.indexOf(':');
+    if (colon < 0) continue;
+    dependencies.set(line.slice(0, colon), line.slice(colon + 1).trim().split(/\s+/).filter(Boolean));
+  }
+  const builtin = existsSync(join(modulesDir, 'modules.builtin')) ? readFileSync(join(modulesDir, 'modules.builtin'), 'utf8') : '';
+  const byName = new Map<string, string>();
+  for (const path of dependencies.keys()) byName.set(moduleName(path), path);
+  const ordered: string[] = [];
+  const visit = (path: string, trail: string[]) => {
+    if (ordered.includes(path)) return;
+    if (trail.includes(path)) throw new Error(`module dependency cycle: ${[...trail, path].join(' → ')}`);
+    for (const dependency of dependencies.get(path) ?? []) visit(dependency, [...trail, path]);
+    ordered.push(path);
+  };
+  for (const name of names) {
+    const path = byName.get(normalise(name));
+    if (path) visit(path, []);
+    else if (!builtin.split('\n').some((line) => moduleName(line) === normalise(name))) {
+      throw new ArkError('MISSING_MODULE', `the guest kernel has no module ${name} (not in modules.dep nor built in)`, {
+        hint: 'use a kernel with virtio drivers (Debian\'s cloud kernel has them)',
+        exitCode: ExitCode.environment,
+      });
+    }
+  }
+  return ordered.map((path) => join(modulesDir, path));
+}
+
+function moduleName(path: string): string {
+  return normalise(basename(path).replace(/\.ko(\.(xz|zst|gz))?$/, ''));
+}
+
+function normalise(name: string): string {
+  return name.replaceAll('-', '_');
+}

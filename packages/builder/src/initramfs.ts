@@ -1,0 +1,67 @@
+import { spawn } from 'node:child_process';
+import { copyFileSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { open } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { basename, join } from 'node:path';
+
+/**
+ * /init: mount the pseudo filesystems, load the virtio modules in dependency
+ * order, mount the disk and hand over to tini and ark-agent on it. Kernel
+ * messages and anything init prints go to the serial console, never to the
+ * workload's output.
+ */
+export function initScript(): string {
+  return `#!/bin/busybox sh
+export PATH=/bin
+busybox mount -t proc proc /proc
+busybox mount -t sysfs sysfs /sys
+busybox mount -t devtmpfs devtmpfs /dev
+for module in /lib/modules/*.ko; do
+  busybox insmod "$module" || echo "ark-init: cannot load $module"
+done
+n=0
+while [ ! -b /dev/vda ] && [ $n -lt 500 ]; do busybox usleep 10000; n=$((n + 1)); done
+if ! busybox mount -t ext4 -o rw,noatime /dev/vda /newroot; then
+  echo "ark-init: cannot mount the disk /dev/vda"
+  busybox poweroff -f
+fi
+for dir in proc sys dev; do
+  busybox mkdir -p /newroot/$dir
+  busybox mount --move /$dir /newroot/$dir
+done
+busybox mkdir -p /newroot/dev/pts /newroot/dev/shm
+busybox mount -t devpts -o newinstance,ptmxmode=0666 devpts /newroot/dev/pts
+busybox mount -t tmpfs -o mode=1777 tmpfs /newroot/dev/shm
+busybox ip link set lo up
+busybox hostname ark
+exec busybox switch_root /newroot /.ark/bin/tini -s -- /.ark/bin/ark-agent
+`;
+}
+
+/** Writes an uncompressed newc initramfs with busybox, the modules (in order) and /init. */
+export async function writeInitramfs(outPath: string, modules: string[], busybox = '/bin/busybox'): Promise<void> {
+  const staging = mkdtempSync(join(tmpdir(), 'ark-initramfs-'));
+  try {
+    for (const dir of ['bin', 'lib/modules', 'proc', 'sys', 'dev', 'newroot']) mkdirSync(join(staging, dir), { recursive: true });
+    copyFileSync(busybox, join(staging, 'bin', 'busybox'));
+    // a numeric prefix keeps the dependency order in the shell's glob
+    modules.forEach((module, i) => copyFileSync(module, join(staging, 'lib', 'modules', `${String(i).padStart(2, '0')}-${basename(module)}`)));
+    writeFileSync(join(staging, 'init'), initScript(), { mode: 0o755 });
+    const entries = ['.', 'bin', 'bin/busybox', 'lib', 'lib/modules', ...modules.map((m, i) => `lib/modules/${String(i).padStart(2, '0')}-${basename(m)}`), 'proc', 'sys', 'dev', 'newroot', 'init'];
+    const out = await open(outPath, 'w');
+    try {
+      await new Promise<void>((resolve, reject) => {
+        const cpio = spawn('cpio', ['--quiet', '-o', '-H', 'newc', '--owner', '0:0'], { cwd: staging, stdio: ['pipe', out.fd, 'pipe'] }) as import('node:child_process').ChildProcessByStdio<import('node:stream').Writable, null, import('node:stream').Readable>;
+        let stderr = '';
+        cpio.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+        cpio.on('error', reject);
+        cpio.on('exit', (code) => (code === 0 ? resolve() : reject(new Error(`cpio failed: ${stderr}`))));
+        cpio.stdin.end(`${entries.join('\n')}\n`);
+      });
+    } finally {
+      await out.close();
+    }
+  } finally {
+    rmSync(staging, { recursive: true, force: true });
+  }
+}

@@ -1,0 +1,8 @@
+export { guestPorts } from './ports.ts';
+export type { GuestPortName } from './ports.ts';
+export { livenessReady } from './messages.ts';
+export type { AgentMessage, AgentRequest } from './messages.ts';
+export { FrameDecoder, FrameType, encodeFrame, encodeMessage, frameHeaderBytes, maxFramePayload, syncMarker } from './frames.ts';
+export type { FrameHandlers } from './frames.ts';
+export { AgentClient } from './agent-client.ts';
+export type { AgentClientEvents } from './agent-client.ts';

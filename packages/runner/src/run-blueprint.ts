@@ -1,0 +1,66 @@
+import { readBlueprint } from '@ark/blueprint';
+import { ExitCode } from '@ark/cli';
+import { GuestVm, vmStoppedError } from './guest-vm.ts';
+
+export interface RunOptions {
+  cpus: number;
+  memoryMiB: number;
+  onStdout: (chunk: Buffer) => void;
+  onStderr: (chunk: Buffer) => void;
+  onEvent?: (event: RunEvent) => void;
+  /** aborting stops the VM; the result then carries the signal's exit code */
+  signal?: AbortSignal;
+}
+
+export type RunEvent = { kind: 'booting'; accelerator?: string } | { kind: 'started'; pid: number } | { kind: 'stopping'; reason: string };
+
+export interface RunResult {
+  exitCode: number;
+  /** set when the run was interrupted rather than the workload exiting */
+  interrupted?: 'SIGINT' | 'SIGTERM';
+}
+
+/**
+ * Cold-boots a blueprint and runs its workload to the end, like `docker run`:
+ * the disk is used copy-on-write, so the blueprint is never changed.
+ */
+export async function runBlueprint(dir: string, options: RunOptions): Promise<RunResult> {
+  const blueprint = await readBlueprint(dir);
+  options.onEvent?.({ kind: 'booting' });
+  const guest = await GuestVm.start({
+    kernelPath: blueprint.kernelPath,
+    initramfsPath: blueprint.initramfsPath,
+    cmdline: blueprint.config.kernel.cmdline,
+    disks: [{ id: 'root', path: blueprint.diskPath, ephemeral: true }],
+    cpus: options.cpus,
+    memoryMiB: options.memoryMiB,
+    onStdout: options.onStdout,
+    onStderr: options.onStderr,
+  });
+  try {
+    guest.agent.on('message', (message) => {
+      if (message.kind === 'started') options.onEvent?.({ kind: 'started', pid: message.pid });
+    });
+    const interrupted = new Promise<'SIGINT' | 'SIGTERM'>((resolve) => {
+      if (options.signal?.aborted) resolve(options.signal.reason as 'SIGINT' | 'SIGTERM');
+      options.signal?.addEventListener('abort', () => resolve(options.signal?.reason as 'SIGINT' | 'SIGTERM'), { once: true });
+    });
+    const outcome = await Promise.race([
+      guest.workloadExit.then((exit) => ({ kind: 'exit' as const, exit })),
+      guest.vm.exited.then((exit) => ({ kind: 'vm-stopped' as const, exit })),
+      interrupted.then((signal) => ({ kind: 'interrupted' as const, signal })),
+    ]);
+    if (outcome.kind === 'exit') {
+      await guest.waitForExit(15_000);
+      return { exitCode: outcome.exit.code };
+    }
+    if (outcome.kind === 'interrupted') {
+      options.onEvent?.({ kind: 'stopping', reason: outcome.signal });
+      await guest.vm.quit();
+      return { exitCode: outcome.signal === 'SIGINT' ? ExitCode.interrupted : ExitCode.terminated, interrupted: outcome.signal };
+    }
+    throw vmStoppedError(guest, outcome.exit);
+  } finally {
+    await guest.dispose();
+  }
+}

@@ -1,0 +1,6 @@
+export { chooseAccelerator } from './accelerator.ts';
+export type { Accelerator, AcceleratorChoice, HostProbe } from './accelerator.ts';
+export { QmpClient } from './qmp-client.ts';
+export type { QmpEvent } from './qmp-client.ts';
+export { QemuVm, qemuArguments } from './qemu-vm.ts';
+export type { DiskSpec, VmExit, VmSpec } from './vm-spec.ts';

@@ -1,0 +1,146 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { ArkError, ExitCode } from '@ark/cli';
+import { QmpClient } from './qmp-client.ts';
+import type { VmExit, VmSpec } from './vm-spec.ts';
+
+const qemuBinary = 'qemu-system-x86_64';
+
+/** One QEMU process (`-M microvm`) and its QMP connection. */
+export class QemuVm {
+  readonly spec: VmSpec;
+  readonly process: ChildProcess;
+  readonly qmp: QmpClient;
+  readonly exited: Promise<VmExit>;
+  readonly consoleLogPath: string;
+
+  private constructor(spec: VmSpec, child: ChildProcess, qmp: QmpClient, exited: Promise<VmExit>) {
+    this.spec = spec;
+    this.process = child;
+    this.qmp = qmp;
+    this.exited = exited;
+    this.consoleLogPath = join(spec.runtimeDir, 'console.log');
+  }
+
+  /**
+   * Starts QEMU. It is tied to this process: the kernel kills it when we die,
+   * even by SIGKILL (setpriv --pdeathsig).
+   */
+  static async start(spec: VmSpec): Promise<QemuVm> {
+    const qemu = findOnPath(qemuBinary);
+    if (!qemu) {
+      throw new ArkError('NO_QEMU', `${qemuBinary} is not installed`, {
+        hint: 'install it with scripts/bootstrap.sh (or apt-get install qemu-system-x86)',
+        exitCode: ExitCode.environment,
+      });
+    }
+    const args = qemuArguments(spec);
+    let command = 'setpriv';
+    let argv = ['--pdeathsig', 'KILL', '--', qemu, ...args];
+    if (spec.network) {
+      argv = ['netns', 'exec', spec.network.namespace, command, ...argv];
+      command = 'ip';
+    }
+    const child = spawn(command, argv, { stdio: ['ignore', 'ignore', 'pipe'] });
+    let stderr = '';
+    child.stderr?.setEncoding('utf8');
+    child.stderr?.on('data', (chunk: string) => {
+      stderr = (stderr + chunk).slice(-4096);
+    });
+    const exited = new Promise<VmExit>((resolve) => {
+      child.once('exit', (code, signal) => resolve({ code, signal }));
+      child.once('error', () => resolve({ code: null, signal: null }));
+    });
+    const qmpPath = join(spec.runtimeDir, 'qmp.sock');
+    let qmp: QmpClient | undefined;
+    let done = false;
+    void exited.then(() => {
+      done = true;
+    });
+    for (let attempt = 0; attempt < 400 && !done; attempt++) {
+      if (existsSync(qmpPath)) {
+        qmp = await QmpClient.connect(qmpPath).catch(() => undefined);
+        if (qmp) break;
+      }
+      await sleep(25);
+    }
+    if (!qmp) {
+      child.kill('SIGKILL');
+      await exited;
+      throw new ArkError('QEMU_FAILED', `QEMU did not start: ${stderr.trim().split('\n').at(-1) ?? 'no output'}`, {
+        hint: 'check the blueprint files and that qemu-system-x86_64 works on this host',
+        exitCode: ExitCode.environment,
+      });
+    }
+    return new QemuVm(spec, child, qmp, exited);
+  }
+
+  portPath(name: string): string {
+    return join(this.spec.runtimeDir, `${name}.sock`);
+  }
+
+  /** Stops QEMU at once (the guest gets no say) and waits for it to be gone. */
+  async kill(): Promise<VmExit> {
+    if (this.process.exitCode === null && this.process.signalCode === null) this.process.kill('SIGKILL');
+    return this.exited;
+  }
+
+  /** Asks QEMU to quit, then kills it if it has not gone within `graceMs`. */
+  async quit(graceMs = 3000): Promise<VmExit> {
+    await this.qmp.execute('quit').catch(() => {});
+    const timer = setTimeout(() => this.process.kill('SIGKILL'), graceMs);
+    const exit = await this.exited;
+    clearTimeout(timer);
+    return exit;
+  }
+}
+
+export function qemuArguments(spec: VmSpec): string[] {
+  const machine = ['microvm', 'acpi=on'];
+  const args: string[] = [
+    '-nodefaults', '-no-user-config', '-nographic', '-no-reboot',
+    '-accel', spec.accelerator,
+    '-smp', String(spec.cpus),
+    '-m', `${spec.memoryMiB}M`,
+    '-kernel', spec.kernelPath,
+    '-initrd', spec.initramfsPath,
+    '-append', spec.cmdline,
+    '-chardev', `file,id=console,path=${join(spec.runtimeDir, 'console.log')}`,
+    '-serial', 'chardev:console',
+    '-qmp', `unix:${join(spec.runtimeDir, 'qmp.sock')},server=on,wait=off`,
+    '-device', 'virtio-rng-device',
+    '-device', 'virtio-serial-device,max_ports=8',
+  ];
+  if (spec.accelerator === 'kvm') args.push('-cpu', 'host');
+  if (spec.memoryFile) {
+    args.push('-object', `memory-backend-file,id=ram,size=${spec.memoryMiB}M,mem-path=${spec.memoryFile},share=on`);
+    machine.push('memory-backend=ram');
+  }
+  args.unshift('-M', machine.join(','));
+  for (const disk of spec.disks) {
+    const options = [`id=${disk.id}`, `file=${disk.path}`, 'format=raw', 'if=none', 'cache=unsafe', 'aio=threads'];
+    if (disk.readOnly) options.push('readonly=on');
+    if (disk.ephemeral) options.push('snapshot=on');
+    args.push('-drive', options.join(','), '-device', `virtio-blk-device,drive=${disk.id}`);
+  }
+  spec.ports.forEach((name, index) => {
+    args.push('-chardev', `socket,id=port${index},path=${join(spec.runtimeDir, `${name}.sock`)},server=on,wait=off`);
+    args.push('-device', `virtserialport,chardev=port${index},name=${name}`);
+  });
+  if (spec.network) {
+    const mac = spec.network.mac ?? '02:ab:00:00:00:02';
+    args.push('-netdev', `tap,id=net0,ifname=${spec.network.tap},script=no,downscript=no`, '-device', `virtio-net-device,netdev=net0,mac=${mac}`);
+  }
+  if (spec.incoming) args.push('-incoming', spec.incoming);
+  return args;
+}
+
+function findOnPath(name: string): string | undefined {
+  for (const dir of (process.env.PATH ?? '/usr/bin:/bin').split(':')) {
+    const candidate = join(dir || '.', name);
+    if (existsSync(candidate)) return candidate;
+  }
+  return undefined;
+}
