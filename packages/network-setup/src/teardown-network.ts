@@ -31,21 +31,21 @@ export async function teardownNetwork(options: TeardownNetworkOptions = {}): Pro
   requireRoot();
   const emit = options.onEvent ?? (() => {});
 
-  const links: string[] = [];
-  for (const link of await listLinks(null)) {
-    if (indexOfName(prefix, link.ifname) !== undefined && link.linkinfo?.info_kind === 'veth') {
-      await ip(null, ['link', 'delete', 'dev', link.ifname]);
-      links.push(link.ifname);
-      emit({ kind: 'link', action: 'remove', namespace: null, link: link.ifname });
-    }
+  const mine = (name: string): boolean => indexOfName(prefix, name) !== undefined;
+  const byIndex = (a: string, b: string): number => (indexOfName(prefix, a) ?? 0) - (indexOfName(prefix, b) ?? 0);
+
+  const links = (await listLinks(null))
+    .filter((link) => mine(link.ifname) && link.linkinfo?.info_kind === 'veth')
+    .map((link) => link.ifname)
+    .sort(byIndex);
+  for (const link of links) {
+    await ip(null, ['link', 'delete', 'dev', link]);
+    emit({ kind: 'link', action: 'remove', namespace: null, link });
   }
-  const namespaces: string[] = [];
-  for (const name of await listNamespaces()) {
-    if (indexOfName(prefix, name) !== undefined) {
-      await ip(null, ['netns', 'delete', name]);
-      namespaces.push(name);
-      emit({ kind: 'namespace', action: 'remove', namespace: name });
-    }
+  const namespaces = (await listNamespaces()).filter(mine).sort(byIndex);
+  for (const namespace of namespaces) {
+    await ip(null, ['netns', 'delete', namespace]);
+    emit({ kind: 'namespace', action: 'remove', namespace });
   }
 
   const ipForwardBefore = (await readTableTags(null, 'inet', rulesTableName(prefix)))?.get('ip-forward-before');

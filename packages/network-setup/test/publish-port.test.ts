@@ -1,6 +1,6 @@
 import t from 'tap';
 import { publishPort, setupNetwork, teardownNetwork } from '@ark/network-setup';
-import { freeTestCidr, sh, startScript, stop, tcpRead, tcpReplyServer, testPrefix, udpAsk, udpReplyServer } from './test-network.ts';
+import { freeTestCidr, sh, startScript, stop, tcpRead, tcpReadFromNamespace, tcpReplyServer, testPrefix, udpAsk, udpReplyServer } from './test-network.ts';
 
 const prefix = testPrefix('c');
 const GUEST_PORT = 7080;
@@ -35,6 +35,14 @@ t.test('published ports', async (t) => {
     t.notMatch(await sh('nft', ['list', 'table', 'ip', table]), 'dnat', 'host rules removed');
     t.notMatch(await sh('ip', ['netns', 'exec', ns, 'nft', 'list', 'table', 'ip', table]), 'dnat', 'namespace rule removed');
     await port.remove(); // twice is fine
+  });
+
+  t.test('namespaces reach a published port through the host, and only that way', async (t) => {
+    const port = await publishPort({ namespace: ns, hostPort: 0, guestPort: GUEST_PORT, guestAddress: net.namespaceAddress });
+    t.teardown(() => port.remove());
+    t.equal(await tcpReadFromNamespace(other.namespace, other.hostAddress, port.hostPort), 'hello from the guest', 'from another namespace');
+    t.equal(await tcpReadFromNamespace(ns, net.hostAddress, port.hostPort), 'hello from the guest', 'from its own namespace (hairpin)');
+    t.equal(await tcpReadFromNamespace(other.namespace, net.namespaceAddress, GUEST_PORT), 'TIMEOUT', 'not directly');
   });
 
   t.test('tcp on one loopback address', async (t) => {
