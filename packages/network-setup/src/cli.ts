@@ -21,6 +21,7 @@ export function createCli(): CAC {
   const cli = cac(NAME);
   cli
     .command('', 'create (or with --teardown remove) the network namespaces that ark VMs run in')
+    .usage('[--count N] [--prefix P] [--host-cidr CIDR] [--host-interface IF] [--teardown] [--json]')
     .option('--count <n>', `number of namespaces, 1 to ${MAX_COUNT} (default: 1)`)
     .option('--prefix <name>', `namespace and link name prefix (default: ${DEFAULT_PREFIX})`)
     .option('--host-cidr <cidr>', `range for the per-namespace /30s (default: ${DEFAULT_HOST_CIDR})`)
