@@ -27,11 +27,15 @@ export async function freeTestCidr(slot: number): Promise<string> {
   throw new Error('no free /24 in 10.254.0.0/16');
 }
 
-/** Everything a setup could have touched, as JSON, to compare before and after. */
+/**
+ * Everything a setup could have touched, as JSON, to compare before and after.
+ * IPv6 is left out: the kernel's own link-local addresses change state (DAD) on their own.
+ */
 export async function networkState(prefix: string): Promise<unknown> {
   const mine = (name: string): boolean => new RegExp(`^${prefix}\\d+$`).test(name);
   const netns = (JSON.parse((await sh('ip', ['-j', 'netns', 'list'])) || '[]') as { name: string }[]).filter((entry) => mine(entry.name));
-  const links = (JSON.parse(await sh('ip', ['-j', '-d', 'address', 'show'])) as { ifname: string }[]).filter((link) => mine(link.ifname));
+  const links = (JSON.parse(await sh('ip', ['-j', '-d', 'link', 'show'])) as { ifname: string }[]).filter((link) => mine(link.ifname));
+  const addresses = (JSON.parse(await sh('ip', ['-j', '-4', 'address', 'show'])) as { ifname: string }[]).filter((link) => mine(link.ifname));
   const ruleset = JSON.parse(await sh('nft', ['-j', 'list', 'ruleset'])) as { nftables: Record<string, { table?: string; name?: string }>[] };
   const tables = ruleset.nftables.filter((entry) => {
     const object = Object.values(entry)[0];
@@ -41,13 +45,14 @@ export async function networkState(prefix: string): Promise<unknown> {
   const namespaces: Record<string, unknown> = {};
   for (const { name } of netns) {
     namespaces[name] = {
-      links: JSON.parse(await sh('ip', ['-n', name, '-j', '-d', 'address', 'show'])),
+      links: JSON.parse(await sh('ip', ['-n', name, '-j', '-d', 'link', 'show'])),
+      addresses: JSON.parse(await sh('ip', ['-n', name, '-j', '-4', 'address', 'show'])),
       routes: JSON.parse(await sh('ip', ['-n', name, '-j', 'route', 'show', 'table', 'all'])),
       nft: JSON.parse(await sh('ip', ['netns', 'exec', name, 'nft', '-j', 'list', 'ruleset'])),
       forwarding: (await sh('ip', ['netns', 'exec', name, 'sysctl', '-n', 'net.ipv4.ip_forward'])).trim(),
     };
   }
-  return { netns, links, tables, namespaces };
+  return { netns, links, addresses, tables, namespaces };
 }
 
 /** Runs a Node script inside a namespace (null: on the host); resolves once it prints its first line. */
