@@ -1,6 +1,6 @@
 // Serves one file over NBD until SIGINT/SIGTERM: the server the benchmark and
 // manual checks start. Not a product binary (ark-registry is built on the library).
-//   node packages/nbd/scripts/serve-file.ts FILE [--name N] [--port P | --socket PATH] [--writable] [--tls-psk-file F]
+//   node packages/nbd/scripts/serve-file.ts FILE [--name N] [--port P] [--socket PATH] [--writable] [--tls-psk-file F]
 import { parseArgs } from 'node:util';
 import { FileExport, NbdServer, readPskFile } from '@ark/nbd';
 
@@ -18,7 +18,7 @@ const { values, positionals } = parseArgs({
 });
 const path = positionals[0];
 if (path === undefined) {
-  process.stderr.write('usage: serve-file.ts FILE [--name N] [--port P | --socket PATH] [--writable] [--tls-psk-file F]\n');
+  process.stderr.write('usage: serve-file.ts FILE [--name N] [--port P] [--socket PATH] [--writable] [--tls-psk-file F]\n');
   process.exit(2);
 }
 const exp = await FileExport.open(path, { name: values.name ?? '', description: values.description, readOnly: !values.writable });
@@ -26,8 +26,11 @@ const server = new NbdServer({
   exports: [exp],
   tls: values['tls-psk-file'] ? { keys: await readPskFile(values['tls-psk-file']) } : undefined,
 });
-const bound = await server.listen(values.socket !== undefined ? { path: values.socket } : { host: values.host, port: Number(values.port ?? 10809) });
-process.stdout.write(`${JSON.stringify(bound)}\n`);
+// TCP and a Unix socket at once when both are asked for
+const addresses = [];
+if (values.socket !== undefined) addresses.push({ path: values.socket });
+if (values.port !== undefined || values.socket === undefined) addresses.push({ host: values.host, port: Number(values.port ?? 10809) });
+for (const address of addresses) process.stdout.write(`${JSON.stringify(await server.listen(address))}\n`);
 const stop = () => {
   void server.close().then(() => exp.close());
 };

@@ -1,0 +1,137 @@
+// Read throughput of @ark/nbd against nbdkit's file plugin and qemu-nbd:
+// `nbdcopy URI null:` over TCP loopback and a Unix socket, 1 and 4 connections.
+//   node bench/nbd.ts [--size-mib 1024] [--runs 5] [--keep FILE]
+// stdout: a table (GB/s, median of the runs) and the ratio ours/nbdkit.
+import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
+import { randomFillSync } from 'node:crypto';
+import { closeSync, existsSync, mkdtempSync, openSync, rmSync, writeSync } from 'node:fs';
+import net from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { parseArgs } from 'node:util';
+
+const { values } = parseArgs({
+  options: {
+    'size-mib': { type: 'string', default: '1024' },
+    runs: { type: 'string', default: '5' },
+  },
+});
+const sizeMiB = Number(values['size-mib']);
+const runs = Number(values.runs);
+const repo = new URL('..', import.meta.url).pathname;
+const dir = mkdtempSync(join(tmpdir(), 'ark-nbd-bench-'));
+const file = join(dir, 'disk.img');
+const children: ChildProcess[] = [];
+
+function cleanup(): void {
+  for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGTERM');
+  rmSync(dir, { recursive: true, force: true });
+}
+process.on('exit', cleanup);
+process.on('SIGINT', () => process.exit(130));
+
+function makeFile(): void {
+  process.stderr.write(`writing ${sizeMiB} MiB of random data to ${file}\n`);
+  const fd = openSync(file, 'w');
+  const chunk = Buffer.allocUnsafe(16 * 1024 * 1024);
+  for (let done = 0; done < sizeMiB * 1024 * 1024; done += chunk.length) {
+    randomFillSync(chunk);
+    writeSync(fd, chunk, 0, Math.min(chunk.length, sizeMiB * 1024 * 1024 - done));
+  }
+  closeSync(fd);
+  // warm the page cache so every server reads from memory
+  execFileSync('cat', [file], { stdio: ['ignore', 'ignore', 'inherit'] });
+}
+
+async function freePort(): Promise<number> {
+  return new Promise((resolve) => {
+    const s = net.createServer().listen(0, '127.0.0.1', () => {
+      const port = (s.address() as net.AddressInfo).port;
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+async function waitFor(check: () => Promise<boolean>, what: string): Promise<void> {
+  for (let i = 0; i < 100; i++) {
+    if (await check()) return;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new Error(`${what} did not start`);
+}
+
+function canConnect(address: { port: number } | { path: string }): Promise<boolean> {
+  return new Promise((resolve) => {
+    const s = 'path' in address ? net.connect(address.path) : net.connect(address.port, '127.0.0.1');
+    s.once('connect', () => {
+      s.destroy();
+      resolve(true);
+    });
+    s.once('error', () => resolve(false));
+  });
+}
+
+interface Server {
+  name: string;
+  tcp: string;
+  unix: string;
+}
+
+async function start(name: string, argv: (port: number, sock: string) => string[][]): Promise<Server> {
+  const port = await freePort();
+  const sock = join(dir, `${name}.sock`);
+  for (const [cmd, ...args] of argv(port, sock)) {
+    const child = spawn(cmd!, args, { stdio: ['ignore', 'ignore', 'inherit'] });
+    children.push(child);
+  }
+  await waitFor(async () => (await canConnect({ port })) && existsSync(sock) && (await canConnect({ path: sock })), name);
+  return { name, tcp: `nbd://127.0.0.1:${port}`, unix: `nbd+unix:///?socket=${sock}` };
+}
+
+function timeCopy(uri: string, connections: number): number {
+  const t0 = process.hrtime.bigint();
+  execFileSync('nbdcopy', [`--connections=${connections}`, uri, 'null:'], { stdio: ['ignore', 'ignore', 'inherit'] });
+  return Number(process.hrtime.bigint() - t0) / 1e9;
+}
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.floor(s.length / 2)]!;
+}
+
+makeFile();
+const servers = [
+  await start('ark', (port, sock) => [[process.execPath, join(repo, 'packages/nbd/scripts/serve-file.ts'), file, '--port', String(port), '--socket', sock]]),
+  await start('nbdkit', (port, sock) => [
+    ['nbdkit', '-f', '-p', String(port), 'file', file],
+    ['nbdkit', '-f', '-U', sock, 'file', file],
+  ]),
+  await start('qemu-nbd', (port, sock) => [
+    ['qemu-nbd', '-r', '-t', '-f', 'raw', '-e', '8', '-b', '127.0.0.1', '-p', String(port), file],
+    ['qemu-nbd', '-r', '-t', '-f', 'raw', '-e', '8', '-k', sock, file],
+  ]),
+];
+
+const bytes = sizeMiB * 1024 * 1024;
+const rows: string[][] = [];
+const header = ['transport', 'conns', ...servers.map((s) => `${s.name} GB/s`), 'ark/nbdkit'];
+for (const transport of ['tcp', 'unix'] as const) {
+  for (const connections of [1, 4]) {
+    const rates: number[] = [];
+    for (const server of servers) {
+      const uri = server[transport];
+      timeCopy(uri, connections); // warm-up
+      const times: number[] = [];
+      for (let i = 0; i < runs; i++) times.push(timeCopy(uri, connections));
+      rates.push(bytes / median(times) / 1e9);
+      process.stderr.write(`${server.name} ${transport} ×${connections}: ${times.map((t) => t.toFixed(3)).join(' ')} s\n`);
+    }
+    rows.push([transport, String(connections), ...rates.map((r) => r.toFixed(2)), (rates[0]! / rates[1]!).toFixed(2)]);
+  }
+}
+
+const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
+const line = (cells: string[]) => `| ${cells.map((c, i) => c.padStart(widths[i]!)).join(' | ')} |`;
+process.stdout.write(`nbdcopy URI null: — ${sizeMiB} MiB file in the page cache, median of ${runs} runs\n`);
+process.stdout.write(`${line(header)}\n|${widths.map((w) => '-'.repeat(w + 2)).join('|')}|\n`);
+for (const r of rows) process.stdout.write(`${line(r)}\n`);
