@@ -17,3 +17,6 @@ export type { PskKeys } from './psk-keys.ts';
 export { PSK_CIPHERS } from './tls-psk.ts';
 export type { ClientPsk, PskLookup } from './tls-psk.ts';
 export * from './protocol-constants.ts';
+export { NbdClient } from './nbd-client.ts';
+export type { BlockStatusExtent, ExportCapabilities } from './nbd-client.ts';
+export type { NbdConnectOptions, ExportListing } from './client-handshake.ts';
