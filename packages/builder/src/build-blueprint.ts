@@ -37,6 +37,8 @@ export interface BuildResult {
   config: BlueprintConfig;
   files: { config: string; disk: string; kernel: string; initramfs: string };
   contentBytes: number;
+  /** bytes that came from a registry; 0 when every layer was cached */
+  downloadedBytes: number;
 }
 
 export const defaultCmdline = 'console=ttyS0 panic=-1 quiet loglevel=3';
@@ -113,7 +115,7 @@ export async function buildBlueprint(options: BuildOptions): Promise<BuildResult
     for (const path of [files.disk, files.kernel, files.initramfs]) renameSync(temp(path), path);
     writeFileSync(temp(files.config), `${JSON.stringify(config, null, 2)}\n`);
     renameSync(temp(files.config), files.config);
-    return { outDir, config, files, contentBytes: content.bytes };
+    return { outDir, config, files, contentBytes: content.bytes, downloadedBytes: image.downloadedBytes() };
   } finally {
     rmSync(staging, { recursive: true, force: true });
     for (const path of Object.values(files)) if (existsSync(temp(path))) rmSync(temp(path), { force: true });

@@ -45,7 +45,7 @@ export async function main(argv: string[]): Promise<void> {
       }).finally(() => bar.clear());
       const seconds = ((Date.now() - started) / 1000).toFixed(1);
       process.stderr.write(`${colour.green('built')} ${result.outDir} (${formatBytes(result.contentBytes)} of content, disk ${formatBytes(result.config.disk.sizeBytes)}) in ${seconds} s\n`);
-      if (options.json) process.stdout.write(`${JSON.stringify({ blueprint: result.outDir, files: result.files, image: result.config.image, run: result.config.run, disk: result.config.disk, kernel: result.config.kernel, seconds: Number(seconds) }, null, 2)}\n`);
+      if (options.json) process.stdout.write(`${JSON.stringify({ blueprint: result.outDir, files: result.files, image: result.config.image, run: result.config.run, disk: result.config.disk, kernel: result.config.kernel, contentBytes: result.contentBytes, downloadedBytes: result.downloadedBytes, seconds: Number(seconds) }, null, 2)}\n`);
       else process.stdout.write(`${result.outDir}\n`);
     });
   cli.help();

@@ -27,6 +27,8 @@ export interface ResolvedImage {
   configDigest: string;
   config: ImageConfig;
   layers: LayerBlob[];
+  /** bytes fetched from a registry so far (0 for local sources and cache hits) */
+  downloadedBytes(): number;
 }
 
 export interface ResolveOptions {
@@ -81,6 +83,7 @@ async function resolveFromRegistry(reference: Extract<ImageReference, { kind: 'r
     }
   }
   return {
+    downloadedBytes: () => client.downloadedBytes,
     manifestDigest: fetched.digest,
     configDigest: manifest.config.digest,
     config,
@@ -121,6 +124,7 @@ function resolveFromOciLayout(dir: string, tag: string | undefined): ResolvedIma
   }
   const manifest = checkManifest(document as ImageManifest, dir);
   return {
+    downloadedBytes: () => 0,
     manifestDigest,
     configDigest: manifest.config.digest,
     config: parseJson<ImageConfig>(readVerified(blob(manifest.config.digest), manifest.config.digest), 'the image config'),
@@ -161,6 +165,7 @@ async function resolveFromDockerArchive(file: string, cache: BlobCache): Promise
   const config = parseJson<ImageConfig>(configBytes, `the config in ${file}`);
   const diffIds = config.rootfs?.diff_ids ?? [];
   return {
+    downloadedBytes: () => 0,
     manifestDigest: archiveDigest,
     configDigest,
     config,

@@ -43,6 +43,8 @@ export async function applyLayer(root: string, input: Readable, options: ApplyLa
   if (options.verifyUncompressed) stages.push(options.verifyUncompressed());
   const extract = tar.extract();
   extract.on('entry', (header, stream, next) => {
+    // the entry stream errors when a failure destroys the extractor; the pipeline reports that failure
+    stream.on('error', () => {});
     try {
       applier.entry(header, stream as unknown as Readable, next);
     } catch (error) {

@@ -29,6 +29,8 @@ export class RegistryClient {
   readonly #credentials: Credentials | undefined;
   readonly #cache: BlobCache;
   #authorization: string | undefined;
+  /** bytes that came over the network (cache hits count nothing) */
+  downloadedBytes = 0;
 
   constructor(registry: string, repository: string, options: RegistryClientOptions = {}) {
     this.registry = registry;
@@ -65,8 +67,11 @@ export class RegistryClient {
     if (!response.body) throw this.#error(`the blob ${descriptor.digest} has no body`);
     return this.#cache.store(descriptor.digest, Readable.fromWeb(response.body as never), {
       size: descriptor.size,
+      onBytes: (n) => {
+        this.downloadedBytes += n;
+        onBytes?.(n);
+      },
       what: `blob ${descriptor.digest} from ${this.registry}/${this.repository}`,
-      onBytes,
     });
   }
 

@@ -4,3 +4,4 @@ export { QmpClient } from './qmp-client.ts';
 export type { QmpEvent } from './qmp-client.ts';
 export { QemuVm, qemuArguments } from './qemu-vm.ts';
 export type { DiskSpec, VmExit, VmSpec } from './vm-spec.ts';
+export { tcgClockArguments } from './guest-clock.ts';

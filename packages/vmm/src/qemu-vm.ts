@@ -3,6 +3,7 @@ import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { ArkError, ExitCode } from '@ark/cli';
+import { tcgClockArguments } from './guest-clock.ts';
 import { QmpClient } from './qmp-client.ts';
 import type { VmExit, VmSpec } from './vm-spec.ts';
 
@@ -106,7 +107,7 @@ export function qemuArguments(spec: VmSpec): string[] {
     '-m', `${spec.memoryMiB}M`,
     '-kernel', spec.kernelPath,
     '-initrd', spec.initramfsPath,
-    '-append', spec.cmdline,
+    '-append', spec.accelerator === 'tcg' ? `${spec.cmdline} ${tcgClockArguments()}`.trim() : spec.cmdline,
     '-chardev', `file,id=console,path=${join(spec.runtimeDir, 'console.log')}`,
     '-serial', 'chardev:console',
     '-qmp', `unix:${join(spec.runtimeDir, 'qmp.sock')},server=on,wait=off`,
