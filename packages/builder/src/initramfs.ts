@@ -34,6 +34,8 @@ busybox mount -t devpts -o newinstance,ptmxmode=0666 devpts /newroot/dev/pts
 busybox mount -t tmpfs -o mode=1777 tmpfs /newroot/dev/shm
 busybox ip link set lo up
 busybox hostname ark
+# as Docker gives containers: a high open-files limit, inherited down to the workload
+ulimit -n 1048576
 exec busybox switch_root /newroot /.ark/bin/tini -s -- /.ark/bin/ark-agent
 `;
 }
