@@ -1,0 +1,195 @@
+// Shared by the tests: temporary files, real tools as child processes (always
+// killed at teardown), sparse test images and small wire helpers.
+import { type ChildProcess, execFile, spawn } from 'node:child_process';
+import { createHash, randomBytes } from 'node:crypto';
+import { mkdtempSync, openSync, closeSync, ftruncateSync, readFileSync, rmSync, writeSync, existsSync } from 'node:fs';
+import net from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import type { Extent } from '@ark/nbd';
+
+export interface TapLike {
+  teardown(fn: () => unknown): void;
+}
+
+export function tempDir(t: TapLike, prefix = 'ark-nbd-test-'): string {
+  const dir = mkdtempSync(join(tmpdir(), prefix));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  return dir;
+}
+
+export interface RunResult {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+/** Runs a tool to completion (killed after timeoutMs). */
+export function run(cmd: string, args: string[], options: { timeoutMs?: number; input?: string } = {}): Promise<RunResult> {
+  return new Promise((resolve) => {
+    const child = execFile(cmd, args, { timeout: options.timeoutMs ?? 60_000, maxBuffer: 64 * 1024 * 1024, killSignal: 'SIGKILL' }, (error, stdout, stderr) => {
+      const code = error ? (typeof (error as { code?: unknown }).code === 'number' ? ((error as { code: number }).code) : null) : 0;
+      resolve({ code, stdout: String(stdout), stderr: String(stderr) });
+    });
+    if (options.input !== undefined) child.stdin?.end(options.input);
+  });
+}
+
+/** Starts a long-running tool; it is killed at teardown. */
+export function spawnTool(t: TapLike, cmd: string, args: string[]): ChildProcess {
+  const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  let stderr = '';
+  child.stderr?.on('data', (d: Buffer) => {
+    stderr += d.toString();
+  });
+  child.stdout?.resume();
+  Object.defineProperty(child, 'stderrText', { get: () => stderr });
+  t.teardown(
+    () =>
+      new Promise<void>((resolve) => {
+        if (child.exitCode !== null || child.signalCode !== null) return resolve();
+        child.once('exit', () => resolve());
+        child.kill('SIGTERM');
+        setTimeout(() => child.kill('SIGKILL'), 3000).unref();
+      }),
+  );
+  return child;
+}
+
+export async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = net.createServer();
+    s.once('error', reject);
+    s.listen(0, '127.0.0.1', () => {
+      const port = (s.address() as net.AddressInfo).port;
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+export async function waitUntil(check: () => boolean | Promise<boolean>, what: string, timeoutMs = 15_000): Promise<void> {
+  const end = Date.now() + timeoutMs;
+  while (Date.now() < end) {
+    if (await check()) return;
+    await sleep(50);
+  }
+  throw new Error(`timed out waiting for ${what}`);
+}
+
+export function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms));
+}
+
+export function canConnect(address: { port: number } | { path: string }): Promise<boolean> {
+  return new Promise((resolve) => {
+    if ('path' in address && !existsSync(address.path)) return resolve(false);
+    const s = 'path' in address ? net.connect(address.path) : net.connect(address.port, '127.0.0.1');
+    s.once('connect', () => {
+      s.destroy();
+      resolve(true);
+    });
+    s.once('error', () => resolve(false));
+  });
+}
+
+export function sha256(data: Buffer | string): string {
+  return createHash('sha256').update(typeof data === 'string' ? readFileSync(data) : data).digest('hex');
+}
+
+/**
+ * A sparse file of `size` bytes: random data in the `data` ranges, holes
+ * elsewhere. Returns the extents (hole/data) the file has.
+ */
+export function makeSparseFile(path: string, size: number, data: { offset: number; length: number }[]): Extent[] {
+  const fd = openSync(path, 'w');
+  try {
+    ftruncateSync(fd, size);
+    for (const d of data) writeSync(fd, randomBytes(d.length), 0, d.length, d.offset);
+  } finally {
+    closeSync(fd);
+  }
+  const extents: Extent[] = [];
+  let pos = 0;
+  for (const d of [...data].sort((a, b) => a.offset - b.offset)) {
+    if (d.offset > pos) extents.push({ offset: pos, length: d.offset - pos, kind: 'hole' });
+    extents.push({ offset: d.offset, length: d.length, kind: 'data' });
+    pos = d.offset + d.length;
+  }
+  if (pos < size) extents.push({ offset: pos, length: size - pos, kind: 'hole' });
+  return extents;
+}
+
+/** A file of random bytes. */
+export function makeRandomFile(path: string, size: number): void {
+  const fd = openSync(path, 'w');
+  try {
+    for (let done = 0; done < size; ) {
+      const n = Math.min(8 << 20, size - done);
+      writeSync(fd, randomBytes(n), 0, n, done);
+      done += n;
+    }
+  } finally {
+    closeSync(fd);
+  }
+}
+
+// ---- raw wire helpers for hostile clients ----
+
+export function optionBytes(option: number, data: Buffer = Buffer.alloc(0), declaredLength = data.length): Buffer {
+  const h = Buffer.alloc(16);
+  h.write('IHAVEOPT', 0, 'latin1');
+  h.writeUInt32BE(option, 8);
+  h.writeUInt32BE(declaredLength, 12);
+  return Buffer.concat([h, data]);
+}
+
+export function goData(name: Buffer | string, infos: number[] = []): Buffer {
+  const n = typeof name === 'string' ? Buffer.from(name) : name;
+  const b = Buffer.alloc(4 + n.length + 2 + infos.length * 2);
+  b.writeUInt32BE(n.length, 0);
+  n.copy(b, 4);
+  b.writeUInt16BE(infos.length, 4 + n.length);
+  infos.forEach((i, k) => b.writeUInt16BE(i, 6 + n.length + k * 2));
+  return b;
+}
+
+export function requestBytes(type: number, offset: number, length: number, cookie = 1, flags = 0): Buffer {
+  const h = Buffer.alloc(28);
+  h.writeUInt32BE(0x25609513, 0);
+  h.writeUInt16BE(flags, 4);
+  h.writeUInt16BE(type, 6);
+  h.writeUInt32BE(cookie, 12);
+  h.writeBigUInt64BE(BigInt(offset), 16);
+  h.writeUInt32BE(length, 24);
+  return h;
+}
+
+/** A raw socket that collects everything the server sends. */
+export class RawPeer {
+  readonly socket: net.Socket;
+  received = Buffer.alloc(0);
+  closed = false;
+  constructor(address: { port: number } | { path: string }) {
+    this.socket = 'path' in address ? net.connect(address.path) : net.connect(address.port, '127.0.0.1');
+    this.socket.on('data', (d: Buffer) => {
+      this.received = Buffer.concat([this.received, d]);
+    });
+    this.socket.on('error', () => {});
+    this.socket.on('close', () => {
+      this.closed = true;
+    });
+  }
+  send(b: Buffer): void {
+    if (!this.socket.destroyed) this.socket.write(b);
+  }
+  async waitFor(n: number, timeoutMs = 5000): Promise<Buffer> {
+    await waitUntil(() => this.received.length >= n || this.closed, `${n} bytes`, timeoutMs);
+    return this.received;
+  }
+  async waitClosed(timeoutMs = 5000): Promise<void> {
+    await waitUntil(() => this.closed, 'the server to close', timeoutMs);
+  }
+  destroy(): void {
+    this.socket.destroy();
+  }
+}
