@@ -1,4 +1,5 @@
-import { copyFileSync, existsSync, mkdirSync, mkdtempSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { copyFile } from 'node:fs/promises';
+import { existsSync, mkdirSync, mkdtempSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { blueprintFiles, type BlueprintConfig, type GuestHooks, type RunConfig } from '@ark/blueprint';
 import { ArkError, ExitCode } from '@ark/cli';
@@ -30,7 +31,7 @@ export type BuildEvent =
   | { kind: 'download'; bytes: number; total: number }
   | { kind: 'layer'; index: number; count: number; digest: string }
   | { kind: 'warning'; message: string }
-  | { kind: 'step'; step: 'runtime' | 'disk' | 'kernel' | 'initramfs' };
+  | { kind: 'step'; step: 'runtime' | 'disk' };
 
 export interface BuildResult {
   outDir: string;
@@ -65,6 +66,9 @@ export async function buildBlueprint(options: BuildOptions): Promise<BuildResult
     initramfs: join(outDir, blueprintFiles.initramfs),
   };
   const temp = (path: string) => `${path}.partial`;
+  // the kernel and initramfs do not depend on the image: they are written while the layers apply
+  const bootFiles = Promise.all([copyFile(kernel.kernelPath, temp(files.kernel)), writeInitramfs(temp(files.initramfs), modules)]);
+  bootFiles.catch(() => {});
   try {
     const root = join(staging, 'rootfs');
     mkdirSync(root, { mode: 0o755 });
@@ -96,10 +100,7 @@ export async function buildBlueprint(options: BuildOptions): Promise<BuildResult
     }
     await writeExt4Image(root, temp(files.disk), diskSize, content.inodes);
 
-    emit({ kind: 'step', step: 'kernel' });
-    copyFileSync(kernel.kernelPath, temp(files.kernel));
-    emit({ kind: 'step', step: 'initramfs' });
-    await writeInitramfs(temp(files.initramfs), modules);
+    await bootFiles;
 
     const config: BlueprintConfig = {
       arkVersion: 1,
@@ -117,6 +118,7 @@ export async function buildBlueprint(options: BuildOptions): Promise<BuildResult
     renameSync(temp(files.config), files.config);
     return { outDir, config, files, contentBytes: content.bytes, downloadedBytes: image.downloadedBytes() };
   } finally {
+    await bootFiles.catch(() => {});
     rmSync(staging, { recursive: true, force: true });
     for (const path of Object.values(files)) if (existsSync(temp(path))) rmSync(temp(path), { force: true });
   }

@@ -33,7 +33,8 @@ export async function writeExt4Image(dir: string, outPath: string, sizeBytes: nu
   rmSync(outPath, { force: true });
   try {
     await run('mkfs.ext4', [
-      '-q', '-F', '-t', 'ext4', '-L', 'ark', '-d', dir,
+      // 4 KiB blocks always: below 512 MiB mke2fs would pick 1 KiB ones, which makes -d several times slower
+      '-q', '-F', '-t', 'ext4', '-b', '4096', '-L', 'ark', '-d', dir,
       '-N', String(Math.max(inodes * 2 + 4096, 16384)),
       '-E', 'lazy_itable_init=1,lazy_journal_init=1',
       outPath, `${Math.floor(sizeBytes / 1024)}k`,

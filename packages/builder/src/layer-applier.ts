@@ -24,6 +24,7 @@ export interface ApplyLayerOptions {
 }
 
 const maxSymlinkHops = 40;
+const umask = process.umask();
 const whiteoutPrefix = '.wh.';
 const opaqueWhiteout = '.wh..wh..opq';
 
@@ -69,6 +70,8 @@ class LayerApplier {
   /** paths this layer wrote: an opaque whiteout keeps them */
   readonly #written = new Set<string>();
   readonly #directoryTimes: Array<[string, Date]> = [];
+  /** resolved parent directories; any removal of a directory or symlink forgets them all */
+  readonly #resolved = new Map<string, string>();
 
   constructor(root: string, options: ApplyLayerOptions) {
     this.#root = root;
@@ -90,12 +93,12 @@ class LayerApplier {
     if (base === opaqueWhiteout) {
       for (const child of readdirSync(parent)) {
         const path = join(parent, child);
-        if (!this.#written.has(path)) rmSync(path, { recursive: true, force: true });
+        if (!this.#written.has(path)) this.#remove(path);
       }
       return drain(body, next);
     }
     if (base.startsWith(whiteoutPrefix)) {
-      rmSync(join(parent, base.slice(whiteoutPrefix.length)), { recursive: true, force: true });
+      this.#remove(join(parent, base.slice(whiteoutPrefix.length)));
       return drain(body, next);
     }
 
@@ -105,7 +108,7 @@ class LayerApplier {
     this.#written.add(target);
     switch (header.type) {
       case 'directory': {
-        if (existing && !existing.isDirectory()) rmSync(target, { force: true });
+        if (existing && !existing.isDirectory()) this.#remove(target);
         if (!existing?.isDirectory()) mkdirSync(target, { mode: 0o700 });
         if (this.#options.preserveOwnership) chownSync(target, header.uid ?? 0, header.gid ?? 0);
         chmodSync(target, mode);
@@ -114,8 +117,8 @@ class LayerApplier {
       }
       case 'file':
       case 'contiguous-file': {
-        if (existing) rmSync(target, { recursive: true, force: true });
-        const fd = openSync(target, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600);
+        if (existing) this.#remove(target, existing.isFile());
+        const fd = openSync(target, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, mode & 0o777);
         this.stats.files++;
         body.on('data', (chunk: Buffer) => {
           writeSync(fd, chunk);
@@ -127,8 +130,11 @@ class LayerApplier {
         });
         body.on('end', () => {
           try {
-            if (this.#options.preserveOwnership) fchownSync(fd, header.uid ?? 0, header.gid ?? 0);
-            fchmodSync(fd, mode);
+            // the file was created with its permission bits and belongs to us (root) already:
+            // chown only for other owners, chmod only where the umask or chown changed the bits
+            const owned = this.#options.preserveOwnership && ((header.uid ?? 0) !== 0 || (header.gid ?? 0) !== 0);
+            if (owned) fchownSync(fd, header.uid ?? 0, header.gid ?? 0);
+            if (owned || (mode & 0o7000) !== 0 || (mode & umask) !== 0) fchmodSync(fd, mode);
             futimesSync(fd, mtime, mtime);
             closeSync(fd);
             next();
@@ -139,7 +145,7 @@ class LayerApplier {
         return;
       }
       case 'symlink': {
-        if (existing) rmSync(target, { recursive: true, force: true });
+        if (existing) this.#remove(target, existing.isFile());
         symlinkSync(header.linkname ?? '', target);
         if (this.#options.preserveOwnership) lchownSync(target, header.uid ?? 0, header.gid ?? 0);
         lutimesSync(target, mtime, mtime);
@@ -154,12 +160,12 @@ class LayerApplier {
         if (!sourceInfo) throw this.#hostile(header.name, `hard link to '${header.linkname}', which does not exist`);
         if (sourceInfo.isDirectory()) throw this.#hostile(header.name, `hard link to the directory '${header.linkname}'`);
         if (source === target) return drain(body, next);
-        if (existing) rmSync(target, { recursive: true, force: true });
+        if (existing) this.#remove(target, existing.isFile());
         linkSync(source, target);
         return drain(body, next);
       }
       case 'fifo': {
-        if (existing) rmSync(target, { recursive: true, force: true });
+        if (existing) this.#remove(target, existing.isFile());
         execFileSync('mkfifo', ['-m', mode.toString(8), target]);
         if (this.#options.preserveOwnership) chownSync(target, header.uid ?? 0, header.gid ?? 0);
         return drain(body, next);
@@ -190,6 +196,15 @@ class LayerApplier {
    * target starts at the image's root); one that leads out of root is refused.
    */
   #resolveDirectory(components: string[], entry: string): string {
+    const key = components.join('/');
+    const known = this.#resolved.get(key);
+    if (known !== undefined) return known;
+    const real = this.#walkDirectory(components, entry);
+    this.#resolved.set(key, real);
+    return real;
+  }
+
+  #walkDirectory(components: string[], entry: string): string {
     const resolved: string[] = [];
     const queue = [...components];
     let hops = 0;
@@ -218,6 +233,11 @@ class LayerApplier {
       }
     }
     return join(this.#root, ...resolved);
+  }
+
+  #remove(path: string, plainFile = false): void {
+    rmSync(path, { recursive: true, force: true });
+    if (!plainFile) this.#resolved.clear();
   }
 
   #hostile(entry: string, why: string): ArkError {
