@@ -192,4 +192,55 @@ export class RawPeer {
   destroy(): void {
     this.socket.destroy();
   }
+
+  #cursor = 0;
+  /** The next n bytes after what was already consumed. */
+  async next(n: number, timeoutMs = 10_000): Promise<Buffer> {
+    await waitUntil(() => this.received.length >= this.#cursor + n || this.closed, `${n} more bytes`, timeoutMs);
+    if (this.received.length < this.#cursor + n) throw new Error(`connection closed before ${n} more bytes`);
+    const b = this.received.subarray(this.#cursor, this.#cursor + n);
+    this.#cursor += n;
+    return b;
+  }
+
+  /** One option reply: { type, data }. */
+  async optionReply(): Promise<{ option: number; type: number; data: Buffer }> {
+    const h = await this.next(20);
+    const length = h.readUInt32BE(16);
+    return { option: h.readUInt32BE(8), type: h.readUInt32BE(12), data: length ? Buffer.from(await this.next(length)) : Buffer.alloc(0) };
+  }
+
+  /** Fixed-newstyle handshake up to the transmission phase with NBD_OPT_GO. */
+  async handshake(exportName: string, options: { structured?: boolean } = {}): Promise<void> {
+    await this.next(18);
+    this.send(Buffer.from([0, 0, 0, 3]));
+    if (options.structured) {
+      this.send(optionBytes(8));
+      const r = await this.optionReply();
+      if (r.type !== 1) throw new Error('structured replies refused');
+    }
+    this.send(optionBytes(7, goData(exportName, [3])));
+    for (;;) {
+      const r = await this.optionReply();
+      if (r.type === 1) return;
+      if (r.type >= 0x80000000) throw new Error(`GO refused: 0x${r.type.toString(16)}`);
+    }
+  }
+
+  /** A simple reply: { errno, cookie } and `dataLength` bytes of data when errno is 0. */
+  async simpleReply(dataLength = 0): Promise<{ errno: number; cookie: number; data: Buffer }> {
+    const h = await this.next(16);
+    if (h.readUInt32BE(0) !== 0x67446698) throw new Error(`not a simple reply: ${h.toString('hex')}`);
+    const errno = h.readUInt32BE(4);
+    const data = errno === 0 && dataLength > 0 ? Buffer.from(await this.next(dataLength)) : Buffer.alloc(0);
+    return { errno, cookie: h.readUInt32BE(12), data };
+  }
+
+  /** A structured reply chunk: { flags, type, cookie, payload }. */
+  async chunk(): Promise<{ flags: number; type: number; cookie: number; payload: Buffer }> {
+    const h = await this.next(20);
+    if (h.readUInt32BE(0) !== 0x668e33ef) throw new Error(`not a structured chunk: ${h.toString('hex')}`);
+    const length = h.readUInt32BE(16);
+    return { flags: h.readUInt16BE(4), type: h.readUInt16BE(6), cookie: h.readUInt32BE(12), payload: Buffer.from(await this.next(length)) };
+  }
 }
