@@ -1,0 +1,178 @@
+import { createHash } from 'node:crypto';
+import { closeSync, fstatSync, ftruncateSync, openSync, readSync, rmSync, writeSync } from 'node:fs';
+import { ArkError, ExitCode } from '@ark/cli';
+import { indexMemberName, memberAlignment, memberNames, packageFormatVersion, dataExtents, type MemberEntry, type MemberName, type PackageIndex } from './package-index.ts';
+import { tarBlock } from './tar-header.ts';
+
+const chunkBytes = 1 << 20;
+
+/** A package opened for reading: its index, and verified access to its members. */
+export class ArkPackage {
+  readonly path: string;
+  readonly index: PackageIndex;
+  readonly fileBytes: number;
+
+  private constructor(path: string, index: PackageIndex, fileBytes: number) {
+    this.path = path;
+    this.index = index;
+    this.fileBytes = fileBytes;
+  }
+
+  /** Reads and checks the index; every member must lie inside the file. */
+  static open(path: string): ArkPackage {
+    let fd: number;
+    try {
+      fd = openSync(path, 'r');
+    } catch (error) {
+      throw new ArkError('NO_PACKAGE', `cannot open ${path} (${(error as NodeJS.ErrnoException).code})`, { hint: 'make one with: ark-packager BLUEPRINT_DIR OUT.ark', exitCode: ExitCode.badInput });
+    }
+    try {
+      const fileBytes = fstatSync(fd).size;
+      const index = readIndex(fd, path, fileBytes);
+      return new ArkPackage(path, index, fileBytes);
+    } finally {
+      closeSync(fd);
+    }
+  }
+
+  has(name: MemberName): boolean {
+    return this.index.members.some((m) => m.name === name);
+  }
+
+  member(name: MemberName): MemberEntry {
+    const member = this.index.members.find((m) => m.name === name);
+    if (!member) throw corrupt(this.path, `it has no ${name} member`);
+    return member;
+  }
+
+  /** A small member's bytes, checked against its SHA-256. */
+  readMember(name: MemberName): Buffer {
+    const member = this.member(name);
+    const fd = openSync(this.path, 'r');
+    try {
+      const bytes = Buffer.alloc(member.size);
+      for (const [at, length] of dataExtents(member)) readFully(fd, bytes, at, length, member.offset + at, this.path);
+      const actual = createHash('sha256').update(bytes).digest('hex');
+      if (actual !== member.sha256) throw corrupt(this.path, `its ${name} does not match its SHA-256`);
+      return bytes;
+    } finally {
+      closeSync(fd);
+    }
+  }
+
+  /**
+   * Copies a member to its own (sparse) file, checking its SHA-256 on the way;
+   * a mismatch removes the copy and throws.
+   */
+  extractMember(name: MemberName, destination: string, onBytes?: (done: number, total: number) => void): void {
+    const member = this.member(name);
+    const input = openSync(this.path, 'r');
+    const output = openSync(destination, 'w', 0o600);
+    try {
+      ftruncateSync(output, member.size);
+      const hash = createHash('sha256');
+      const buffer = Buffer.allocUnsafe(chunkBytes);
+      const zeros = Buffer.alloc(chunkBytes);
+      let position = 0;
+      const hashZeros = (length: number) => {
+        for (let left = length; left > 0; left -= Math.min(left, chunkBytes)) hash.update(zeros.subarray(0, Math.min(left, chunkBytes)));
+      };
+      for (const [start, length] of dataExtents(member)) {
+        hashZeros(start - position);
+        for (let at = start; at < start + length; ) {
+          const n = Math.min(chunkBytes, start + length - at);
+          readFully(input, buffer, 0, n, member.offset + at, this.path);
+          hash.update(buffer.subarray(0, n));
+          writeSync(output, buffer, 0, n, at);
+          at += n;
+          onBytes?.(at, member.size);
+        }
+        position = start + length;
+      }
+      hashZeros(member.size - position);
+      if (hash.digest('hex') !== member.sha256) throw corrupt(this.path, `its ${name} does not match its SHA-256`);
+    } catch (error) {
+      closeSync(output);
+      rmSync(destination, { force: true });
+      throw error;
+    } finally {
+      closeSync(input);
+    }
+    closeSync(output);
+  }
+}
+
+function readIndex(fd: number, path: string, fileBytes: number): PackageIndex {
+  const head = Buffer.alloc(Math.min(fileBytes, 16 * memberAlignment));
+  readSync(fd, head, 0, head.length, 0);
+  // walk the tar headers to the index member: pax padding first, then index.json
+  let position = 0;
+  let paxSize: number | undefined;
+  for (let guard = 0; guard < 4 && position + tarBlock <= head.length; guard++) {
+    const header = head.subarray(position, position + tarBlock);
+    if (header.subarray(257, 262).toString('latin1') !== 'ustar') break;
+    const name = header.subarray(0, 100).toString('utf8').replace(/\0.*$/s, '');
+    const size = parseInt(header.subarray(124, 136).toString('latin1').replace(/\0.*$/s, '').trim() || '0', 8);
+    const type = String.fromCharCode(header[156] ?? 0);
+    const dataStart = position + tarBlock;
+    if (type === 'x') {
+      const records = head.subarray(dataStart, dataStart + size).toString('utf8');
+      const sizeRecord = /(?:^|\n)\d+ size=(\d+)\n/.exec(records);
+      paxSize = sizeRecord ? Number(sizeRecord[1]) : undefined;
+      position = dataStart + Math.ceil(size / tarBlock) * tarBlock;
+      continue;
+    }
+    if (name !== indexMemberName) break;
+    const indexBytes = paxSize ?? size;
+    if (dataStart + indexBytes > fileBytes) throw corrupt(path, 'it is truncated inside its index');
+    const indexBuffer = Buffer.alloc(indexBytes);
+    readFully(fd, indexBuffer, 0, indexBytes, dataStart, path);
+    let index: PackageIndex;
+    try {
+      index = JSON.parse(indexBuffer.toString('utf8')) as PackageIndex;
+    } catch {
+      throw corrupt(path, 'its index is not valid JSON');
+    }
+    checkIndex(index, path, fileBytes);
+    return index;
+  }
+  throw new ArkError('NOT_A_PACKAGE', `${path} is not an ark package (no index at its start)`, {
+    hint: 'make one with: ark-packager BLUEPRINT_DIR OUT.ark',
+    exitCode: ExitCode.badInput,
+  });
+}
+
+function checkIndex(index: PackageIndex, path: string, fileBytes: number): void {
+  if (index.format !== 'ark-package' || !Array.isArray(index.members)) throw corrupt(path, 'its index is not an ark package index');
+  if (index.formatVersion !== packageFormatVersion) {
+    throw new ArkError('PACKAGE_VERSION', `${path} is package format ${index.formatVersion}; this ark reads format ${packageFormatVersion}`, {
+      hint: 'use the ark version that wrote it, or package the blueprint again',
+      exitCode: ExitCode.badInput,
+    });
+  }
+  for (const member of index.members) {
+    if (!memberNames.includes(member.name)) throw corrupt(path, `its index names an unknown member '${member.name}'`);
+    if (member.offset % memberAlignment !== 0) throw corrupt(path, `its ${member.name} is not 4 KiB aligned`);
+    if (member.offset + member.size > fileBytes) throw corrupt(path, `it is truncated: ${member.name} ends at byte ${member.offset + member.size}, the file has ${fileBytes}`);
+    let position = 0;
+    for (const [offset, length] of member.zeroExtents) {
+      if (offset < position || length <= 0 || offset + length > member.size) throw corrupt(path, `its ${member.name} has bad zero extents`);
+      position = offset + length;
+    }
+  }
+}
+
+function readFully(fd: number, buffer: Buffer, offset: number, length: number, position: number, path: string): void {
+  for (let done = 0; done < length; ) {
+    const n = readSync(fd, buffer, offset + done, length - done, position + done);
+    if (n === 0) throw corrupt(path, 'it is truncated');
+    done += n;
+  }
+}
+
+function corrupt(path: string, why: string): ArkError {
+  return new ArkError('CORRUPT_PACKAGE', `${path} is corrupted: ${why}`, {
+    hint: 'do not run it; copy the package again or make it anew with ark-packager',
+    exitCode: ExitCode.badInput,
+  });
+}
