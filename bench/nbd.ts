@@ -117,15 +117,12 @@ const rows: string[][] = [];
 const header = ['transport', 'conns', ...servers.map((s) => `${s.name} GB/s`), 'ark/nbdkit'];
 for (const transport of ['tcp', 'unix'] as const) {
   for (const connections of [1, 4]) {
-    const rates: number[] = [];
-    for (const server of servers) {
-      const uri = server[transport];
-      timeCopy(uri, connections); // warm-up
-      const times: number[] = [];
-      for (let i = 0; i < runs; i++) times.push(timeCopy(uri, connections));
-      rates.push(bytes / median(times) / 1e9);
-      process.stderr.write(`${server.name} ${transport} ×${connections}: ${times.map((t) => t.toFixed(3)).join(' ')} s\n`);
-    }
+    // round-robin over the servers so that load from elsewhere hits them alike
+    const times: number[][] = servers.map(() => []);
+    for (const server of servers) timeCopy(server[transport], connections); // warm-up
+    for (let i = 0; i < runs; i++) for (const [k, server] of servers.entries()) times[k]!.push(timeCopy(server[transport], connections));
+    const rates = times.map((ts) => bytes / median(ts) / 1e9);
+    for (const [k, server] of servers.entries()) process.stderr.write(`${server.name} ${transport} ×${connections}: ${times[k]!.map((t) => t.toFixed(3)).join(' ')} s\n`);
     rows.push([transport, String(connections), ...rates.map((r) => r.toFixed(2)), (rates[0]! / rates[1]!).toFixed(2)]);
   }
 }
