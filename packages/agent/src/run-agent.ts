@@ -1,10 +1,12 @@
-import { execFileSync, spawnSync } from 'node:child_process';
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
+import { connect } from 'node:net';
 import { randomUUID } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { constants } from 'node:os';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { FrameDecoder, FrameType, encodeFrame, encodeMessage, guestPorts, syncMarker, type AgentMessage, type AgentRequest } from '@ark/guest-protocol';
 import { findGuestPort } from './guest-port.ts';
+import { OutputGate } from './output-gate.ts';
 import { PortChannel } from './port-channel.ts';
 import { resolveUser } from './user-lookup.ts';
 import { startWorkload, type WorkloadSpec } from './workload.ts';
@@ -34,6 +36,7 @@ export async function runAgent(configPath = '/.ark/config.json'): Promise<never>
   }
   const channel = new PortChannel(device);
   const send = (message: AgentMessage) => channel.write(encodeMessage(message));
+  const gate = new OutputGate();
   let exitAcked: (() => void) | undefined;
 
   const handle = async (request: AgentRequest) => {
@@ -41,6 +44,9 @@ export async function runAgent(configPath = '/.ark/config.json'): Promise<never>
       case 'ping':
         return send({ kind: 'reply', id: request.id, ok: true, guestTimeMs: Date.now() });
       case 'before-suspend': {
+        gate.close();
+        // everything already past the gate is written before the reply
+        await channel.write(Buffer.alloc(0));
         const error = runHook(config.hooks.beforeSuspend);
         execFileSync(busybox, ['sync']);
         return send(error ? { kind: 'reply', id: request.id, ok: false, error } : { kind: 'reply', id: request.id, ok: true, guestTimeMs: Date.now() });
@@ -49,7 +55,9 @@ export async function runAgent(configPath = '/.ark/config.json'): Promise<never>
         setClock(request.hostTimeMs);
         await channel.write(syncMarker(request.sync));
         const error = runHook(config.hooks.afterResume);
-        return send(error ? { kind: 'reply', id: request.id, ok: false, error } : { kind: 'reply', id: request.id, ok: true, guestTimeMs: Date.now() });
+        await send(error ? { kind: 'reply', id: request.id, ok: false, error } : { kind: 'reply', id: request.id, ok: true, guestTimeMs: Date.now() });
+        gate.open();
+        return;
       }
       case 'exit-ack':
         exitAcked?.();
@@ -77,7 +85,7 @@ export async function runAgent(configPath = '/.ark/config.json'): Promise<never>
   try {
     const user = resolveUser(config.run.user);
     const child = startWorkload(config.run, user);
-    const outputs = [forward(child.stdout!, FrameType.stdout, channel), forward(child.stderr!, FrameType.stderr, channel)];
+    const outputs = [forward(child.stdout!, FrameType.stdout, channel, gate), forward(child.stderr!, FrameType.stderr, channel, gate)];
     const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve, reject) => {
       child.once('error', reject);
       child.once('exit', (c, s) => resolve({ code: c, signal: s }));
@@ -87,6 +95,7 @@ export async function runAgent(configPath = '/.ark/config.json'): Promise<never>
       child.once('error', reject);
     });
     await send({ kind: 'started', pid: child.pid ?? 0 });
+    void reportLivenessWhenReady(config.hooks, () => child.exitCode !== null || child.signalCode !== null);
     const result = await exited;
     await Promise.all(outputs);
     signal = result.signal;
@@ -97,14 +106,44 @@ export async function runAgent(configPath = '/.ark/config.json'): Promise<never>
     await channel.write(encodeFrame(FrameType.stderr, Buffer.from(`ark: cannot start the workload: ${err.message}\n`)));
   }
   const acked = new Promise<void>((resolve) => (exitAcked = resolve));
+  await gate.pass();
   await send({ kind: 'exit', code, signal });
   // the host answers once it has read everything before the exit message
   await Promise.race([acked, sleep(10_000)]);
   return powerOff();
 }
 
-async function forward(stream: NodeJS.ReadableStream, type: FrameType, channel: PortChannel): Promise<void> {
-  for await (const chunk of stream) await channel.write(encodeFrame(type, chunk as Buffer));
+/** Runs ark-liveness once the workload is ready: at once, or when the configured probe passes. */
+async function reportLivenessWhenReady(hooks: GuestConfig['hooks'], exited: () => boolean): Promise<void> {
+  for (;;) {
+    if (exited()) return;
+    if (hooks.readyTcpPort !== null) {
+      if (await canConnect(hooks.readyTcpPort)) break;
+    } else if (hooks.readyCommand !== null) {
+      if (spawnSync(busybox, ['sh', '-c', hooks.readyCommand], { stdio: 'ignore', timeout: 30_000 }).status === 0) break;
+    } else break;
+    await sleep(200);
+  }
+  const liveness = spawn('/.ark/bin/ark-liveness', [], { stdio: ['ignore', 'inherit', 'inherit'] });
+  liveness.on('error', (error) => log(`cannot run ark-liveness: ${error.message}`));
+}
+
+function canConnect(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const socket = connect({ host: '127.0.0.1', port });
+    socket.once('connect', () => {
+      socket.destroy();
+      resolve(true);
+    });
+    socket.once('error', () => resolve(false));
+  });
+}
+
+async function forward(stream: NodeJS.ReadableStream, type: FrameType, channel: PortChannel, gate: OutputGate): Promise<void> {
+  for await (const chunk of stream) {
+    await gate.pass();
+    await channel.write(encodeFrame(type, chunk as Buffer));
+  }
 }
 
 function runHook(command: string | null): string | undefined {
@@ -114,15 +153,19 @@ function runHook(command: string | null): string | undefined {
   return `'${command}' failed (${result.error?.message ?? `exit ${result.status ?? result.signal}`})`;
 }
 
+/**
+ * busybox date sets whole seconds: set the current second at once (at most 1 s
+ * behind), then the exact time at the next second boundary, in the background,
+ * so a resume never waits for the clock.
+ */
 function setClock(hostTimeMs: number): void {
-  // busybox date takes whole seconds: wait for the next second boundary so the error stays small
-  const wait = 1000 - (hostTimeMs % 1000);
-  const target = Math.floor(hostTimeMs / 1000) + 1;
-  const until = performance.now() + wait;
-  while (performance.now() < until) {
-    // a short busy wait: the clock being set is the one we would sleep on
-  }
-  spawnSync(busybox, ['date', '-u', '-s', `@${target}`], { stdio: 'ignore' });
+  const received = performance.now();
+  spawnSync(busybox, ['date', '-u', '-s', `@${Math.floor(hostTimeMs / 1000)}`], { stdio: 'ignore' });
+  const elapsed = performance.now() - received;
+  const untilBoundary = 1000 - ((hostTimeMs + elapsed) % 1000);
+  setTimeout(() => {
+    spawnSync(busybox, ['date', '-u', '-s', `@${Math.round((hostTimeMs + (performance.now() - received)) / 1000)}`], { stdio: 'ignore' });
+  }, untilBoundary);
 }
 
 function signalNumber(signal: NodeJS.Signals | null): number {

@@ -1,5 +1,5 @@
-export { dataExtents, indexMemberName, memberAlignment, memberNames, packageFormatVersion, zeroBlockSize } from './package-index.ts';
+export { MemberHasher, dataExtents, hashChunkBytes, indexMemberName, isZeroRange, memberAlignment, memberNames, packageFormatVersion, zeroBlockSize } from './package-index.ts';
 export type { MemberEntry, MemberName, PackageIndex } from './package-index.ts';
 export { writePackage } from './package-writer.ts';
 export type { MemberSource, WritePackageOptions } from './package-writer.ts';
-export { ArkPackage } from './package-reader.ts';
+export { ArkPackage, memberDigest } from './package-reader.ts';

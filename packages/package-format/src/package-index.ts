@@ -1,3 +1,5 @@
+import { createHash } from 'node:crypto';
+
 /** The format version this code writes and reads. */
 export const packageFormatVersion = 1;
 
@@ -19,7 +21,12 @@ export interface MemberEntry {
   offset: number;
   /** the member's length in bytes */
   size: number;
-  /** SHA-256 (hex) of the member's bytes, zeros included */
+  /**
+   * SHA-256 (hex) over the member in 1 MiB chunks: the SHA-256 of the
+   * concatenated SHA-256 digests of each chunk (the last one may be shorter).
+   * A chunk of zeros has a known digest, so verifying never hashes holes, and a
+   * reader that fetches chunks lazily can check each one on arrival.
+   */
   sha256: string;
   /** [offset, length] runs of zero bytes inside the member, in 4 KiB units of bytes; holes in the package file */
   zeroExtents: Array<[number, number]>;
@@ -30,6 +37,51 @@ export interface PackageIndex {
   formatVersion: number;
   createdAt: string;
   members: MemberEntry[];
+}
+
+export const hashChunkBytes = 1 << 20;
+
+/** Computes a member digest chunk by chunk; chunks must come in order, each hashChunkBytes long but the last. */
+export class MemberHasher {
+  readonly #root = createHash('sha256');
+
+  chunk(bytes: Uint8Array): void {
+    this.#root.update(createHash('sha256').update(bytes).digest());
+  }
+
+  /** A chunk known to be all zeros, without hashing it. */
+  zeroChunk(length: number): void {
+    this.#root.update(zeroChunkDigest(length));
+  }
+
+  digest(): string {
+    return this.#root.digest('hex');
+  }
+}
+
+const zeroDigests = new Map<number, Buffer>();
+function zeroChunkDigest(length: number): Buffer {
+  let digest = zeroDigests.get(length);
+  if (!digest) {
+    digest = createHash('sha256').update(Buffer.alloc(length)).digest();
+    zeroDigests.set(length, digest);
+  }
+  return digest;
+}
+
+/** Whether [start, start + length) lies inside one zero extent. */
+export function isZeroRange(member: Pick<MemberEntry, 'zeroExtents'>, start: number, length: number): boolean {
+  // zero extents are sorted and do not touch (they are merged), so one must hold the whole range
+  let lo = 0;
+  let hi = member.zeroExtents.length - 1;
+  while (lo <= hi) {
+    const mid = (lo + hi) >> 1;
+    const [offset, size] = member.zeroExtents[mid]!;
+    if (offset + size <= start) lo = mid + 1;
+    else if (offset > start) hi = mid - 1;
+    else return start + length <= offset + size;
+  }
+  return false;
 }
 
 /** The data extents of a member: the complement of its zero extents. */

@@ -1,10 +1,8 @@
-import { createHash } from 'node:crypto';
 import { closeSync, fstatSync, ftruncateSync, openSync, readSync, rmSync, writeSync } from 'node:fs';
 import { ArkError, ExitCode } from '@ark/cli';
-import { indexMemberName, memberAlignment, memberNames, packageFormatVersion, dataExtents, type MemberEntry, type MemberName, type PackageIndex } from './package-index.ts';
+import { MemberHasher, hashChunkBytes, indexMemberName, isZeroRange, memberAlignment, memberNames, packageFormatVersion, dataExtents, type MemberEntry, type MemberName, type PackageIndex } from './package-index.ts';
 import { tarBlock } from './tar-header.ts';
 
-const chunkBytes = 1 << 20;
 
 /** A package opened for reading: its index, and verified access to its members. */
 export class ArkPackage {
@@ -52,8 +50,7 @@ export class ArkPackage {
     try {
       const bytes = Buffer.alloc(member.size);
       for (const [at, length] of dataExtents(member)) readFully(fd, bytes, at, length, member.offset + at, this.path);
-      const actual = createHash('sha256').update(bytes).digest('hex');
-      if (actual !== member.sha256) throw corrupt(this.path, `its ${name} does not match its SHA-256`);
+      if (memberDigest(bytes) !== member.sha256) throw corrupt(this.path, `its ${name} does not match its SHA-256`);
       return bytes;
     } finally {
       closeSync(fd);
@@ -70,27 +67,28 @@ export class ArkPackage {
     const output = openSync(destination, 'w', 0o600);
     try {
       ftruncateSync(output, member.size);
-      const hash = createHash('sha256');
-      const buffer = Buffer.allocUnsafe(chunkBytes);
-      const zeros = Buffer.alloc(chunkBytes);
-      let position = 0;
-      const hashZeros = (length: number) => {
-        for (let left = length; left > 0; left -= Math.min(left, chunkBytes)) hash.update(zeros.subarray(0, Math.min(left, chunkBytes)));
-      };
-      for (const [start, length] of dataExtents(member)) {
-        hashZeros(start - position);
-        for (let at = start; at < start + length; ) {
-          const n = Math.min(chunkBytes, start + length - at);
-          readFully(input, buffer, 0, n, member.offset + at, this.path);
-          hash.update(buffer.subarray(0, n));
-          writeSync(output, buffer, 0, n, at);
-          at += n;
-          onBytes?.(at, member.size);
+      const hasher = new MemberHasher();
+      const buffer = Buffer.allocUnsafe(hashChunkBytes);
+      const extents = dataExtents(member);
+      let next = 0;
+      for (let at = 0; at < member.size; at += hashChunkBytes) {
+        const length = Math.min(hashChunkBytes, member.size - at);
+        if (isZeroRange(member, at, length)) {
+          hasher.zeroChunk(length);
+          continue;
         }
-        position = start + length;
+        // holes in the package read as zeros; only the data extents are written, so the copy stays sparse
+        readFully(input, buffer, 0, length, member.offset + at, this.path);
+        hasher.chunk(buffer.subarray(0, length));
+        while (next < extents.length && extents[next]![0] + extents[next]![1] <= at) next++;
+        for (let i = next; i < extents.length && extents[i]![0] < at + length; i++) {
+          const from = Math.max(extents[i]![0], at);
+          const to = Math.min(extents[i]![0] + extents[i]![1], at + length);
+          writeSync(output, buffer, from - at, to - from, from);
+        }
+        onBytes?.(at + length, member.size);
       }
-      hashZeros(member.size - position);
-      if (hash.digest('hex') !== member.sha256) throw corrupt(this.path, `its ${name} does not match its SHA-256`);
+      if (hasher.digest() !== member.sha256) throw corrupt(this.path, `its ${name} does not match its SHA-256`);
     } catch (error) {
       closeSync(output);
       rmSync(destination, { force: true });
@@ -100,6 +98,13 @@ export class ArkPackage {
     }
     closeSync(output);
   }
+}
+
+/** The member digest of bytes held in memory. */
+export function memberDigest(bytes: Buffer): string {
+  const hasher = new MemberHasher();
+  for (let at = 0; at < bytes.length; at += hashChunkBytes) hasher.chunk(bytes.subarray(at, at + hashChunkBytes));
+  return hasher.digest();
 }
 
 function readIndex(fd: number, path: string, fileBytes: number): PackageIndex {

@@ -1,7 +1,6 @@
-import { createHash } from 'node:crypto';
 import { closeSync, fstatSync, fsyncSync, ftruncateSync, openSync, readSync, renameSync, rmSync, writeSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
-import { indexMemberName, memberAlignment, packageFormatVersion, zeroBlockSize, dataExtents, type MemberEntry, type MemberName, type PackageIndex } from './package-index.ts';
+import { MemberHasher, hashChunkBytes, indexMemberName, memberAlignment, packageFormatVersion, zeroBlockSize, dataExtents, type MemberEntry, type MemberName, type PackageIndex } from './package-index.ts';
 import { paxPadding, tarBlock, ustarHeader } from './tar-header.ts';
 
 export type MemberSource = { name: MemberName; path: string } | { name: MemberName; bytes: Buffer };
@@ -82,35 +81,45 @@ interface ScannedMember {
 
 /** Reads a member once: its SHA-256 and where its zero blocks are. */
 function scanMember(source: MemberSource, options: WritePackageOptions): ScannedMember {
-  const hash = createHash('sha256');
+  const hash = new MemberHasher();
   const zeroExtents: Array<[number, number]> = [];
   const addZero = (offset: number, length: number) => {
     const last = zeroExtents.at(-1);
     if (last && last[0] + last[1] === offset) last[1] += length;
     else zeroExtents.push([offset, length]);
   };
+  /** one hash chunk: its zero blocks, and its digest (a constant when it is all zeros) */
   const scan = (chunk: Buffer, at: number) => {
-    hash.update(chunk);
+    let zeros = 0;
     for (let i = 0; i + zeroBlockSize <= chunk.length; i += zeroBlockSize) {
-      if (chunk.subarray(i, i + zeroBlockSize).equals(zeroBlock)) addZero(at + i, zeroBlockSize);
+      if (chunk.subarray(i, i + zeroBlockSize).equals(zeroBlock)) {
+        addZero(at + i, zeroBlockSize);
+        zeros += zeroBlockSize;
+      }
     }
+    if (zeros === chunk.length) hash.zeroChunk(chunk.length);
+    else hash.chunk(chunk);
   };
   if ('bytes' in source) {
-    scan(source.bytes, 0);
-    return { name: source.name, source, size: source.bytes.length, sha256: hash.digest('hex'), zeroExtents };
+    for (let at = 0; at < source.bytes.length; at += hashChunkBytes) scan(source.bytes.subarray(at, at + hashChunkBytes), at);
+    return { name: source.name, source, size: source.bytes.length, sha256: hash.digest(), zeroExtents };
   }
   const fd = openSync(source.path, 'r');
   try {
     const size = fstatSync(fd).size;
-    const buffer = Buffer.allocUnsafe(chunkBytes);
+    const buffer = Buffer.allocUnsafe(hashChunkBytes);
     for (let at = 0; at < size; ) {
-      const n = readSync(fd, buffer, 0, Math.min(chunkBytes, size - at), at);
-      if (n === 0) throw new Error(`${source.path} shrank while it was read`);
-      scan(buffer.subarray(0, n), at);
-      at += n;
+      const want = Math.min(hashChunkBytes, size - at);
+      for (let got = 0; got < want; ) {
+        const n = readSync(fd, buffer, got, want - got, at + got);
+        if (n === 0) throw new Error(`${source.path} shrank while it was read`);
+        got += n;
+      }
+      scan(buffer.subarray(0, want), at);
+      at += want;
       options.onProgress?.({ member: source.name, phase: 'scan', bytes: at, total: size });
     }
-    return { name: source.name, source, size, sha256: hash.digest('hex'), zeroExtents };
+    return { name: source.name, source, size, sha256: hash.digest(), zeroExtents };
   } finally {
     closeSync(fd);
   }

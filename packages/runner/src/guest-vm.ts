@@ -2,7 +2,10 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ArkError, ExitCode } from '@ark/cli';
-import { AgentClient, guestPorts, type AgentMessage } from '@ark/guest-protocol';
+import { AgentClient, guestPorts, livenessReady, syncMarker, type AgentMessage } from '@ark/guest-protocol';
+import { randomUUID } from 'node:crypto';
+import { createConnection, type Socket } from 'node:net';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { QemuVm, chooseAccelerator, type DiskSpec, type VmExit, type VmSpec } from '@ark/vmm';
 
 export interface GuestVmOptions {
@@ -77,6 +80,61 @@ export class GuestVm {
     return this.agent;
   }
 
+  /** Resolves when ark-liveness in the guest says the workload is ready. */
+  async waitForLiveness(timeoutMs: number): Promise<void> {
+    const socket = await connectWithRetry(this.vm.portPath(guestPorts.liveness), timeoutMs);
+    try {
+      await new Promise<void>((resolve, reject) => {
+        let seen = '';
+        const timer = setTimeout(() => reject(new ArkError('LIVENESS_TIMEOUT', `the workload did not report liveness within ${timeoutMs / 1000} s`, {
+          hint: 'raise --liveness-timeout, or check the readiness probe the blueprint was built with',
+          exitCode: ExitCode.failure,
+        })), timeoutMs);
+        socket.on('data', (chunk: Buffer) => {
+          seen += chunk.toString();
+          if (seen.includes(`${livenessReady}\n`)) {
+            clearTimeout(timer);
+            resolve();
+          }
+        });
+        socket.on('close', () => {
+          clearTimeout(timer);
+          reject(new Error('the liveness channel closed'));
+        });
+      });
+    } finally {
+      socket.destroy();
+    }
+  }
+
+  /**
+   * Asks the agent to prepare (its before-suspend command, a sync), then pauses
+   * the VM and writes its device state; RAM is the memory file. Stays paused.
+   */
+  async suspend(statePath: string): Promise<{ hookError?: string }> {
+    let hookError: string | undefined;
+    try {
+      const reply = await this.agent.request({ kind: 'before-suspend' }, 60_000);
+      if (!reply.ok) hookError = reply.error;
+    } catch (error) {
+      hookError = (error as Error).message;
+    }
+    await this.vm.snapshot(statePath);
+    return { hookError };
+  }
+
+  /**
+   * Loads a snapshot into this VM (started with incoming 'defer'), runs it,
+   * and tells the agent it was resumed (the guest sets its clock from ours).
+   */
+  async resume(statePath: string): Promise<{ hookError?: string }> {
+    await this.vm.restore(statePath);
+    const sync = randomUUID();
+    this.agent.resyncOn(syncMarker(sync));
+    const reply = await this.agent.request({ kind: 'after-resume', hostTimeMs: Date.now(), sync }, 60_000);
+    return reply.ok ? {} : { hookError: reply.error };
+  }
+
   /** The last lines of the serial console (kernel and init messages), for error reports. */
   consoleTail(lines = 20): string {
     try {
@@ -109,6 +167,22 @@ export class GuestVm {
         this.#resolveExit({ code: message.code, signal: message.signal });
       }
     });
+  }
+}
+
+async function connectWithRetry(path: string, timeoutMs: number): Promise<Socket> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    try {
+      return await new Promise<Socket>((resolve, reject) => {
+        const socket = createConnection(path);
+        socket.once('connect', () => resolve(socket));
+        socket.once('error', reject);
+      });
+    } catch (error) {
+      if (Date.now() > deadline) throw error;
+      await sleep(20);
+    }
   }
 }
 

@@ -82,6 +82,38 @@ export class QemuVm {
     return join(this.spec.runtimeDir, `${name}.sock`);
   }
 
+  /**
+   * Pauses the guest and writes its device state to `statePath`. Guest RAM is
+   * not in the stream (x-ignore-shared): it is the shared memory file, which
+   * holds the RAM once the guest is paused. The VM stays paused.
+   */
+  async snapshot(statePath: string): Promise<void> {
+    if (!this.spec.memoryFile) throw new Error('a snapshot needs guest RAM in a memory file (memoryFile)');
+    await this.qmp.execute('migrate-set-capabilities', { capabilities: [{ capability: 'x-ignore-shared', state: true }] });
+    await this.qmp.execute('stop');
+    await this.qmp.execute('migrate', { uri: `exec:cat > ${shellQuote(statePath)}` });
+    await this.#waitForMigration();
+  }
+
+  /** Loads device state written by snapshot() into a VM started with `incoming: 'defer'`, then runs it. */
+  async restore(statePath: string): Promise<void> {
+    await this.qmp.execute('migrate-set-capabilities', { capabilities: [{ capability: 'x-ignore-shared', state: true }] });
+    await this.qmp.execute('migrate-incoming', { uri: `exec:cat ${shellQuote(statePath)}` });
+    await this.#waitForMigration();
+    await this.qmp.execute('cont');
+  }
+
+  async #waitForMigration(): Promise<void> {
+    for (;;) {
+      const info = await this.qmp.execute<{ status?: string; 'error-desc'?: string }>('query-migrate');
+      if (info.status === 'completed') return;
+      if (info.status === 'failed' || info.status === 'cancelled') {
+        throw new ArkError('SNAPSHOT_FAILED', `QEMU could not ${this.spec.incoming ? 'load' : 'save'} the VM state: ${info['error-desc'] ?? info.status}`, { exitCode: ExitCode.failure });
+      }
+      await sleep(10);
+    }
+  }
+
   /** Stops QEMU at once (the guest gets no say) and waits for it to be gone. */
   async kill(): Promise<VmExit> {
     if (this.process.exitCode === null && this.process.signalCode === null) this.process.kill('SIGKILL');
@@ -134,8 +166,12 @@ export function qemuArguments(spec: VmSpec): string[] {
     const mac = spec.network.mac ?? '02:ab:00:00:00:02';
     args.push('-netdev', `tap,id=net0,ifname=${spec.network.tap},script=no,downscript=no`, '-device', `virtio-net-device,netdev=net0,mac=${mac}`);
   }
-  if (spec.incoming) args.push('-incoming', spec.incoming);
+  if (spec.incoming) args.push('-S', '-incoming', spec.incoming);
   return args;
+}
+
+function shellQuote(path: string): string {
+  return `'${path.replaceAll("'", "'\\''")}'`;
 }
 
 function findOnPath(name: string): string | undefined {

@@ -1,0 +1,1 @@
+export { reportReady } from './report-ready.ts';

@@ -1,0 +1,98 @@
+import { rmSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import { readBlueprint } from '@ark/blueprint';
+import { ArkError, ExitCode } from '@ark/cli';
+import { writePackage, type PackageIndex } from '@ark/package-format';
+import { GuestVm, createWorkDir, sparseCopy, vmStoppedError, type PackageConfig } from '@ark/runner';
+
+export interface PackageOptions {
+  cpus: number;
+  memoryMiB: number;
+  livenessTimeoutMs: number;
+  onStdout: (chunk: Buffer) => void;
+  onStderr: (chunk: Buffer) => void;
+  onEvent?: (event: PackagerEvent) => void;
+  signal?: AbortSignal;
+}
+
+export type PackagerEvent =
+  | { kind: 'booting' }
+  | { kind: 'live'; ms: number }
+  | { kind: 'snapshotted'; ms: number }
+  | { kind: 'written'; ms: number }
+  | { kind: 'warning'; message: string };
+
+export interface PackageResult {
+  path: string;
+  index: PackageIndex;
+}
+
+/**
+ * Boots a blueprint (on a copy of its disk), waits until the guest reports
+ * liveness, has the agent prepare, pauses and snapshots the VM and writes one
+ * package atomically. The blueprint is not changed.
+ */
+export async function packageBlueprint(blueprintDir: string, outPath: string, options: PackageOptions): Promise<PackageResult> {
+  const blueprint = await readBlueprint(blueprintDir);
+  const out = resolve(outPath);
+  const work = createWorkDir(out);
+  const files = { disk: join(work, 'disk'), memory: join(work, 'memory'), state: join(work, 'state') };
+  const emit = options.onEvent ?? (() => {});
+  let guest: GuestVm | undefined;
+  try {
+    sparseCopy(blueprint.diskPath, files.disk);
+    const started = Date.now();
+    emit({ kind: 'booting' });
+    guest = await GuestVm.start({
+      kernelPath: blueprint.kernelPath,
+      initramfsPath: blueprint.initramfsPath,
+      cmdline: blueprint.config.kernel.cmdline,
+      disks: [{ id: 'root', path: files.disk }],
+      cpus: options.cpus,
+      memoryMiB: options.memoryMiB,
+      memoryFile: files.memory,
+      onStdout: options.onStdout,
+      onStderr: options.onStderr,
+    });
+    const running = guest;
+    const aborted = new Promise<never>((_, reject) => {
+      const fail = () => reject(new ArkError('INTERRUPTED', 'interrupted before the package was written; nothing was written', { exitCode: options.signal?.reason === 'SIGTERM' ? ExitCode.terminated : ExitCode.interrupted }));
+      if (options.signal?.aborted) fail();
+      options.signal?.addEventListener('abort', fail, { once: true });
+    });
+    aborted.catch(() => {});
+    await Promise.race([
+      running.waitForLiveness(options.livenessTimeoutMs),
+      running.workloadExit.then((exit) => {
+        throw new ArkError('WORKLOAD_EXITED', `the workload exited (code ${exit.code}) before it was ready; there is nothing to snapshot`, {
+          hint: 'package a workload that keeps running (a server), or check its output above',
+          exitCode: ExitCode.failure,
+        });
+      }),
+      running.vm.exited.then((exit) => {
+        throw vmStoppedError(running, exit);
+      }),
+      aborted,
+    ]);
+    emit({ kind: 'live', ms: Date.now() - started });
+    const snapStarted = Date.now();
+    const { hookError } = await Promise.race([running.suspend(files.state), aborted]);
+    if (hookError) emit({ kind: 'warning', message: `before-suspend: ${hookError}` });
+    emit({ kind: 'snapshotted', ms: Date.now() - snapStarted });
+    const writeStarted = Date.now();
+    const config: PackageConfig = { ...blueprint.config, vm: { cpus: options.cpus, memoryMiB: options.memoryMiB } };
+    const index = writePackage(out, [
+      { name: 'ark.json', bytes: Buffer.from(`${JSON.stringify(config, null, 2)}\n`) },
+      { name: 'kernel', path: blueprint.kernelPath },
+      { name: 'initramfs', path: blueprint.initramfsPath },
+      { name: 'disk', path: files.disk },
+      { name: 'state', path: files.state },
+      { name: 'memory', path: files.memory },
+    ]);
+    emit({ kind: 'written', ms: Date.now() - writeStarted });
+    return { path: out, index };
+  } finally {
+    await guest?.dispose();
+    rmSync(work, { recursive: true, force: true });
+  }
+}

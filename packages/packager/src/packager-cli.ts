@@ -1,0 +1,68 @@
+import { cac } from 'cac';
+import { statSync } from 'node:fs';
+import { ArkError, ExitCode, colour, formatBytes, runCli } from '@ark/cli';
+import { packageBlueprint, type PackagerEvent } from './package-blueprint.ts';
+
+export async function main(argv: string[]): Promise<void> {
+  const cli = cac('ark-packager');
+  cli
+    .command('<blueprint> <out>', 'Boot a blueprint, wait for liveness, snapshot it and write one .ark package')
+    .option('--liveness-timeout <seconds>', 'How long to wait for the workload to be ready', { default: 300 })
+    .option('--cpus <n>', 'Virtual CPUs of the VM (a resume keeps them)', { default: 1 })
+    .option('--memory <MiB>', 'Guest memory in MiB (a resume keeps it)', { default: 512 })
+    .option('--json', 'Print a JSON summary on stdout')
+    .example('ark-packager out/redis redis.ark')
+    .action(async (blueprint: string, out: string, options: { livenessTimeout: unknown; cpus: unknown; memory: unknown; json?: boolean }) => {
+      const timeout = Number(options.livenessTimeout);
+      const cpus = Number(options.cpus);
+      const memoryMiB = Number(options.memory);
+      if (!(timeout > 0)) throw usage(`--liveness-timeout ${String(options.livenessTimeout)} is not a number of seconds`);
+      if (!Number.isInteger(cpus) || cpus < 1 || cpus > 64) throw usage(`--cpus ${String(options.cpus)} is not a whole number from 1 to 64`);
+      if (!Number.isInteger(memoryMiB) || memoryMiB < 128) throw usage(`--memory ${String(options.memory)} is not a whole number of MiB, at least 128`);
+      const controller = new AbortController();
+      const onInt = () => controller.abort('SIGINT');
+      const onTerm = () => controller.abort('SIGTERM');
+      process.on('SIGINT', onInt);
+      process.on('SIGTERM', onTerm);
+      const started = Date.now();
+      try {
+        const result = await packageBlueprint(blueprint, out, {
+          cpus,
+          memoryMiB,
+          livenessTimeoutMs: timeout * 1000,
+          signal: controller.signal,
+          // the workload's output is a log here; stdout is for the result
+          onStdout: (chunk) => process.stderr.write(chunk),
+          onStderr: (chunk) => process.stderr.write(chunk),
+          onEvent: report,
+        });
+        const info = statSync(result.path);
+        const used = info.blocks * 512;
+        process.stderr.write(`${colour.green('packaged')} ${result.path}: ${formatBytes(info.size)}, ${formatBytes(used)} on disk, in ${((Date.now() - started) / 1000).toFixed(1)} s\n`);
+        if (options.json) {
+          process.stdout.write(`${JSON.stringify({ package: result.path, bytes: info.size, bytesOnDisk: used, members: result.index.members.map(({ name, offset, size, sha256 }) => ({ name, offset, size, sha256 })), seconds: (Date.now() - started) / 1000 }, null, 2)}\n`);
+        } else process.stdout.write(`${result.path}\n`);
+      } finally {
+        process.off('SIGINT', onInt);
+        process.off('SIGTERM', onTerm);
+      }
+    });
+  cli.help();
+  cli.version('0.1.0');
+  await runCli(cli, argv);
+}
+
+function usage(message: string): ArkError {
+  return new ArkError('USAGE', message, { hint: "run 'ark-packager --help'", exitCode: ExitCode.usage });
+}
+
+function report(event: PackagerEvent): void {
+  const line = {
+    booting: () => 'booting the blueprint…',
+    live: (e: Extract<PackagerEvent, { kind: 'live' }>) => `the workload is ready after ${e.ms} ms`,
+    snapshotted: (e: Extract<PackagerEvent, { kind: 'snapshotted' }>) => `snapshot taken in ${e.ms} ms`,
+    written: (e: Extract<PackagerEvent, { kind: 'written' }>) => `package written in ${e.ms} ms`,
+    warning: (e: Extract<PackagerEvent, { kind: 'warning' }>) => `warning: ${e.message}`,
+  }[event.kind] as (e: PackagerEvent) => string;
+  process.stderr.write(colour.dim(`ark-packager: ${line(event)}\n`));
+}

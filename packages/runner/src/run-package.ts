@@ -1,0 +1,119 @@
+import { execFileSync } from 'node:child_process';
+import { rmSync, truncateSync, writeFileSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import { ArkError, ExitCode } from '@ark/cli';
+import { ArkPackage, writePackage } from '@ark/package-format';
+import { GuestVm, vmStoppedError } from './guest-vm.ts';
+import type { PackageConfig } from './package-config.ts';
+import type { RunOptions, RunResult } from './run-blueprint.ts';
+import { createWorkDir } from './work-dir.ts';
+
+export interface RunPackageOptions extends Omit<RunOptions, 'cpus' | 'memoryMiB'> {
+  /** where a flush writes the package (default: over the one that was run) */
+  out?: string;
+  /** on SIGINT/SIGTERM discard the VM instead of writing the package back */
+  noPersist?: boolean;
+  /** cold boots only: the snapshot fixes the VM's shape */
+  cpus?: number;
+  memoryMiB?: number;
+  onPackageEvent?: (event: PackageRunEvent) => void;
+}
+
+export type PackageRunEvent =
+  | { kind: 'resumed'; ms: number }
+  | { kind: 'cold-boot' }
+  | { kind: 'flushing' }
+  | { kind: 'flushed'; path: string; ms: number }
+  | { kind: 'warning'; message: string };
+
+/**
+ * Resumes a package (or cold-boots one without a snapshot) and runs it. If the
+ * workload exits, that is the result and the package is unchanged. SIGINT or
+ * SIGTERM flush it: before-suspend, pause, snapshot, and the package written
+ * back atomically with the disk as the guest left it, consistent with memory.
+ */
+export async function runPackage(path: string, options: RunPackageOptions): Promise<RunResult> {
+  const started = Date.now();
+  const pkg = ArkPackage.open(path);
+  const config = JSON.parse(pkg.readMember('ark.json').toString('utf8')) as PackageConfig;
+  const out = resolve(options.out ?? path);
+  const work = createWorkDir(out);
+  const files = { kernel: join(work, 'kernel'), initramfs: join(work, 'initramfs'), disk: join(work, 'disk'), memory: join(work, 'memory'), state: join(work, 'state') };
+  let guest: GuestVm | undefined;
+  try {
+    for (const name of ['kernel', 'initramfs', 'disk'] as const) pkg.extractMember(name, files[name]);
+    const snapshot = pkg.has('state') && pkg.has('memory');
+    const vm = snapshot ? config.vm : { cpus: options.cpus ?? config.vm?.cpus ?? 1, memoryMiB: options.memoryMiB ?? config.vm?.memoryMiB ?? 512 };
+    if (snapshot) {
+      pkg.extractMember('memory', files.memory);
+      pkg.extractMember('state', files.state);
+    } else {
+      writeFileSync(files.memory, '');
+      truncateSync(files.memory, vm.memoryMiB * 1024 * 1024);
+    }
+    guest = await GuestVm.start({
+      kernelPath: files.kernel,
+      initramfsPath: files.initramfs,
+      cmdline: config.kernel.cmdline,
+      disks: [{ id: 'root', path: files.disk }],
+      cpus: vm.cpus,
+      memoryMiB: vm.memoryMiB,
+      memoryFile: files.memory,
+      incoming: snapshot ? 'defer' : undefined,
+      onStdout: options.onStdout,
+      onStderr: options.onStderr,
+    });
+    if (snapshot) {
+      const { hookError } = await guest.resume(files.state);
+      if (hookError) options.onPackageEvent?.({ kind: 'warning', message: `after-resume: ${hookError}` });
+      options.onPackageEvent?.({ kind: 'resumed', ms: Date.now() - started });
+    } else {
+      options.onPackageEvent?.({ kind: 'cold-boot' });
+    }
+    const interrupted = new Promise<'SIGINT' | 'SIGTERM'>((resolveSignal) => {
+      if (options.signal?.aborted) resolveSignal(options.signal.reason as 'SIGINT' | 'SIGTERM');
+      options.signal?.addEventListener('abort', () => resolveSignal(options.signal?.reason as 'SIGINT' | 'SIGTERM'), { once: true });
+    });
+    const running = guest;
+    const outcome = await Promise.race([
+      running.workloadExit.then((exit) => ({ kind: 'exit' as const, exit })),
+      running.vm.exited.then((exit) => ({ kind: 'vm-stopped' as const, exit })),
+      interrupted.then((signal) => ({ kind: 'interrupted' as const, signal })),
+    ]);
+    if (outcome.kind === 'exit') {
+      await running.waitForExit(15_000);
+      return { exitCode: outcome.exit.code };
+    }
+    if (outcome.kind === 'vm-stopped') throw vmStoppedError(running, outcome.exit);
+    if (options.noPersist) {
+      await running.vm.kill();
+      return { exitCode: outcome.signal === 'SIGINT' ? ExitCode.interrupted : ExitCode.terminated, interrupted: outcome.signal };
+    }
+    options.onPackageEvent?.({ kind: 'flushing' });
+    const flushStarted = Date.now();
+    const { hookError } = await running.suspend(files.state);
+    if (hookError) options.onPackageEvent?.({ kind: 'warning', message: `before-suspend: ${hookError}` });
+    writePackage(out, [
+      { name: 'ark.json', bytes: Buffer.from(`${JSON.stringify({ ...config, vm }, null, 2)}\n`) },
+      { name: 'kernel', path: files.kernel },
+      { name: 'initramfs', path: files.initramfs },
+      { name: 'disk', path: files.disk },
+      { name: 'state', path: files.state },
+      { name: 'memory', path: files.memory },
+    ]);
+    options.onPackageEvent?.({ kind: 'flushed', path: out, ms: Date.now() - flushStarted });
+    return { exitCode: ExitCode.ok, interrupted: outcome.signal };
+  } finally {
+    await guest?.dispose();
+    rmSync(work, { recursive: true, force: true });
+  }
+}
+
+/** A sparse copy (holes stay holes), reflinked where the filesystem can. */
+export function sparseCopy(from: string, to: string): void {
+  try {
+    execFileSync('cp', ['--sparse=always', '--reflink=auto', from, to]);
+  } catch (error) {
+    throw new ArkError('COPY_FAILED', `cannot copy ${from}: ${String((error as { stderr?: Buffer }).stderr ?? error).trim()}`, { exitCode: ExitCode.failure });
+  }
+}
