@@ -1,6 +1,6 @@
 // Serves one file over NBD until SIGINT/SIGTERM: the server the benchmark and
 // manual checks start. Not a product binary (ark-registry is built on the library).
-//   node packages/nbd/scripts/serve-file.ts FILE [--name N] [--port P] [--socket PATH] [--writable] [--tls-psk-file F]
+//   node packages/nbd/scripts/serve-file.ts FILE [--name N] [--port P] [--socket PATH] [--writable] [--tls-psk-file F] [--io auto|sync|async]
 import { parseArgs } from 'node:util';
 import { FileExport, NbdServer, readPskFile } from '@ark/nbd';
 
@@ -14,14 +14,16 @@ const { values, positionals } = parseArgs({
     socket: { type: 'string' },
     writable: { type: 'boolean', default: false },
     'tls-psk-file': { type: 'string' },
+    io: { type: 'string', default: 'auto' },
   },
 });
 const path = positionals[0];
 if (path === undefined) {
-  process.stderr.write('usage: serve-file.ts FILE [--name N] [--port P] [--socket PATH] [--writable] [--tls-psk-file F]\n');
+  process.stderr.write('usage: serve-file.ts FILE [--name N] [--port P] [--socket PATH] [--writable] [--tls-psk-file F] [--io auto|sync|async]\n');
   process.exit(2);
 }
-const exp = await FileExport.open(path, { name: values.name ?? '', description: values.description, readOnly: !values.writable });
+const io = values.io === 'sync' || values.io === 'async' ? values.io : 'auto';
+const exp = await FileExport.open(path, { name: values.name ?? '', description: values.description, readOnly: !values.writable, io });
 const server = new NbdServer({
   exports: [exp],
   tls: values['tls-psk-file'] ? { keys: await readPskFile(values['tls-psk-file']) } : undefined,

@@ -95,14 +95,6 @@ const allowedFlags: Record<number, number> = {
   [Command.blockStatus]: CommandFlag.fua | CommandFlag.reqOne,
 };
 
-function call<T>(fn: () => T | Promise<T>): Promise<T> {
-  try {
-    return Promise.resolve(fn());
-  } catch (error) {
-    return Promise.reject(error);
-  }
-}
-
 /** One client of an NbdServer: the handshake, then the transmission phase. */
 export class ServerConnection {
   readonly id: number;
@@ -130,6 +122,7 @@ export class ServerConnection {
   #inflight = 0;
   #inflightBytes = 0;
   #readPaused = false;
+  #pumping = false;
   #payload: { header: RequestHeader; buf: Buffer; filled: number } | undefined;
   #drainLeft = 0;
 
@@ -191,6 +184,34 @@ export class ServerConnection {
     this.destroy();
   }
 
+  /**
+   * Runs fn and reports to ok/fail: at once when fn returns synchronously (no
+   * promise, no microtask: the replies to one batch of requests then leave in
+   * one corked write), later when it returns a promise. A throwing handler is a
+   * bug of ours: it ends this connection, never the process.
+   */
+  #settle<T>(fn: () => T | Promise<T>, ok: (value: T) => void, fail: (error: unknown) => void): void {
+    let result: T | Promise<T>;
+    try {
+      result = fn();
+    } catch (error) {
+      fail(error);
+      return;
+    }
+    if (!(result instanceof Promise)) return ok(result);
+    const guard = (f: () => void) => {
+      try {
+        f();
+      } catch (error) {
+        this.#fail(`internal error: ${error instanceof Error ? error.message : String(error)}`);
+      }
+    };
+    result.then(
+      (value) => guard(() => ok(value)),
+      (error: unknown) => guard(() => fail(error)),
+    );
+  }
+
   #write(buf: Buffer, done?: (err?: Error | null) => void): void {
     if (this.#closed) {
       done?.(new Error('closed'));
@@ -202,14 +223,27 @@ export class ServerConnection {
   #receive(chunk: Buffer): void {
     if (this.#state === 'closing') return;
     this.#queue.push(chunk);
+    const socket = this.#socket;
+    socket.cork();
     try {
       this.#pump();
     } catch (error) {
       this.#fail(`internal error: ${error instanceof Error ? error.message : String(error)}`);
+    } finally {
+      socket.uncork();
     }
   }
 
   #pump(): void {
+    this.#pumping = true;
+    try {
+      this.#pumpLoop();
+    } finally {
+      this.#pumping = false;
+    }
+  }
+
+  #pumpLoop(): void {
     const q = this.#queue;
     for (;;) {
       if (this.#closed) return;
@@ -471,6 +505,8 @@ export class ServerConnection {
     if (!this.#readPaused || this.#flowBlocked()) return;
     this.#readPaused = false;
     this.#socket.resume();
+    // inside #pump (a request finished synchronously) the running loop goes on by itself
+    if (this.#pumping) return;
     try {
       this.#pump();
     } catch (error) {
@@ -555,7 +591,8 @@ export class ServerConnection {
 
   #runSimple(h: RequestHeader, fn: () => unknown): void {
     this.#begin(0);
-    call(fn).then(
+    this.#settle(
+      fn,
       () => {
         this.#replyOk(h);
         this.#end(0);
@@ -569,7 +606,8 @@ export class ServerConnection {
 
   #runWrite(h: RequestHeader, buf: Buffer): void {
     const pool = this.#ctx.pool;
-    call(() => this.#exp!.write!(h.offset, buf.subarray(0, h.length), (h.flags & CommandFlag.fua) !== 0)).then(
+    this.#settle(
+      () => this.#exp!.write!(h.offset, buf.subarray(0, h.length), (h.flags & CommandFlag.fua) !== 0),
       () => {
         pool.release(buf);
         this.#replyOk(h);
@@ -601,7 +639,8 @@ export class ServerConnection {
     this.#begin(h.length);
     if (!this.#structured) return this.#readSimple(h);
     if (exp.sparseReads && exp.blockStatus && (h.flags & CommandFlag.df) === 0 && h.length > 0) {
-      call(() => exp.blockStatus!(h.offset, h.length)).then(
+      this.#settle(
+        () => exp.blockStatus!(h.offset, h.length),
         (extents) => this.#readSparse(h, extents),
         () => this.#readDense(h, undefined),
       );
@@ -618,7 +657,8 @@ export class ServerConnection {
     buf.writeUInt32BE(Math.floor(h.offset / 0x100000000), 20);
     buf.writeUInt32BE(h.offset >>> 0, 24);
     const data = buf.subarray(DATA_HEADER, DATA_HEADER + h.length);
-    call(() => this.#exp!.read(h.offset, data)).then(
+    this.#settle(
+      () => this.#exp!.read(h.offset, data),
       () => {
         if (zeroRanges) for (const z of zeroRanges) data.fill(0, z.offset - h.offset, z.offset - h.offset + z.length);
         this.#sendData(buf, DATA_HEADER + h.length, h.length);
@@ -638,7 +678,8 @@ export class ServerConnection {
     buf.writeUInt32BE(0, 4);
     buf.writeUInt32BE(h.cookieHigh, 8);
     buf.writeUInt32BE(h.cookieLow, 12);
-    call(() => this.#exp!.read(h.offset, buf.subarray(16, 16 + h.length))).then(
+    this.#settle(
+      () => this.#exp!.read(h.offset, buf.subarray(16, 16 + h.length)),
       () => this.#sendData(buf, 16 + h.length, h.length),
       (error: unknown) => {
         pool.release(buf);
@@ -676,6 +717,7 @@ export class ServerConnection {
     const pool = this.#ctx.pool;
     const chunks: Buffer[] = [];
     const reads: Promise<void>[] = [];
+    let readError: unknown;
     const owned: Buffer[] = [];
     for (const [i, e] of extents.entries()) {
       const flags = i === extents.length - 1 ? ReplyFlag.done : 0;
@@ -686,7 +728,15 @@ export class ServerConnection {
         buf.writeUInt32BE(Math.floor(e.offset / 0x100000000), 20);
         buf.writeUInt32BE(e.offset >>> 0, 24);
         chunks.push(buf.subarray(0, DATA_HEADER + e.length));
-        reads.push(call(() => this.#exp!.read(e.offset, buf.subarray(DATA_HEADER, DATA_HEADER + e.length))));
+        try {
+          const r = this.#exp!.read(e.offset, buf.subarray(DATA_HEADER, DATA_HEADER + e.length));
+          if (r instanceof Promise) {
+            r.catch(() => {}); // the rejection is reported through Promise.all or readError
+            reads.push(r);
+          }
+        } catch (error) {
+          readError ??= error;
+        }
       } else {
         const hole = Buffer.allocUnsafe(32);
         writeChunkHeader(hole, 0, flags, ReplyType.offsetHole, h, 12);
@@ -696,7 +746,11 @@ export class ServerConnection {
         chunks.push(hole);
       }
     }
-    Promise.all(reads).then(
+    this.#settle(
+      () => {
+        if (readError !== undefined) throw readError;
+        return reads.length > 0 ? Promise.all(reads) : undefined;
+      },
       () => {
         if (this.#closed) {
           for (const b of owned) pool.release(b);
@@ -725,10 +779,15 @@ export class ServerConnection {
   #runBlockStatus(h: RequestHeader): void {
     const exp = this.#exp!;
     this.#begin(0);
-    call(() => (exp.blockStatus ? exp.blockStatus(h.offset, h.length) : [{ offset: h.offset, length: h.length, kind: 'data' as const }])).then(
+    const fail = (error: unknown) => {
+      this.#replyError(h, toErrno(error), error instanceof Error ? error.message : String(error));
+      this.#end(0);
+    };
+    this.#settle(
+      () => (exp.blockStatus ? exp.blockStatus(h.offset, h.length) : [{ offset: h.offset, length: h.length, kind: 'data' as const }]),
       (raw) => {
         let extents = clipExtents(raw, h.offset, h.length);
-        if (extents === undefined) throw new Error('the export returned an invalid extent list');
+        if (extents === undefined) return fail(new Error('the export returned an invalid extent list'));
         if ((h.flags & CommandFlag.reqOne) !== 0) extents = extents.slice(0, 1);
         else if (extents.length > MAX_EXTENTS_PER_REPLY) extents = extents.slice(0, MAX_EXTENTS_PER_REPLY);
         const buf = Buffer.allocUnsafe(24 + extents.length * 8);
@@ -743,10 +802,8 @@ export class ServerConnection {
         this.#write(buf);
         this.#end(0);
       },
-    ).catch((error: unknown) => {
-      this.#replyError(h, toErrno(error), error instanceof Error ? error.message : String(error));
-      this.#end(0);
-    });
+      fail,
+    );
   }
 
   #replyOk(h: RequestHeader): void {
