@@ -23,13 +23,15 @@ export interface FileExportOptions {
   /**
    * How reads are done. `sync` reads on the event loop (fastest from the page
    * cache: no thread hop), `async` in libuv's thread pool. `auto` (default)
-   * reads inline and moves to the thread pool for a second whenever a read
-   * takes longer than 2 ms, so a disk read never stalls other connections for long.
+   * reads inline and moves to the thread pool for a second whenever three reads
+   * in a row take longer than 2 ms each, so disk reads never stall other
+   * connections for long.
    */
   io?: 'auto' | 'sync' | 'async' | undefined;
 }
 
 const SLOW_READ_MS = 2;
+const SLOW_READS_TO_SWITCH = 3;
 const ASYNC_SPELL_MS = 1000;
 
 const ZERO_CHUNK = 1024 * 1024;
@@ -57,6 +59,7 @@ export class FileExport implements NbdExport {
   readonly io: 'auto' | 'sync' | 'async';
   readonly #base: number;
   #asyncUntil = 0;
+  #slowReads = 0;
   readonly #ownsFd: boolean;
   #closed = false;
 
@@ -110,8 +113,14 @@ export class FileExport implements NbdExport {
       }
       done += n;
     }
-    // a slow read went to the disk: keep the event loop free for a while
-    if (this.io === 'auto' && performance.now() - t0 > SLOW_READ_MS) this.#asyncUntil = performance.now() + ASYNC_SPELL_MS;
+    if (this.io !== 'auto') return;
+    // reads that keep being slow go to the disk: keep the event loop free for a
+    // while. One slow read alone is more likely the scheduler (a busy machine).
+    if (performance.now() - t0 <= SLOW_READ_MS) this.#slowReads = 0;
+    else if (++this.#slowReads >= SLOW_READS_TO_SWITCH) {
+      this.#slowReads = 0;
+      this.#asyncUntil = performance.now() + ASYNC_SPELL_MS;
+    }
   }
 
   async write(offset: number, data: Buffer, fua: boolean): Promise<void> {
