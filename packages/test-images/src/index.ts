@@ -3,6 +3,6 @@ export type { ImageSpec, LayerEntry } from './oci-layout-writer.ts';
 export { baseEntries, debianPackageEntries, debianRuntimePackages, redisImage } from './debian-images.ts';
 export { freePort, pushOciLayout, startLocalRegistry } from './local-registry.ts';
 export type { LocalRegistry } from './local-registry.ts';
-export { probeExpectations, probeImage, shellImage } from './probe-image.ts';
+export { counterImage, probeExpectations, probeImage, shellImage } from './probe-image.ts';
 export { finished, runTool, startTool, toolPath } from './run-tool.ts';
 export type { ToolResult } from './run-tool.ts';

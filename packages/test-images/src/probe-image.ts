@@ -100,3 +100,13 @@ export function shellImage(command: string, tag = 'latest'): ImageSpec {
     config: { Entrypoint: ['/bin/sh', '-c'], Cmd: [command], Env: ['PATH=/usr/bin:/bin'] },
   };
 }
+
+/**
+ * Counts forever: prints "<n> <guest unix time>" every 200 ms and appends n to
+ * /log on its disk. State lives in the shell's memory, so a resume that lost
+ * memory would start again at 1. With `exitAt`, it exits 7 after that count.
+ */
+export function counterImage(exitAt?: number): ImageSpec {
+  const stop = exitAt === undefined ? '' : `[ "$i" -ge ${exitAt} ] && exit 7; `;
+  return shellImage(`i=0; while true; do i=$((i+1)); echo "$i $(date +%s)"; echo "$i" >> /log; ${stop}sleep 0.2; done`, exitAt === undefined ? 'counter' : 'exiter');
+}

@@ -1,0 +1,77 @@
+import { execFileSync, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { ArkPackage, memberNames } from '@ark/package-format';
+import { counterImage, runTool, writeOciLayout } from '@ark/test-images';
+
+/** A counter blueprint and its package, made through the real binaries. */
+export async function counterPackage(work: string, exitAt?: number): Promise<{ blueprint: string; pkg: string; packagerCounts: number[]; packagerStdout: string }> {
+  const name = exitAt === undefined ? 'counter' : 'exiter';
+  const layout = join(work, `${name}-oci`);
+  const spec = counterImage(exitAt);
+  await writeOciLayout(layout, spec);
+  const blueprint = join(work, name);
+  const built = await runTool('builder', 'ark-builder', [`oci:${layout}:${spec.tag}`, blueprint]);
+  if (built.code !== 0) throw new Error(`ark-builder: ${built.stderr}`);
+  const pkg = join(work, `${name}.ark`);
+  const packaged = await runTool('packager', 'ark-packager', [blueprint, pkg, '--json', '--memory', '256']);
+  if (packaged.code !== 0) throw new Error(`ark-packager: ${packaged.stderr}`);
+  return { blueprint, pkg, packagerCounts: counts(packaged.stderr), packagerStdout: packaged.stdout };
+}
+
+/** The counter's numbers in some output, in order. */
+export function counts(text: string): number[] {
+  return [...text.matchAll(/^(\d+) (\d+)$/gm)].map((m) => Number(m[1]));
+}
+
+/** Resolves once the child has printed `lines` counter lines on stdout, with the last line seen and when it came. */
+export function waitForCounts(child: ChildProcess, lines: number): Promise<{ line: string; at: number }> {
+  let seen = '';
+  return new Promise((resolve, reject) => {
+    child.stdout!.on('data', (chunk: Buffer) => {
+      seen += chunk.toString();
+      const all = [...seen.matchAll(/^\d+ \d+$/gm)];
+      if (all.length >= lines) resolve({ line: all[lines - 1]![0], at: Date.now() });
+    });
+    child.once('exit', (code) => reject(new Error(`exited (${code}) after ${counts(seen).length} lines`)));
+  });
+}
+
+/** Checks every member of a package against its digest; throws if any is bad. */
+export function verifyPackage(path: string): void {
+  const pkg = ArkPackage.open(path);
+  const dir = mkdtempSync(join(tmpdir(), 'ark-verify-'));
+  try {
+    for (const name of memberNames) if (pkg.has(name)) pkg.extractMember(name, join(dir, name));
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+export function sha256File(path: string): string {
+  return execFileSync('sha256sum', [path], { encoding: 'utf8' }).split(' ')[0]!;
+}
+
+export function qemuUnder(pid: number): number[] {
+  try {
+    return execFileSync('pgrep', ['-P', String(pid), '-x', 'qemu-system-x86'], { encoding: 'utf8' }).split('\n').filter(Boolean).map(Number);
+  } catch {
+    return [];
+  }
+}
+
+export function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** A contiguous run a, a+1, …: the index of the first break, or -1. */
+export function firstGap(numbers: number[]): number {
+  for (let i = 1; i < numbers.length; i++) if (numbers[i] !== numbers[i - 1]! + 1) return i;
+  return -1;
+}
