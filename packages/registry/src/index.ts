@@ -1,0 +1,2 @@
+export { exportNameFor, packageExports } from './package-exports.ts';
+export { defaultAddress, parseAddress } from './registry-cli.ts';

@@ -1,0 +1,159 @@
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { closeSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, truncateSync, writeFileSync, writeSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import t from 'tap';
+import { ArkPackage, writePackage } from '@ark/package-format';
+import { GuestVm } from '@ark/runner';
+import { runTool, shellImage, startTool, writeOciLayout } from '@ark/test-images';
+
+const work = mkdtempSync(join(tmpdir(), 'ark-registry-test-'));
+t.teardown(() => rmSync(work, { recursive: true, force: true }));
+
+// a bootable package without a snapshot: a blueprint's files, packaged directly
+const layout = join(work, 'oci');
+await writeOciLayout(layout, shellImage('echo hello-from-an-nbd-disk; cat /etc/hostname'));
+const blueprint = join(work, 'bp');
+const built = await runTool('builder', 'ark-builder', [`oci:${layout}:latest`, blueprint]);
+if (built.code !== 0) throw new Error(built.stderr);
+const memory = join(work, 'memory');
+writeFileSync(memory, '');
+truncateSync(memory, 64 << 20);
+const fd = openSync(memory, 'r+');
+writeSync(fd, randomBytes(1 << 20), 0, 1 << 20, 8 << 20);
+closeSync(fd);
+const pkg = join(work, 'app.ark');
+writePackage(pkg, [
+  { name: 'ark.json', bytes: readFileSync(join(blueprint, 'ark.json')) },
+  { name: 'kernel', path: join(blueprint, 'ark.arkkernel') },
+  { name: 'initramfs', path: join(blueprint, 'ark.arkinitramfs') },
+  { name: 'disk', path: join(blueprint, 'ark.arkdisk') },
+  { name: 'memory', path: memory },
+]);
+const index = ArkPackage.open(pkg).index;
+
+async function startRegistry(args: string[]): Promise<{ child: ChildProcess; uri: string; stdout: string }> {
+  const child = startTool('registry', 'ark-registry', args);
+  let stdout = '';
+  await new Promise<void>((resolve, reject) => {
+    child.stdout!.on('data', (chunk: Buffer) => {
+      stdout += chunk.toString();
+      if (stdout.includes('app/memory')) resolve();
+    });
+    child.once('exit', (code) => reject(new Error(`ark-registry exited ${code}`)));
+  });
+  return { child, uri: stdout.split('\n')[0]!, stdout };
+}
+
+const stop = async (child: ChildProcess) => {
+  const exited = new Promise((resolve) => child.once('exit', resolve));
+  child.kill('SIGINT');
+  return exited;
+};
+
+t.test('nbdinfo, nbdcopy, nbdfuse and qemu-img read the package and its members', async (t) => {
+  const { child, uri } = await startRegistry([pkg, '--laddr', '127.0.0.1:0']);
+  t.teardown(() => stop(child));
+  t.match(uri, /^nbd:\/\/127\.0\.0\.1:\d+$/, 'loopback');
+
+  const listing = JSON.parse(execFileSync('nbdinfo', ['--list', '--json', uri], { encoding: 'utf8' }));
+  const names = listing.exports.map((e: { 'export-name': string }) => e['export-name']);
+  t.same(names.sort(), ['app', 'app/ark.json', 'app/disk', 'app/initramfs', 'app/kernel', 'app/memory'].sort());
+  const disk = listing.exports.find((e: { 'export-name': string }) => e['export-name'] === 'app/disk');
+  t.match(disk.description, /root filesystem/);
+  t.equal(disk['export-size'], index.members.find((m) => m.name === 'disk')!.size);
+  t.equal(disk['is_read_only'], true);
+
+  const map = JSON.parse(execFileSync('nbdinfo', ['--map', '--json', `${uri}/app/memory`], { encoding: 'utf8' }));
+  const holes = map.filter((e: { type: number }) => e.type & 1).map((e: { offset: number; length: number }) => [e.offset, e.length]);
+  t.same(holes, index.members.find((m) => m.name === 'memory')!.zeroExtents, 'base:allocation holes are the index\'s zero extents');
+
+  const copy = join(work, 'disk.copy');
+  execFileSync('nbdcopy', [`${uri}/app/disk`, copy]);
+  t.same(readFileSync(copy), readFileSync(join(blueprint, 'ark.arkdisk')), 'nbdcopy of app/disk is byte-exact');
+  const whole = join(work, 'whole.copy');
+  execFileSync('nbdcopy', ['--connections=4', `${uri}/app`, whole]);
+  t.same(readFileSync(whole), readFileSync(pkg), 'nbdcopy of the whole package is byte-exact');
+  t.doesNotThrow(() => execFileSync('qemu-img', ['compare', '-q', '-f', 'raw', '-F', 'raw', join(blueprint, 'ark.arkdisk'), `${uri}/app/disk`]), 'qemu-img compare');
+
+  const mountpoint = join(work, 'fuse');
+  mkdirSync(mountpoint);
+  const fuse = spawn('nbdfuse', [join(mountpoint, 'kernel'), `${uri}/app/kernel`], { stdio: 'ignore' });
+  try {
+    for (let i = 0; i < 100; i++) {
+      try {
+        if (readFileSync(join(mountpoint, 'kernel')).length > 0) break;
+      } catch {
+        // not mounted yet
+      }
+      await sleep(50);
+    }
+    t.same(readFileSync(join(mountpoint, 'kernel')), readFileSync(join(blueprint, 'ark.arkkernel')), 'nbdfuse shows a member as a file');
+  } finally {
+    execFileSync('fusermount3', ['-u', mountpoint]);
+    await new Promise((resolve) => (fuse.exitCode === null ? fuse.once('exit', resolve) : resolve(null)));
+  }
+});
+
+t.test('a QEMU VM boots with its disk attached from ark-registry', async (t) => {
+  const { child, uri } = await startRegistry([pkg, '--laddr', '127.0.0.1:0']);
+  t.teardown(() => stop(child));
+  let output = '';
+  const vm = await GuestVm.start({
+    kernelPath: join(blueprint, 'ark.arkkernel'),
+    initramfsPath: join(blueprint, 'ark.arkinitramfs'),
+    cmdline: JSON.parse(readFileSync(join(blueprint, 'ark.json'), 'utf8')).kernel.cmdline,
+    // read-only export: the guest's writes go to a throw-away overlay
+    disks: [{ id: 'root', path: `${uri}/app/disk`, ephemeral: true }],
+    cpus: 1,
+    memoryMiB: 256,
+    onStdout: (chunk) => (output += chunk.toString()),
+    onStderr: () => {},
+  });
+  try {
+    const exit = await vm.workloadExit;
+    t.equal(exit.code, 0);
+    t.match(output, /hello-from-an-nbd-disk\nark/);
+  } finally {
+    await vm.dispose();
+  }
+});
+
+t.test('TLS-PSK: a client with the key reads, one without gets nothing', async (t) => {
+  const keys = join(work, 'keys.psk');
+  execFileSync('psktool', ['-u', 'alice', '-p', keys], { stdio: 'ignore' });
+  const { child, uri } = await startRegistry([pkg, '--laddr', '127.0.0.1:0', '--tls-psk', keys]);
+  t.teardown(() => stop(child));
+  const tlsUri = uri.replace('nbd://', 'nbds://alice@');
+  const listing = execFileSync('nbdinfo', ['--list', `${tlsUri}/?tls-psk-file=${keys}`], { encoding: 'utf8' });
+  t.match(listing, /export="app\/disk"/);
+  let refused = '';
+  try {
+    execFileSync('nbdinfo', ['--list', uri], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+  } catch (error) {
+    refused = String((error as { stdout?: string }).stdout ?? '') + String((error as { stderr?: string }).stderr ?? '');
+  }
+  t.notMatch(refused, /app\/disk/, 'no export list without TLS');
+  t.match(refused, /TLS|tls/);
+  const wrong = join(work, 'wrong.psk');
+  execFileSync('psktool', ['-u', 'alice', '-p', wrong], { stdio: 'ignore' });
+  t.throws(() => execFileSync('nbdinfo', [`${tlsUri}/app/disk?tls-psk-file=${wrong}`], { stdio: 'ignore' }), 'a wrong key gets nothing');
+});
+
+t.test('bad input', async (t) => {
+  const none = await runTool('registry', 'ark-registry', []);
+  t.equal(none.code, 2);
+  const notPkg = join(work, 'not.ark');
+  writeFileSync(notPkg, randomBytes(5000));
+  const bad = await runTool('registry', 'ark-registry', [notPkg]);
+  t.equal(bad.code, 3);
+  t.match(bad.stderr, /not an ark package/);
+  const { child, uri } = await startRegistry([pkg, '--laddr', '127.0.0.1:0']);
+  t.teardown(() => stop(child));
+  const busy = await runTool('registry', 'ark-registry', [pkg, '--laddr', uri.replace('nbd://', '')]);
+  t.equal(busy.code, 4);
+  t.match(busy.stderr, /another server has that address/);
+  t.equal((await runTool('registry', 'ark-registry', [pkg, '--laddr', 'nonsense'])).code, 2);
+});
