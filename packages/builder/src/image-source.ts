@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { createReadStream, existsSync, mkdirSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { closeSync, openSync, readSync, createReadStream, createWriteStream, existsSync, mkdirSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { PassThrough, Transform, type Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
@@ -186,7 +186,6 @@ async function resolveFromDockerArchive(file: string, cache: BlobCache): Promise
 
 async function unpackArchiveFlat(file: string, dir: string): Promise<void> {
   const extract = tar.extract();
-  const { createWriteStream } = await import('node:fs');
   extract.on('entry', (header, stream, next) => {
     if (header.type !== 'file') {
       stream.resume();
@@ -200,7 +199,10 @@ async function unpackArchiveFlat(file: string, dir: string): Promise<void> {
     out.on('error', next);
   });
   const input = createReadStream(file);
-  const head = readFileSync(file).subarray(0, 2);
+  const head = Buffer.alloc(2);
+  const fd = openSync(file, 'r');
+  readSync(fd, head, 0, 2, 0);
+  closeSync(fd);
   await pipeline(head[0] === 0x1f && head[1] === 0x8b ? input.pipe(createGunzip()) : input, extract);
 }
 
