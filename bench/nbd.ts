@@ -23,7 +23,10 @@ const dir = mkdtempSync(join(tmpdir(), 'ark-nbd-bench-'));
 const file = join(dir, 'disk.img');
 const children: ChildProcess[] = [];
 
+let cleaned = false;
 function cleanup(): void {
+  if (cleaned) return;
+  cleaned = true;
   for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGTERM');
   rmSync(dir, { recursive: true, force: true });
 }
@@ -132,3 +135,4 @@ const line = (cells: string[]) => `| ${cells.map((c, i) => c.padStart(widths[i]!
 process.stdout.write(`nbdcopy URI null: — ${sizeMiB} MiB file in the page cache, median of ${runs} runs\n`);
 process.stdout.write(`${line(header)}\n|${widths.map((w) => '-'.repeat(w + 2)).join('|')}|\n`);
 for (const r of rows) process.stdout.write(`${line(r)}\n`);
+cleanup(); // the servers keep the event loop alive otherwise

@@ -8,13 +8,13 @@ export class BufferPool {
   #free = new Map<number, Buffer[]>();
   #idleBytes = 0;
 
-  constructor(maxBytes = 64 * 1024 * 1024) {
+  constructor(maxBytes = 128 * 1024 * 1024) {
     this.maxBytes = maxBytes;
   }
 
   /** A buffer of at least `size` bytes (contents undefined). */
   get(size: number): Buffer {
-    const capacity = size <= 4096 ? 4096 : Math.ceil(size / 65536) * 65536;
+    const capacity = Math.ceil(Math.max(size, 1) / 4096) * 4096;
     const list = this.#free.get(capacity);
     const buf = list?.pop();
     if (buf !== undefined) {

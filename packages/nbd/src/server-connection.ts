@@ -80,7 +80,8 @@ const ALLOCATION_CONTEXT_ID = 1;
 const MAX_EXTENTS_PER_REPLY = 1 << 20;
 /** more hole/data pieces than this in one read are sent as one data chunk */
 const MAX_READ_CHUNKS = 64;
-const MAX_QUEUED_REPLY_BYTES = 32 * 1024 * 1024;
+/** replies queued for the socket beyond this stop the reading of requests (the kernel buffers the rest) */
+const MAX_QUEUED_REPLY_BYTES = 8 * 1024 * 1024;
 const DATA_HEADER = 28; // structured chunk header + offset
 const ZERO_CHUNK = 1024 * 1024;
 let zeroChunk: Buffer | undefined;
