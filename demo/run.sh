@@ -1,40 +1,100 @@
 #!/usr/bin/env bash
-# The ark demo, the way a user chains the tools:
-#   1. an OCI image (Debian's redis-server built locally, or ARK_IMAGE=alpine:3.18 from a registry)
-#   2. ark-builder: image → blueprint (disk, kernel, initramfs, ark.json)
-#   3. ark-runner: boot the blueprint as a microVM and show the workload's output
-# Everything lands in ${ARK_DEMO_DIR:-./out/demo}.
+# The ark demo, the way a user chains the tools (after the Architekt demo):
+#   1. an OCI image: Debian's redis-server built locally (or ARK_IMAGE=alpine:3.18 from a registry)
+#   2. ark-builder:       image → blueprint (disk, kernel, initramfs, ark.json)
+#   3. ark-network-setup: a network namespace for the VM (tap, NAT, port forwards)
+#   4. ark-packager:      boot the blueprint, wait until redis answers, snapshot → redis.ark
+#   5. ark-runner:        resume it, talk to redis through a published port, Ctrl-C flushes the snapshot
+#   6. ark-runner again:  it resumes where it stopped: the key written before is still there
+#   7. ark-registry:      serve the package over NBD; nbdinfo lists it
+# Everything lands in ${ARK_DEMO_DIR:-./out/demo}; the network namespaces are removed at the end.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 out=${ARK_DEMO_DIR:-$root/out/demo}
+prefix=${ARK_DEMO_PREFIX:-arkdemo}
+port=${ARK_DEMO_PORT:-16379}
 step() { printf '\n\033[1m==> %s\033[0m\n' "$*" >&2; }
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill -INT "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  ark-network-setup --prefix "$prefix" --teardown >/dev/null 2>&1 || true
+}
+trap cleanup EXIT
 
 step "set-up (idempotent)"
 "$root/scripts/bootstrap.sh"
 mkdir -p "$out"
+demo_started=$(date +%s.%N)
 
 if [ -n "${ARK_IMAGE:-}" ]; then
   image=$ARK_IMAGE
+  ready=()
 else
-  step "building the redis image from Debian packages"
+  step "building the redis image from Debian 12 packages"
   rm -rf "$out/redis-oci"
   image=$(node "$root/demo/make-redis-image.ts" "$out/redis-oci")
+  ready=(--ready-tcp 6379)
 fi
 
 step "ark-builder $image $out/blueprint"
-ark-builder "$image" "$out/blueprint"
+ark-builder "$image" "$out/blueprint" "${ready[@]}"
 
-step "ark-runner $out/blueprint (stops itself after the workload's first ${ARK_DEMO_SECONDS:-20} s)"
+step "ark-network-setup --prefix $prefix --count 1"
+ark-network-setup --prefix "$prefix" --count 1
+
+step "ark-packager $out/blueprint $out/redis.ark --netns ${prefix}0"
+rm -f "$out/redis.ark"
+ark-packager "$out/blueprint" "$out/redis.ark" --netns "${prefix}0"
+ls -ls "$out/redis.ark" >&2
+
+# runs ark-runner on the package in the background; prints its pid
+resume() {
+  ark-runner "$out/redis.ark" --netns "${prefix}0" --publish "127.0.0.1:$port:6379" >"$out/runner.log" 2>&1 &
+  echo $!
+}
+wait_for_redis() {
+  for _ in $(seq 1 300); do
+    redis-cli -p "$port" ping 2>/dev/null | grep -q PONG && return 0
+    sleep 0.1
+  done
+  echo "redis did not answer on 127.0.0.1:$port" >&2
+  cat "$out/runner.log" >&2
+  return 1
+}
+stop_runner() {
+  kill -INT "$1"
+  wait "$1" || true
+  pids=()
+  cat "$out/runner.log" >&2
+}
+
+step "ark-runner $out/redis.ark --netns ${prefix}0 --publish 127.0.0.1:$port:6379 (resume)"
 started=$(date +%s.%N)
-ark-runner "$out/blueprint" &
-runner=$!
-trap 'kill -INT $runner 2>/dev/null || true' EXIT
-sleep "${ARK_DEMO_SECONDS:-20}"
-kill -INT $runner 2>/dev/null || true
-status=0
-wait $runner || status=$?
-trap - EXIT
-case $status in
-  0|130) step "done: the VM ran for $(awk -v a="$started" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }') s and was stopped with Ctrl-C (exit $status)" ;;
-  *) step "ark-runner exited with $status"; exit $status ;;
-esac
+runner=$(resume); pids=("$runner")
+wait_for_redis
+printf 'redis answered %.2f s after ark-runner started\n' "$(awk -v a="$started" -v b="$(date +%s.%N)" 'BEGIN { print b - a }')" >&2
+echo "first printed output from the demo's VM: $(awk -v a="$demo_started" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f s after set-up", b - a }')" >&2
+redis-cli -p "$port" set greeting "hello from a resumed microVM"
+redis-cli -p "$port" incr visits
+
+step "Ctrl-C: the runner suspends the VM and writes the snapshot back"
+stop_runner "$runner"
+
+step "ark-runner again: it resumes where it stopped"
+runner=$(resume); pids=("$runner")
+wait_for_redis
+redis-cli -p "$port" get greeting
+redis-cli -p "$port" incr visits
+stop_runner "$runner"
+
+step "ark-registry $out/redis.ark: the package over NBD"
+ark-registry "$out/redis.ark" --laddr 127.0.0.1:0 >"$out/registry.out" 2>/dev/null &
+registry=$!; pids=("$registry")
+for _ in $(seq 1 100); do grep -q redis/memory "$out/registry.out" 2>/dev/null && break; sleep 0.1; done
+uri=$(head -1 "$out/registry.out")
+nbdinfo --list "$uri" | grep -E 'export=|description' >&2
+nbdinfo --map "$uri/redis/memory" | awk '{ bytes[$4] += $2 } END { for (k in bytes) printf "  guest memory %-10s %6.1f MiB\n", k, bytes[k] / 1048576 }' >&2
+kill -INT "$registry"; wait "$registry" || true; pids=()
+
+step "done: $out/redis.ark holds the warm redis; run it with ark-runner $out/redis.ark --netns ${prefix}0 --publish 127.0.0.1:$port:6379"
