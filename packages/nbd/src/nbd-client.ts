@@ -171,11 +171,10 @@ export class NbdClient {
   async readInto(into: Buffer, offset: number): Promise<void> {
     this.#checkRange(offset, into.length);
     const parts: Promise<unknown>[] = [];
-    for (let done = 0; done < into.length || (into.length === 0 && done === 0); ) {
+    for (let done = 0; done < into.length; ) {
       const n = Math.min(this.#maxPayload, into.length - done);
       parts.push(this.#request(Command.read, 0, offset + done, n, undefined, into.subarray(done, done + n)));
       done += n;
-      if (n === 0) break;
     }
     await Promise.all(parts);
   }
@@ -184,11 +183,10 @@ export class NbdClient {
     this.#checkRange(offset, data.length);
     const flags = options.fua ? CommandFlag.fua : 0;
     const parts: Promise<unknown>[] = [];
-    for (let done = 0; done < data.length || (data.length === 0 && done === 0); ) {
+    for (let done = 0; done < data.length; ) {
       const n = Math.min(this.#maxPayload, data.length - done);
       parts.push(this.#request(Command.write, flags, offset + done, n, data.subarray(done, done + n)));
       done += n;
-      if (n === 0) break;
     }
     await Promise.all(parts);
   }
@@ -221,7 +219,7 @@ export class NbdClient {
   async blockStatus(offset: number, length: number, options: { reqOne?: boolean } = {}): Promise<BlockStatusExtent[]> {
     if (this.#allocationContext === undefined) throw new NbdProtocolError('the server did not agree to base:allocation');
     this.#checkRange(offset, length);
-    const n = Math.min(length, 0xffffffff);
+    const n = length > 0xffffffff ? 0x80000000 : length;
     return (await this.#request(Command.blockStatus, options.reqOne ? CommandFlag.reqOne : 0, offset, n)) as BlockStatusExtent[];
   }
 
@@ -272,14 +270,13 @@ export class NbdClient {
   }
 
   async #eachRange(offset: number, length: number, fn: (offset: number, length: number) => Promise<unknown>): Promise<void> {
-    // lengths are 32-bit on the wire; stay on preferred-block boundaries when splitting
+    // lengths are 32-bit on the wire; 2^31 keeps every piece aligned
     const step = 0x80000000;
     const parts: Promise<unknown>[] = [];
-    for (let done = 0; done < length || (length === 0 && done === 0); ) {
+    for (let done = 0; done < length; ) {
       const n = Math.min(step, length - done);
       parts.push(fn(offset + done, n));
       done += n;
-      if (n === 0) break;
     }
     await Promise.all(parts);
   }

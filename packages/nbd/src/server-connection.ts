@@ -639,6 +639,13 @@ export class ServerConnection {
     const exp = this.#exp!;
     this.#begin(h.length);
     if (!this.#structured) return this.#readSimple(h);
+    if (h.length === 0) {
+      // an OFFSET_DATA chunk must carry at least one byte: answer with NONE
+      const none = Buffer.allocUnsafe(20);
+      writeChunkHeader(none, 0, ReplyFlag.done, ReplyType.none, h, 0);
+      this.#write(none);
+      return this.#end(0);
+    }
     if (exp.sparseReads && exp.blockStatus && (h.flags & CommandFlag.df) === 0 && h.length > 0) {
       this.#settle(
         () => exp.blockStatus!(h.offset, h.length),

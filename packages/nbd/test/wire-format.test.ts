@@ -129,6 +129,9 @@ t.test('meta contexts, hole chunks, DF, block status', async (t) => {
   p.send(requestBytes(Command.read, 60000, 10000, 11));
   const err = await p.chunk();
   t.same([err.type, err.flags, err.payload.readUInt32BE(0)], [ReplyType.error, ReplyFlag.done, 22], 'out of range: an EINVAL error chunk');
-  p.send(requestBytes(Command.disc, 0, 0, 12));
+  p.send(requestBytes(Command.read, 100, 0, 12));
+  const none = await p.chunk();
+  t.same([none.type, none.flags, none.payload.length], [ReplyType.none, ReplyFlag.done, 0], 'a zero-length read: one NONE chunk');
+  p.send(requestBytes(Command.disc, 0, 0, 13));
   await p.waitClosed();
 });
