@@ -1,7 +1,7 @@
 export { NbdServer } from './nbd-server.ts';
 export type { NbdServerOptions, NbdServerTlsOptions, ListenAddress, BoundAddress } from './nbd-server.ts';
-export { DEFAULT_LIMITS } from './server-connection.ts';
-export type { NbdServerLimits, NbdServerEvent } from './server-connection.ts';
+export { DEFAULT_LIMITS } from './server-limits.ts';
+export type { NbdServerLimits, NbdServerEvent } from './server-limits.ts';
 export type { NbdExport, BlockSizeConstraints, WriteZeroesOptions } from './nbd-export.ts';
 export { DEFAULT_BLOCK_SIZE, validateExport } from './nbd-export.ts';
 export { FileExport } from './file-export.ts';

@@ -3,7 +3,8 @@ import type { Duplex } from 'node:stream';
 import { BufferPool } from './buffer-pool.ts';
 import { type BlockSizeConstraints, type NbdExport, validateExport } from './nbd-export.ts';
 import type { PskKeys } from './psk-keys.ts';
-import { type ConnectionContext, DEFAULT_LIMITS, type NbdServerEvent, type NbdServerLimits, ServerConnection } from './server-connection.ts';
+import { type ConnectionContext, ServerConnection } from './server-connection.ts';
+import { DEFAULT_LIMITS, type NbdServerEvent, type NbdServerLimits } from './server-limits.ts';
 import { type PskLookup, pskLookup } from './tls-psk.ts';
 
 export interface NbdServerTlsOptions {

@@ -17,47 +17,14 @@ import {
   REQUEST_HEADER_SIZE,
   ReplyFlag,
   ReplyType,
-  SIMPLE_REPLY_MAGIC,
-  STRUCTURED_REPLY_MAGIC,
   TransmissionFlag,
   nameOf,
 } from './protocol-constants.ts';
 import { ByteQueue } from './byte-queue.ts';
+import { clipExtents, u16, writeChunkHeader, writeSimpleReply } from './reply-encoding.ts';
+import type { NbdServerEvent, NbdServerLimits } from './server-limits.ts';
 import { type PskLookup, startServerTls } from './tls-psk.ts';
 import { type RequestHeader, decodeString, parseExportQuery, parseMetaContextQuery, parseRequestHeader } from './wire-parsers.ts';
-
-/** Resource bounds per connection and server; every one of them defends against a hostile client. */
-export interface NbdServerLimits {
-  /** options a client may send before the server hangs up (default 4096) */
-  maxOptions: number;
-  /** bytes of one option's data (default 64 KiB) */
-  maxOptionLength: number;
-  /** requests being served at once on one connection; reading pauses beyond it (default 128) */
-  maxInflightRequests: number;
-  /** payload bytes being served at once on one connection (default 64 MiB) */
-  maxInflightBytes: number;
-  /** connections at once; more are refused (default 1024) */
-  maxConnections: number;
-  /** time to reach the transmission phase (default 30 s) */
-  handshakeTimeoutMs: number;
-}
-
-export const DEFAULT_LIMITS: NbdServerLimits = {
-  maxOptions: 4096,
-  maxOptionLength: 64 * 1024,
-  maxInflightRequests: 128,
-  maxInflightBytes: 64 * 1024 * 1024,
-  maxConnections: 1024,
-  handshakeTimeoutMs: 30_000,
-};
-
-export type NbdServerEvent =
-  | { kind: 'connect'; connection: number; remote: string }
-  | { kind: 'tls'; connection: number; identity: string | undefined }
-  | { kind: 'open'; connection: number; export: string; structuredReplies: boolean }
-  | { kind: 'protocol-error'; connection: number; message: string }
-  | { kind: 'request-error'; connection: number; command: string; errno: number; message: string }
-  | { kind: 'disconnect'; connection: number };
 
 /** What a connection needs from its server. */
 export interface ConnectionContext {
@@ -682,10 +649,7 @@ export class ServerConnection {
   #readSimple(h: RequestHeader): void {
     const pool = this.#ctx.pool;
     const buf = pool.get(h.length + 16);
-    buf.writeUInt32BE(SIMPLE_REPLY_MAGIC, 0);
-    buf.writeUInt32BE(0, 4);
-    buf.writeUInt32BE(h.cookieHigh, 8);
-    buf.writeUInt32BE(h.cookieLow, 12);
+    writeSimpleReply(buf, 0, h);
     this.#settle(
       () => this.#exp!.read(h.offset, buf.subarray(16, 16 + h.length)),
       () => this.#sendData(buf, 16 + h.length, h.length),
@@ -816,10 +780,7 @@ export class ServerConnection {
 
   #replyOk(h: RequestHeader): void {
     const buf = Buffer.allocUnsafe(16);
-    buf.writeUInt32BE(SIMPLE_REPLY_MAGIC, 0);
-    buf.writeUInt32BE(0, 4);
-    buf.writeUInt32BE(h.cookieHigh, 8);
-    buf.writeUInt32BE(h.cookieLow, 12);
+    writeSimpleReply(buf, 0, h);
     this.#write(buf);
   }
 
@@ -827,10 +788,7 @@ export class ServerConnection {
     this.#ctx.emit({ kind: 'request-error', connection: this.id, command: nameOf(Command, h.type), errno, message });
     if (!this.#structured) {
       const buf = Buffer.allocUnsafe(16);
-      buf.writeUInt32BE(SIMPLE_REPLY_MAGIC, 0);
-      buf.writeUInt32BE(errno, 4);
-      buf.writeUInt32BE(h.cookieHigh, 8);
-      buf.writeUInt32BE(h.cookieLow, 12);
+      writeSimpleReply(buf, errno, h);
       return this.#write(buf);
     }
     const text = Buffer.from(message.slice(0, 200));
@@ -841,41 +799,4 @@ export class ServerConnection {
     text.copy(buf, 26);
     this.#write(buf);
   }
-}
-
-function u16(n: number): Buffer {
-  const b = Buffer.allocUnsafe(2);
-  b.writeUInt16BE(n, 0);
-  return b;
-}
-
-function writeChunkHeader(buf: Buffer, at: number, flags: number, type: number, h: RequestHeader, length: number): void {
-  buf.writeUInt32BE(STRUCTURED_REPLY_MAGIC, at);
-  buf.writeUInt16BE(flags, at + 4);
-  buf.writeUInt16BE(type, at + 6);
-  buf.writeUInt32BE(h.cookieHigh, at + 8);
-  buf.writeUInt32BE(h.cookieLow, at + 12);
-  buf.writeUInt32BE(length, at + 16);
-}
-
-/**
- * Checks what an export returned and clips it to [offset, offset + length):
- * consecutive extents from offset with positive lengths; a short list is
- * allowed (the client asks again). Undefined when the list is unusable.
- */
-function clipExtents(raw: readonly Extent[], offset: number, length: number): Extent[] | undefined {
-  const end = offset + length;
-  const out: Extent[] = [];
-  let pos = offset;
-  for (const e of raw) {
-    if (pos >= end) break;
-    if (!(e.length > 0) || e.offset > pos || e.offset + e.length <= pos) return undefined;
-    const stop = Math.min(e.offset + e.length, end);
-    const kind = e.kind === 'hole' || e.kind === 'zero' ? e.kind : 'data';
-    const last = out[out.length - 1];
-    if (last !== undefined && last.kind === kind) last.length += stop - pos;
-    else out.push({ offset: pos, length: stop - pos, kind });
-    pos = stop;
-  }
-  return out.length > 0 ? out : undefined;
 }
