@@ -9,6 +9,11 @@ import { basename, join } from 'node:path';
  * order, mount the disk and hand over to tini and ark-agent on it. Kernel
  * messages and anything init prints go to the serial console, never to the
  * workload's output.
+ *
+ * Networking is the runner's choice at boot, on the kernel command line:
+ * `ark.ip=ADDRESS/LENGTH ark.gateway=ADDRESS [ark.dns=A,B,…]` brings up eth0 with
+ * that address and default route and writes the image's /etc/resolv.conf.
+ * Without `ark.ip` the guest has only lo. A snapshot keeps whatever init did.
  */
 export function initScript(): string {
   return `#!/bin/busybox sh
@@ -24,6 +29,26 @@ while [ ! -b /dev/vda ] && [ $n -lt 500 ]; do busybox usleep 10000; n=$((n + 1))
 if ! busybox mount -t ext4 -o rw,noatime /dev/vda /newroot; then
   echo "ark-init: cannot mount the disk /dev/vda"
   busybox poweroff -f
+fi
+ark_ip= ark_gateway= ark_dns=
+for arg in $(busybox cat /proc/cmdline); do
+  case "$arg" in
+    ark.ip=*) ark_ip=\${arg#ark.ip=} ;;
+    ark.gateway=*) ark_gateway=\${arg#ark.gateway=} ;;
+    ark.dns=*) ark_dns=\${arg#ark.dns=} ;;
+  esac
+done
+if [ -n "$ark_ip" ]; then
+  n=0
+  while [ ! -e /sys/class/net/eth0 ] && [ $n -lt 500 ]; do busybox usleep 10000; n=$((n + 1)); done
+  busybox ip link set eth0 up &&
+    busybox ip address add "$ark_ip" dev eth0 &&
+    busybox ip route add default via "$ark_gateway" dev eth0 ||
+    echo "ark-init: cannot configure eth0 ($ark_ip via $ark_gateway)"
+  # replace the image's own file, which may be a link to nothing in the guest (Docker mounts one over it)
+  busybox mkdir -p /newroot/etc
+  busybox rm -f /newroot/etc/resolv.conf
+  for server in $(echo "$ark_dns" | busybox tr , ' '); do echo "nameserver $server"; done > /newroot/etc/resolv.conf
 fi
 for dir in proc sys dev; do
   busybox mkdir -p /newroot/$dir

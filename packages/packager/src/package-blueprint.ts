@@ -3,7 +3,7 @@ import { join, resolve } from 'node:path';
 import { readBlueprint } from '@ark/blueprint';
 import { ArkError, ExitCode } from '@ark/cli';
 import { writePackage, type PackageIndex } from '@ark/package-format';
-import { GuestVm, createWorkDir, sparseCopy, vmStoppedError, type PackageConfig } from '@ark/runner';
+import { GuestVm, VmNetwork, createWorkDir, guestNameservers, networkKernelArguments, sparseCopy, vmStoppedError, type PackageConfig } from '@ark/runner';
 
 export interface PackageOptions {
   cpus: number;
@@ -13,6 +13,12 @@ export interface PackageOptions {
   onStderr: (chunk: Buffer) => void;
   onEvent?: (event: PackagerEvent) => void;
   signal?: AbortSignal;
+  /**
+   * boot in this network namespace (made by ark-network-setup): the package
+   * then resumes only with a network, in any namespace (the guest's address is
+   * the same in each); nameservers default to the host's
+   */
+  network?: { namespace: string; nameservers?: string[] };
 }
 
 export type PackagerEvent =
@@ -35,22 +41,25 @@ export interface PackageResult {
 export async function packageBlueprint(blueprintDir: string, outPath: string, options: PackageOptions): Promise<PackageResult> {
   const blueprint = await readBlueprint(blueprintDir);
   const out = resolve(outPath);
-  const work = createWorkDir(out);
-  const files = { disk: join(work, 'disk'), memory: join(work, 'memory'), state: join(work, 'state') };
   const emit = options.onEvent ?? (() => {});
+  const network = options.network && (await VmNetwork.attach({ namespace: options.network.namespace }));
+  let work: string | undefined;
   let guest: GuestVm | undefined;
   try {
+    work = createWorkDir(out);
+    const files = { disk: join(work, 'disk'), memory: join(work, 'memory'), state: join(work, 'state') };
     sparseCopy(blueprint.diskPath, files.disk);
     const started = Date.now();
     emit({ kind: 'booting' });
     guest = await GuestVm.start({
       kernelPath: blueprint.kernelPath,
       initramfsPath: blueprint.initramfsPath,
-      cmdline: blueprint.config.kernel.cmdline,
+      cmdline: network ? `${blueprint.config.kernel.cmdline} ${networkKernelArguments(guestNameservers(options.network?.nameservers, emit))}` : blueprint.config.kernel.cmdline,
       disks: [{ id: 'root', path: files.disk }],
       cpus: options.cpus,
       memoryMiB: options.memoryMiB,
       memoryFile: files.memory,
+      network: network?.device,
       onStdout: options.onStdout,
       onStderr: options.onStderr,
     });
@@ -80,7 +89,7 @@ export async function packageBlueprint(blueprintDir: string, outPath: string, op
     if (hookError) emit({ kind: 'warning', message: `before-suspend: ${hookError}` });
     emit({ kind: 'snapshotted', ms: Date.now() - snapStarted });
     const writeStarted = Date.now();
-    const config: PackageConfig = { ...blueprint.config, vm: { cpus: options.cpus, memoryMiB: options.memoryMiB } };
+    const config: PackageConfig = { ...blueprint.config, vm: { cpus: options.cpus, memoryMiB: options.memoryMiB, network: network !== undefined } };
     const index = writePackage(out, [
       { name: 'ark.json', bytes: Buffer.from(`${JSON.stringify(config, null, 2)}\n`) },
       { name: 'kernel', path: blueprint.kernelPath },
@@ -93,6 +102,7 @@ export async function packageBlueprint(blueprintDir: string, outPath: string, op
     return { path: out, index };
   } finally {
     await guest?.dispose();
-    rmSync(work, { recursive: true, force: true });
+    await network?.close();
+    if (work) rmSync(work, { recursive: true, force: true });
   }
 }

@@ -1,6 +1,7 @@
 import { cac } from 'cac';
 import { statSync } from 'node:fs';
 import { ArkError, ExitCode, colour, formatBytes, runCli } from '@ark/cli';
+import { validateNameservers } from '@ark/runner';
 import { packageBlueprint, type PackagerEvent } from './package-blueprint.ts';
 
 export async function main(argv: string[]): Promise<void> {
@@ -10,15 +11,23 @@ export async function main(argv: string[]): Promise<void> {
     .option('--liveness-timeout <seconds>', 'How long to wait for the workload to be ready', { default: 300 })
     .option('--cpus <n>', 'Virtual CPUs of the VM (a resume keeps them)', { default: 1 })
     .option('--memory <MiB>', 'Guest memory in MiB (a resume keeps it)', { default: 512 })
+    .option('--netns <name>', 'Boot in this network namespace (from ark-network-setup); the package then resumes only with --netns')
+    .option('--dns <address>', "A nameserver for the guest's /etc/resolv.conf (repeatable; default the host's; needs --netns)", { type: [String] })
     .option('--json', 'Print a JSON summary on stdout')
     .example('ark-packager out/redis redis.ark')
-    .action(async (blueprint: string, out: string, options: { livenessTimeout: unknown; cpus: unknown; memory: unknown; json?: boolean }) => {
+    .example('ark-packager out/redis redis.ark --netns ark0')
+    .action(async (blueprint: string, out: string, options: { livenessTimeout: unknown; cpus: unknown; memory: unknown; netns?: unknown; dns?: string[]; json?: boolean }) => {
       const timeout = Number(options.livenessTimeout);
       const cpus = Number(options.cpus);
       const memoryMiB = Number(options.memory);
       if (!(timeout > 0)) throw usage(`--liveness-timeout ${String(options.livenessTimeout)} is not a number of seconds`);
       if (!Number.isInteger(cpus) || cpus < 1 || cpus > 64) throw usage(`--cpus ${String(options.cpus)} is not a whole number from 1 to 64`);
       if (!Number.isInteger(memoryMiB) || memoryMiB < 128) throw usage(`--memory ${String(options.memory)} is not a whole number of MiB, at least 128`);
+      if (options.netns === undefined && options.dns !== undefined) throw usage('--dns needs --netns: the VM has no network without a namespace');
+      // cac reads a name of digits as a number
+      const namespace = typeof options.netns === 'number' ? String(options.netns) : options.netns;
+      if (namespace !== undefined && (typeof namespace !== 'string' || namespace === '')) throw usage('--netns takes one namespace name, for example --netns ark0');
+      const network = typeof namespace === 'string' ? { namespace, nameservers: options.dns && validateNameservers(options.dns.map(String)) } : undefined;
       const controller = new AbortController();
       const onInt = () => controller.abort('SIGINT');
       const onTerm = () => controller.abort('SIGTERM');
@@ -29,6 +38,7 @@ export async function main(argv: string[]): Promise<void> {
         const result = await packageBlueprint(blueprint, out, {
           cpus,
           memoryMiB,
+          network,
           livenessTimeoutMs: timeout * 1000,
           signal: controller.signal,
           // the workload's output is a log here; stdout is for the result

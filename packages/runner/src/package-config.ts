@@ -2,5 +2,6 @@ import type { BlueprintConfig } from '@ark/blueprint';
 
 /** A package's ark.json: the blueprint's config and the VM the snapshot was taken in. */
 export interface PackageConfig extends BlueprintConfig {
-  vm: { cpus: number; memoryMiB: number };
+  /** `network`: the VM had a network device (a snapshot then resumes only with one; absent means false) */
+  vm: { cpus: number; memoryMiB: number; network?: boolean };
 }

@@ -1,6 +1,8 @@
 import { readBlueprint } from '@ark/blueprint';
 import { ExitCode } from '@ark/cli';
 import { GuestVm, vmStoppedError } from './guest-vm.ts';
+import { guestNameservers } from './nameservers.ts';
+import { VmNetwork, networkKernelArguments, type PublishedPortEvent, type VmNetworkOptions } from './vm-network.ts';
 
 export interface RunOptions {
   cpus: number;
@@ -10,9 +12,16 @@ export interface RunOptions {
   onEvent?: (event: RunEvent) => void;
   /** aborting stops the VM; the result then carries the signal's exit code */
   signal?: AbortSignal;
+  /** run the VM in a network namespace (eth0 in the guest), publishing ports for as long as it runs */
+  network?: VmNetworkOptions;
 }
 
-export type RunEvent = { kind: 'booting'; accelerator?: string } | { kind: 'started'; pid: number } | { kind: 'stopping'; reason: string };
+export type RunEvent =
+  | { kind: 'booting'; accelerator?: string }
+  | { kind: 'started'; pid: number }
+  | { kind: 'stopping'; reason: string }
+  | PublishedPortEvent
+  | { kind: 'warning'; message: string };
 
 export interface RunResult {
   exitCode: number;
@@ -26,18 +35,21 @@ export interface RunResult {
  */
 export async function runBlueprint(dir: string, options: RunOptions): Promise<RunResult> {
   const blueprint = await readBlueprint(dir);
-  options.onEvent?.({ kind: 'booting' });
-  const guest = await GuestVm.start({
-    kernelPath: blueprint.kernelPath,
-    initramfsPath: blueprint.initramfsPath,
-    cmdline: blueprint.config.kernel.cmdline,
-    disks: [{ id: 'root', path: blueprint.diskPath, ephemeral: true }],
-    cpus: options.cpus,
-    memoryMiB: options.memoryMiB,
-    onStdout: options.onStdout,
-    onStderr: options.onStderr,
-  });
+  const network = options.network && (await VmNetwork.attach(options.network, options.onEvent));
+  let guest: GuestVm | undefined;
   try {
+    options.onEvent?.({ kind: 'booting' });
+    guest = await GuestVm.start({
+      kernelPath: blueprint.kernelPath,
+      initramfsPath: blueprint.initramfsPath,
+      cmdline: network ? `${blueprint.config.kernel.cmdline} ${networkKernelArguments(guestNameservers(options.network?.nameservers, options.onEvent))}` : blueprint.config.kernel.cmdline,
+      disks: [{ id: 'root', path: blueprint.diskPath, ephemeral: true }],
+      cpus: options.cpus,
+      memoryMiB: options.memoryMiB,
+      network: network?.device,
+      onStdout: options.onStdout,
+      onStderr: options.onStderr,
+    });
     guest.agent.on('message', (message) => {
       if (message.kind === 'started') options.onEvent?.({ kind: 'started', pid: message.pid });
     });
@@ -61,6 +73,7 @@ export async function runBlueprint(dir: string, options: RunOptions): Promise<Ru
     }
     throw vmStoppedError(guest, outcome.exit);
   } finally {
-    await guest.dispose();
+    await guest?.dispose();
+    await network?.close();
   }
 }

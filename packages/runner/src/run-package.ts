@@ -4,8 +4,10 @@ import { join, resolve } from 'node:path';
 import { ArkError, ExitCode } from '@ark/cli';
 import { ArkPackage, writePackage } from '@ark/package-format';
 import { GuestVm, vmStoppedError } from './guest-vm.ts';
+import { guestNameservers } from './nameservers.ts';
 import type { PackageConfig } from './package-config.ts';
 import type { RunOptions, RunResult } from './run-blueprint.ts';
+import { VmNetwork, networkKernelArguments } from './vm-network.ts';
 import { createWorkDir } from './work-dir.ts';
 
 export interface RunPackageOptions extends Omit<RunOptions, 'cpus' | 'memoryMiB'> {
@@ -36,14 +38,19 @@ export async function runPackage(path: string, options: RunPackageOptions): Prom
   const started = Date.now();
   const pkg = ArkPackage.open(path);
   const config = JSON.parse(pkg.readMember('ark.json').toString('utf8')) as PackageConfig;
+  const snapshot = pkg.has('state') && pkg.has('memory');
+  if (snapshot) checkSnapshotNetwork(path, config, options);
+  const network = options.network && (await VmNetwork.attach(options.network, options.onEvent));
   const out = resolve(options.out ?? path);
-  const work = createWorkDir(out);
-  const files = { kernel: join(work, 'kernel'), initramfs: join(work, 'initramfs'), disk: join(work, 'disk'), memory: join(work, 'memory'), state: join(work, 'state') };
+  let work: string | undefined;
   let guest: GuestVm | undefined;
   try {
+    work = createWorkDir(out);
+    const files = { kernel: join(work, 'kernel'), initramfs: join(work, 'initramfs'), disk: join(work, 'disk'), memory: join(work, 'memory'), state: join(work, 'state') };
     for (const name of ['kernel', 'initramfs', 'disk'] as const) pkg.extractMember(name, files[name]);
-    const snapshot = pkg.has('state') && pkg.has('memory');
-    const vm = snapshot ? config.vm : { cpus: options.cpus ?? config.vm?.cpus ?? 1, memoryMiB: options.memoryMiB ?? config.vm?.memoryMiB ?? 512 };
+    const vm = snapshot
+      ? { cpus: config.vm.cpus, memoryMiB: config.vm.memoryMiB, network: network !== undefined }
+      : { cpus: options.cpus ?? config.vm?.cpus ?? 1, memoryMiB: options.memoryMiB ?? config.vm?.memoryMiB ?? 512, network: network !== undefined };
     if (snapshot) {
       pkg.extractMember('memory', files.memory);
       pkg.extractMember('state', files.state);
@@ -54,12 +61,14 @@ export async function runPackage(path: string, options: RunPackageOptions): Prom
     guest = await GuestVm.start({
       kernelPath: files.kernel,
       initramfsPath: files.initramfs,
-      cmdline: config.kernel.cmdline,
+      // a resume ignores the command line: the guest is already running, its network configured
+      cmdline: network && !snapshot ? `${config.kernel.cmdline} ${networkKernelArguments(guestNameservers(options.network?.nameservers, options.onPackageEvent))}` : config.kernel.cmdline,
       disks: [{ id: 'root', path: files.disk }],
       cpus: vm.cpus,
       memoryMiB: vm.memoryMiB,
       memoryFile: files.memory,
       incoming: snapshot ? 'defer' : undefined,
+      network: network?.device,
       onStdout: options.onStdout,
       onStderr: options.onStderr,
     });
@@ -67,6 +76,7 @@ export async function runPackage(path: string, options: RunPackageOptions): Prom
       const { hookError } = await guest.resume(files.state);
       if (hookError) options.onPackageEvent?.({ kind: 'warning', message: `after-resume: ${hookError}` });
       options.onPackageEvent?.({ kind: 'resumed', ms: Date.now() - started });
+      network?.announceGateway().catch((error: Error) => options.onPackageEvent?.({ kind: 'warning', message: `cannot announce the gateway to the guest (${error.message.trim().split('\n').at(-1)}); the guest's packets out are lost until it looks the gateway up again` }));
     } else {
       options.onPackageEvent?.({ kind: 'cold-boot' });
     }
@@ -105,7 +115,34 @@ export async function runPackage(path: string, options: RunPackageOptions): Prom
     return { exitCode: ExitCode.ok, interrupted: outcome.signal };
   } finally {
     await guest?.dispose();
-    rmSync(work, { recursive: true, force: true });
+    await network?.close();
+    if (work) rmSync(work, { recursive: true, force: true });
+  }
+}
+
+/**
+ * A snapshot holds the VM's device set: one taken with a network device loads
+ * only into a VM with one, and one taken without into a VM without.
+ */
+function checkSnapshotNetwork(path: string, config: PackageConfig, options: RunPackageOptions): void {
+  const packagedWithNetwork = config.vm?.network === true;
+  if (packagedWithNetwork && !options.network) {
+    throw new ArkError('NETNS_REQUIRED', `${path} was packaged with networking: its snapshot has a network device and resumes only in a network namespace`, {
+      hint: "pass --netns NAME, any namespace made by ark-network-setup (the guest's address is the same in each)",
+      exitCode: ExitCode.usage,
+    });
+  }
+  if (!packagedWithNetwork && options.network) {
+    throw new ArkError('NO_NETWORK_DEVICE', `${path} was packaged without networking: its snapshot has no network device to put in '${options.network.namespace}'`, {
+      hint: 'run it without --netns and --publish, or package the blueprint again with ark-packager --netns NAME',
+      exitCode: ExitCode.usage,
+    });
+  }
+  if (options.network?.nameservers) {
+    throw new ArkError('DNS_FIXED', `--dns applies when a guest boots; ${path} resumes a snapshot, whose nameservers were set when it was packaged`, {
+      hint: 'leave out --dns, or package the blueprint again with ark-packager --dns ADDRESS',
+      exitCode: ExitCode.usage,
+    });
   }
 }
 

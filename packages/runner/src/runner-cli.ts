@@ -1,8 +1,11 @@
 import { cac } from 'cac';
 import { statSync } from 'node:fs';
 import { ArkError, ExitCode, ExitError, colour, runCli } from '@ark/cli';
+import { validateNameservers } from './nameservers.ts';
+import { describePublished, parsePublishSpec, publishSyntax } from './publish-spec.ts';
 import { runPackage, type PackageRunEvent } from './run-package.ts';
-import { runBlueprint } from './run-blueprint.ts';
+import { runBlueprint, type RunEvent } from './run-blueprint.ts';
+import type { VmNetworkOptions } from './vm-network.ts';
 
 export async function main(argv: string[]): Promise<void> {
   const cli = cac('ark-runner');
@@ -12,9 +15,13 @@ export async function main(argv: string[]): Promise<void> {
     .option('--memory <MiB>', 'Guest memory in MiB (a cold boot; a snapshot keeps its own)', { default: 512 })
     .option('--out <file>', 'Package: on Ctrl-C write the snapshot here instead of over PATH')
     .option('--no-persist', 'Package: on Ctrl-C discard the VM instead of writing the snapshot back')
+    .option('--netns <name>', 'Run the VM in this network namespace (from ark-network-setup): the guest gets eth0 172.16.0.2/30')
+    .option('--publish <spec>', `Publish a guest port on the host, ${publishSyntax} (repeatable; needs --netns)`, { type: [String] })
+    .option('--dns <address>', "A nameserver for the guest's /etc/resolv.conf at boot (repeatable; default the host's)", { type: [String] })
     .example('ark-runner app.ark')
     .example('ark-runner out/redis')
-    .action(async (path: string, options: { cpus: unknown; memory: unknown; out?: string; persist?: boolean }) => {
+    .example('ark-runner out/redis --netns ark0 --publish 6379:6379')
+    .action(async (path: string, options: { cpus: unknown; memory: unknown; out?: string; persist?: boolean; netns?: unknown; publish?: string[]; dns?: string[] }) => {
       const cpus = positiveInteger(options.cpus, '--cpus', 64);
       const memoryMiB = positiveInteger(options.memory, '--memory', 1 << 20);
       const isPackage = statSync(path, { throwIfNoEntry: false })?.isFile() === true;
@@ -22,6 +29,7 @@ export async function main(argv: string[]): Promise<void> {
         throw new ArkError('USAGE', '--out and --no-persist are for packages', { hint: 'a blueprint run never changes the blueprint', exitCode: ExitCode.usage });
       }
       if (memoryMiB < 128) throw new ArkError('USAGE', `--memory ${memoryMiB} is too small`, { hint: 'give the guest at least 128 MiB', exitCode: ExitCode.usage });
+      const network = networkOptions(options);
       const controller = new AbortController();
       const onSignal = (signal: 'SIGINT' | 'SIGTERM') => () => controller.abort(signal);
       const onInt = onSignal('SIGINT');
@@ -29,7 +37,7 @@ export async function main(argv: string[]): Promise<void> {
       process.on('SIGINT', onInt);
       process.on('SIGTERM', onTerm);
       try {
-        const io = { signal: controller.signal, onStdout: (chunk: Buffer) => process.stdout.write(chunk), onStderr: (chunk: Buffer) => process.stderr.write(chunk) };
+        const io = { signal: controller.signal, network, onEvent: reportRunEvent, onStdout: (chunk: Buffer) => process.stdout.write(chunk), onStderr: (chunk: Buffer) => process.stderr.write(chunk) };
         const result = isPackage
           ? await runPackage(path, {
               ...io,
@@ -49,6 +57,35 @@ export async function main(argv: string[]): Promise<void> {
   cli.help();
   cli.version('0.1.0');
   await runCli(cli, argv);
+}
+
+/** --netns, --publish and --dns; the last two only with the first. */
+function networkOptions(options: { netns?: unknown; publish?: string[]; dns?: string[] }): VmNetworkOptions | undefined {
+  const publish = (options.publish ?? []).map((spec) => parsePublishSpec(String(spec)));
+  const dns = options.dns?.map(String);
+  if (options.netns === undefined) {
+    if (publish.length > 0 || dns !== undefined) {
+      throw new ArkError('USAGE', `${publish.length > 0 ? '--publish' : '--dns'} needs --netns: the VM has no network without a namespace`, {
+        hint: "add --netns NAME, a namespace made by 'ark-network-setup'",
+        exitCode: ExitCode.usage,
+      });
+    }
+    return undefined;
+  }
+  // cac reads a name of digits as a number
+  const namespace = typeof options.netns === 'number' ? String(options.netns) : options.netns;
+  if (typeof namespace !== 'string' || namespace === '') {
+    throw new ArkError('USAGE', '--netns takes one namespace name', { hint: 'for example --netns ark0', exitCode: ExitCode.usage });
+  }
+  return { namespace, publish, nameservers: dns && validateNameservers(dns) };
+}
+
+function reportRunEvent(event: RunEvent): void {
+  if (event.kind === 'published') {
+    process.stderr.write(colour.dim(`ark-runner: published ${describePublished(event)} of ${event.namespace}\n`));
+  } else if (event.kind === 'warning') {
+    process.stderr.write(`${colour.yellow('ark-runner: warning:')} ${event.message}\n`);
+  }
 }
 
 function reportPackageEvent(event: PackageRunEvent): void {
