@@ -1,6 +1,6 @@
 import { cac } from 'cac';
 import { statSync } from 'node:fs';
-import { ArkError, ExitCode, colour, formatBytes, runCli } from '@ark/cli';
+import { ArkError, ExitCode, colour, formatBytes, runCli, stopSignals } from '@ark/cli';
 import { validateNameservers } from '@ark/runner';
 import { packageBlueprint, type PackagerEvent } from './package-blueprint.ts';
 
@@ -28,19 +28,15 @@ export async function main(argv: string[]): Promise<void> {
       const namespace = typeof options.netns === 'number' ? String(options.netns) : options.netns;
       if (namespace !== undefined && (typeof namespace !== 'string' || namespace === '')) throw usage('--netns takes one namespace name, for example --netns ark0');
       const network = typeof namespace === 'string' ? { namespace, nameservers: options.dns && validateNameservers(options.dns.map(String)) } : undefined;
-      const controller = new AbortController();
-      const onInt = () => controller.abort('SIGINT');
-      const onTerm = () => controller.abort('SIGTERM');
-      process.on('SIGINT', onInt);
-      process.on('SIGTERM', onTerm);
+      using stop = stopSignals();
       const started = Date.now();
-      try {
+      {
         const result = await packageBlueprint(blueprint, out, {
           cpus,
           memoryMiB,
           network,
           livenessTimeoutMs: timeout * 1000,
-          signal: controller.signal,
+          signal: stop.signal,
           // the workload's output is a log here; stdout is for the result
           onStdout: (chunk) => process.stderr.write(chunk),
           onStderr: (chunk) => process.stderr.write(chunk),
@@ -52,9 +48,6 @@ export async function main(argv: string[]): Promise<void> {
         if (options.json) {
           process.stdout.write(`${JSON.stringify({ package: result.path, bytes: info.size, bytesOnDisk: used, members: result.index.members.map(({ name, offset, size, sha256 }) => ({ name, offset, size, sha256 })), seconds: (Date.now() - started) / 1000 }, null, 2)}\n`);
         } else process.stdout.write(`${result.path}\n`);
-      } finally {
-        process.off('SIGINT', onInt);
-        process.off('SIGTERM', onTerm);
       }
     });
   cli.help();

@@ -1,7 +1,8 @@
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { ArkError, ExitCode } from '@ark/cli';
+import { ArkError, ExitCode, whenStopped, type StopSignal } from '@ark/cli';
+import { createOwnedDir } from './work-dir.ts';
 import { AgentClient, guestPorts, livenessReady, syncMarker, type AgentMessage } from '@ark/guest-protocol';
 import { randomUUID } from 'node:crypto';
 import { createConnection, type Socket } from 'node:net';
@@ -24,6 +25,9 @@ export interface GuestVmOptions {
 
 export type WorkloadExit = { code: number; signal: string | null };
 
+/** What ends a run: the workload exits, the VM stops under it, or we are told to stop. */
+export type RunOutcome = { kind: 'exit'; exit: WorkloadExit } | { kind: 'vm-stopped'; exit: VmExit } | { kind: 'interrupted'; signal: StopSignal };
+
 /** A VM running ark's guest: the monitor, the agent channel, and what the workload reports. */
 export class GuestVm {
   readonly vm: QemuVm;
@@ -45,7 +49,7 @@ export class GuestVm {
 
   static async start(options: GuestVmOptions): Promise<GuestVm> {
     const accelerator = chooseAccelerator().accelerator;
-    const runtimeDir = mkdtempSync(join(tmpdir(), 'ark-vm-'));
+    const runtimeDir = createOwnedDir(tmpdir(), 'ark-vm-');
     let vm: QemuVm | undefined;
     try {
       vm = await QemuVm.start({
@@ -133,6 +137,15 @@ export class GuestVm {
     this.agent.resyncOn(syncMarker(sync));
     const reply = await this.agent.request({ kind: 'after-resume', hostTimeMs: Date.now(), sync }, 60_000);
     return reply.ok ? {} : { hookError: reply.error };
+  }
+
+  /** Waits for whichever comes first: the workload's exit, the VM stopping, or `signal` aborting. */
+  nextOutcome(signal: AbortSignal | undefined): Promise<RunOutcome> {
+    return Promise.race([
+      this.workloadExit.then((exit): RunOutcome => ({ kind: 'exit', exit })),
+      this.vm.exited.then((exit): RunOutcome => ({ kind: 'vm-stopped', exit })),
+      whenStopped(signal).then((stop): RunOutcome => ({ kind: 'interrupted', signal: stop })),
+    ]);
   }
 
   /** The last lines of the serial console (kernel and init messages), for error reports. */

@@ -53,15 +53,7 @@ export async function runBlueprint(dir: string, options: RunOptions): Promise<Ru
     guest.agent.on('message', (message) => {
       if (message.kind === 'started') options.onEvent?.({ kind: 'started', pid: message.pid });
     });
-    const interrupted = new Promise<'SIGINT' | 'SIGTERM'>((resolve) => {
-      if (options.signal?.aborted) resolve(options.signal.reason as 'SIGINT' | 'SIGTERM');
-      options.signal?.addEventListener('abort', () => resolve(options.signal?.reason as 'SIGINT' | 'SIGTERM'), { once: true });
-    });
-    const outcome = await Promise.race([
-      guest.workloadExit.then((exit) => ({ kind: 'exit' as const, exit })),
-      guest.vm.exited.then((exit) => ({ kind: 'vm-stopped' as const, exit })),
-      interrupted.then((signal) => ({ kind: 'interrupted' as const, signal })),
-    ]);
+    const outcome = await guest.nextOutcome(options.signal);
     if (outcome.kind === 'exit') {
       await guest.waitForExit(15_000);
       return { exitCode: outcome.exit.code };

@@ -80,16 +80,8 @@ export async function runPackage(path: string, options: RunPackageOptions): Prom
     } else {
       options.onPackageEvent?.({ kind: 'cold-boot' });
     }
-    const interrupted = new Promise<'SIGINT' | 'SIGTERM'>((resolveSignal) => {
-      if (options.signal?.aborted) resolveSignal(options.signal.reason as 'SIGINT' | 'SIGTERM');
-      options.signal?.addEventListener('abort', () => resolveSignal(options.signal?.reason as 'SIGINT' | 'SIGTERM'), { once: true });
-    });
     const running = guest;
-    const outcome = await Promise.race([
-      running.workloadExit.then((exit) => ({ kind: 'exit' as const, exit })),
-      running.vm.exited.then((exit) => ({ kind: 'vm-stopped' as const, exit })),
-      interrupted.then((signal) => ({ kind: 'interrupted' as const, signal })),
-    ]);
+    const outcome = await running.nextOutcome(options.signal);
     if (outcome.kind === 'exit') {
       await running.waitForExit(15_000);
       return { exitCode: outcome.exit.code };

@@ -1,6 +1,6 @@
 import { cac } from 'cac';
 import { statSync } from 'node:fs';
-import { ArkError, ExitCode, ExitError, colour, runCli } from '@ark/cli';
+import { ArkError, ExitCode, ExitError, colour, runCli, stopSignals } from '@ark/cli';
 import { validateNameservers } from './nameservers.ts';
 import { describePublished, parsePublishSpec, publishSyntax } from './publish-spec.ts';
 import { runPackage, type PackageRunEvent } from './run-package.ts';
@@ -30,14 +30,9 @@ export async function main(argv: string[]): Promise<void> {
       }
       if (memoryMiB < 128) throw new ArkError('USAGE', `--memory ${memoryMiB} is too small`, { hint: 'give the guest at least 128 MiB', exitCode: ExitCode.usage });
       const network = networkOptions(options);
-      const controller = new AbortController();
-      const onSignal = (signal: 'SIGINT' | 'SIGTERM') => () => controller.abort(signal);
-      const onInt = onSignal('SIGINT');
-      const onTerm = onSignal('SIGTERM');
-      process.on('SIGINT', onInt);
-      process.on('SIGTERM', onTerm);
-      try {
-        const io = { signal: controller.signal, network, onEvent: reportRunEvent, onStdout: (chunk: Buffer) => process.stdout.write(chunk), onStderr: (chunk: Buffer) => process.stderr.write(chunk) };
+      using stop = stopSignals();
+      {
+        const io = { signal: stop.signal, network, onEvent: reportRunEvent, onStdout: (chunk: Buffer) => process.stdout.write(chunk), onStderr: (chunk: Buffer) => process.stderr.write(chunk) };
         const result = isPackage
           ? await runPackage(path, {
               ...io,
@@ -49,9 +44,6 @@ export async function main(argv: string[]): Promise<void> {
             })
           : await runBlueprint(path, { ...io, cpus, memoryMiB });
         if (result.exitCode !== 0) throw new ExitError(result.exitCode);
-      } finally {
-        process.off('SIGINT', onInt);
-        process.off('SIGTERM', onTerm);
       }
     });
   cli.help();

@@ -2,19 +2,28 @@ import { mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 
 /**
+ * A private directory `parent/<prefix><pid>-XXXXXX`. Entries named with any of
+ * `stalePrefixes` followed by the pid of a process that is gone (one killed by
+ * SIGKILL could not clean up) are removed first.
+ */
+export function createOwnedDir(parent: string, prefix: string, stalePrefixes: string[] = [prefix]): string {
+  for (const entry of readdirSync(parent)) {
+    const stale = stalePrefixes.find((p) => entry.startsWith(p));
+    if (stale === undefined) continue;
+    const pid = Number(/^(\d+)(?:-|$)/.exec(entry.slice(stale.length))?.[1]);
+    if (Number.isInteger(pid) && pid !== process.pid && !isAlive(pid)) rmSync(join(parent, entry), { recursive: true, force: true });
+  }
+  return mkdtempSync(join(parent, `${prefix}${process.pid}-`));
+}
+
+/**
  * A private directory beside a package for its unpacked disk, memory and state:
  * on the package's filesystem, so the package can be written back with a rename.
- * Directories left by processes that died (SIGKILL) are removed first.
+ * Work directories and partial packages of dead processes are removed first.
  */
 export function createWorkDir(packagePath: string): string {
-  const dir = dirname(packagePath);
-  const prefix = `.${basename(packagePath)}.work-`;
-  for (const entry of readdirSync(dir)) {
-    if (!entry.startsWith(prefix) && !(entry.startsWith(`.${basename(packagePath)}.partial-`))) continue;
-    const pid = Number(/-(\d+)(?:-|$)/.exec(entry.slice(entry.startsWith(prefix) ? prefix.length - 1 : 0))?.[1]);
-    if (Number.isInteger(pid) && pid !== process.pid && !isAlive(pid)) rmSync(join(dir, entry), { recursive: true, force: true });
-  }
-  return mkdtempSync(join(dir, `${prefix}${process.pid}-`));
+  const name = basename(packagePath);
+  return createOwnedDir(dirname(packagePath), `.${name}.work-`, [`.${name}.work-`, `.${name}.partial-`]);
 }
 
 function isAlive(pid: number): boolean {
