@@ -91,7 +91,7 @@ export class ServerConnection {
   #inflightBytes = 0;
   #readPaused = false;
   #pumping = false;
-  #payload: { header: RequestHeader; buf: Buffer; filled: number } | undefined;
+  #payload: RequestHeader | undefined;
   #drainLeft = 0;
 
   readonly #onData = (chunk: Buffer) => this.#receive(chunk);
@@ -254,12 +254,13 @@ export class ServerConnection {
           break;
         }
         case 'payload': {
-          const p = this.#payload!;
-          p.filled += q.takeInto(p.buf, p.filled, p.header.length - p.filled);
-          if (p.filled < p.header.length) return;
+          // the payload stays in the received chunks until it is complete: memory
+          // grows only with bytes actually sent, never with a length merely declared
+          const h = this.#payload!;
+          if (q.length < h.length) return;
           this.#payload = undefined;
           this.#state = 'request';
-          this.#runWrite(p.header, p.buf);
+          this.#runWrite(h, q.take(h.length));
           break;
         }
         case 'drain': {
@@ -534,9 +535,8 @@ export class ServerConnection {
         this.#state = 'drain';
         return;
       }
-      const buf = this.#ctx.pool.get(h.length);
       this.#begin(h.length);
-      this.#payload = { header: h, buf, filled: 0 };
+      this.#payload = h;
       this.#state = 'payload';
       return;
     }
@@ -572,17 +572,14 @@ export class ServerConnection {
     );
   }
 
-  #runWrite(h: RequestHeader, buf: Buffer): void {
-    const pool = this.#ctx.pool;
+  #runWrite(h: RequestHeader, data: Buffer): void {
     this.#settle(
-      () => this.#exp!.write!(h.offset, buf.subarray(0, h.length), (h.flags & CommandFlag.fua) !== 0),
+      () => this.#exp!.write!(h.offset, data, (h.flags & CommandFlag.fua) !== 0),
       () => {
-        pool.release(buf);
         this.#replyOk(h);
         this.#end(h.length);
       },
       (error: unknown) => {
-        pool.release(buf);
         this.#replyError(h, toErrno(error), error instanceof Error ? error.message : String(error));
         this.#end(h.length);
       },

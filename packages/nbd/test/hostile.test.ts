@@ -190,6 +190,23 @@ t.test('33 MiB requests are refused and the stream stays in step', async (t) => 
   await stillServes(t);
 });
 
+t.test('declared but unsent write payloads cost no memory', async (t) => {
+  const before = process.memoryUsage().arrayBuffers;
+  const peers: RawPeer[] = [];
+  for (let i = 0; i < 30; i++) {
+    const p = new RawPeer({ port });
+    await p.handshake('rw');
+    p.send(requestBytes(Command.write, 0, 32 * MiB, 1));
+    p.send(Buffer.alloc(100));
+    peers.push(p);
+  }
+  await sleep(200);
+  const grown = process.memoryUsage().arrayBuffers - before;
+  t.ok(grown < 64 * MiB, `30 × 32 MiB declared, ${(grown / MiB).toFixed(1)} MiB held`);
+  for (const p of peers) p.destroy();
+  await stillServes(t);
+});
+
 t.test('clients that hang up in the middle of replies', async (t) => {
   for (let i = 0; i < 10; i++) {
     const p = new RawPeer({ port });
