@@ -52,6 +52,7 @@ export class NbdServer {
       tls: tls === undefined ? undefined : { lookup: pskLookup(tls.keys), required: tls.required ?? true },
       limits: this.limits,
       pool: new BufferPool(),
+      budget: { used: 0, max: this.limits.maxServerInflightBytes, waiters: new Set() },
       emit: (event) => {
         if (!onEvent) return;
         try {
@@ -81,6 +82,11 @@ export class NbdServer {
 
   get connectionCount(): number {
     return this.#connections.size;
+  }
+
+  /** Payload bytes held across connections: requests being served and replies not yet sent. */
+  get bytesHeld(): number {
+    return this.#ctx.budget.used;
   }
 
   #find(name: string): { exp: NbdExport; blockSize: BlockSizeConstraints } | undefined {

@@ -33,6 +33,8 @@ export interface ConnectionContext {
   tls: { lookup: PskLookup; required: boolean } | undefined;
   limits: NbdServerLimits;
   pool: BufferPool;
+  /** payload bytes held by all connections (requests being served and replies not yet sent) */
+  budget: { used: number; max: number; waiters: Set<() => void> };
   emit(event: NbdServerEvent): void;
   isShuttingDown(): boolean;
 }
@@ -141,7 +143,10 @@ export class ServerConnection {
     this.#closed = true;
     this.#state = 'closing';
     this.#queue.clear();
+    // a write whose payload never completed will not run: give its bytes back
+    if (this.#payload !== undefined) this.#releaseBudget(this.#payload.length);
     this.#payload = undefined;
+    this.#ctx.budget.waiters.delete(this.#onDrain);
     if (this.#timer) clearTimeout(this.#timer);
     this.#ctx.emit({ kind: 'disconnect', connection: this.id });
   }
@@ -459,13 +464,27 @@ export class ServerConnection {
 
   #flowBlocked(): boolean {
     const limits = this.#ctx.limits;
-    return this.#inflight >= limits.maxInflightRequests || this.#inflightBytes >= limits.maxInflightBytes || this.#socket.writableLength >= MAX_QUEUED_REPLY_BYTES;
+    if (this.#inflight >= limits.maxInflightRequests || this.#inflightBytes >= limits.maxInflightBytes || this.#socket.writableLength >= MAX_QUEUED_REPLY_BYTES) return true;
+    const budget = this.#ctx.budget;
+    if (budget.used < budget.max) return false;
+    // the server as a whole holds too much: wait for any connection to give some back
+    budget.waiters.add(this.#onDrain);
+    return true;
   }
 
   #pauseReading(): void {
     if (this.#readPaused) return;
     this.#readPaused = true;
     this.#socket.pause();
+  }
+
+  #releaseBudget(bytes: number): void {
+    const budget = this.#ctx.budget;
+    budget.used -= bytes;
+    if (budget.waiters.size === 0 || budget.used >= budget.max) return;
+    const waiters = [...budget.waiters];
+    budget.waiters.clear();
+    for (const wake of waiters) wake();
   }
 
   #resumeIfPossible(): void {
@@ -486,11 +505,14 @@ export class ServerConnection {
   #begin(bytes: number): void {
     this.#inflight++;
     this.#inflightBytes += bytes;
+    this.#ctx.budget.used += bytes;
   }
 
-  #end(bytes: number): void {
+  /** The request is answered; `replyPending` when its bytes stay held until the socket has sent them. */
+  #end(bytes: number, replyPending = false): void {
     this.#inflight--;
     this.#inflightBytes -= bytes;
+    if (!replyPending) this.#releaseBudget(bytes);
     this.#resumeIfPossible();
   }
 
@@ -665,9 +687,10 @@ export class ServerConnection {
       return this.#end(accounted);
     }
     this.#socket.write(buf.subarray(0, length), (err) => {
+      this.#releaseBudget(accounted);
       if (!err) pool.release(buf);
     });
-    this.#end(accounted);
+    this.#end(accounted, true);
   }
 
   /** Holes as OFFSET_HOLE chunks, data as OFFSET_DATA chunks; the last chunk carries DONE. */
@@ -730,12 +753,13 @@ export class ServerConnection {
         for (const [i, c] of chunks.entries()) {
           if (i === chunks.length - 1) {
             s.write(c, (err) => {
+              this.#releaseBudget(h.length);
               if (!err) for (const b of owned) pool.release(b);
             });
           } else s.write(c);
         }
         s.uncork();
-        this.#end(h.length);
+        this.#end(h.length, true);
       },
       (error: unknown) => {
         for (const b of owned) pool.release(b);

@@ -8,6 +8,8 @@ export interface NbdServerLimits {
   maxInflightRequests: number;
   /** payload bytes being served at once on one connection (default 64 MiB) */
   maxInflightBytes: number;
+  /** payload bytes held by the whole server (requests being served, replies not yet sent); reading pauses beyond it (default 1 GiB) */
+  maxServerInflightBytes: number;
   /** connections at once; more are refused (default 1024) */
   maxConnections: number;
   /** time to reach the transmission phase (default 30 s) */
@@ -19,6 +21,7 @@ export const DEFAULT_LIMITS: NbdServerLimits = {
   maxOptionLength: 64 * 1024,
   maxInflightRequests: 128,
   maxInflightBytes: 64 * 1024 * 1024,
+  maxServerInflightBytes: 1024 * 1024 * 1024,
   maxConnections: 1024,
   handshakeTimeoutMs: 30_000,
 };

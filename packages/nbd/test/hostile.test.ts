@@ -253,3 +253,30 @@ t.test('many clients at once', async (t) => {
   await waitUntil(() => server.connectionCount <= 2, 'connections to close');
   await stillServes(t);
 });
+
+t.test('every byte held for hostile clients was given back', async (t) => {
+  await waitUntil(() => server.bytesHeld === 0, 'the server to hold nothing', 10_000);
+  t.equal(server.bytesHeld, 0);
+});
+
+t.test('a server-wide budget stops clients that do not read their replies', async (t) => {
+  const small = new NbdServer({ exports: [disk], limits: { maxServerInflightBytes: 16 * MiB } });
+  t.teardown(() => small.close());
+  const b = await small.listen({ port: 0 });
+  const p2 = 'port' in b ? b.port : 0;
+  const hogs: RawPeer[] = [];
+  for (let i = 0; i < 4; i++) {
+    const p = new RawPeer({ port: p2 });
+    await p.handshake('disk');
+    p.socket.pause(); // never read the replies
+    for (let k = 0; k < 40; k++) p.send(requestBytes(Command.read, 0, 8 * MiB, k));
+    hogs.push(p);
+  }
+  await sleep(300);
+  t.ok(small.bytesHeld < 16 * MiB + 9 * MiB, `held ${(small.bytesHeld / MiB).toFixed(0)} MiB for 4 × 320 MiB asked`);
+  for (const p of hogs) p.destroy();
+  const c = await NbdClient.connect({ port: p2, exportName: 'disk' });
+  t.same(await c.read(0, 4096), content.subarray(0, 4096), 'once they are gone, others are served');
+  await c.disconnect();
+  await waitUntil(() => small.bytesHeld === 0, 'budget returned');
+});
