@@ -39,6 +39,7 @@ export class NbdServer {
   readonly #ctx: ConnectionContext;
   #nextId = 1;
   #closing = false;
+  #stallTimer: NodeJS.Timeout | undefined;
 
   constructor(options: NbdServerOptions = {}) {
     this.limits = { ...DEFAULT_LIMITS, ...options.limits };
@@ -135,13 +136,30 @@ export class NbdServer {
     this.#ctx.emit({ kind: 'connect', connection: id, remote });
     const connection = new ServerConnection(id, socket, this.#ctx);
     this.#connections.add(connection);
+    this.#watchStalls();
     socket.once('close', () => this.#connections.delete(connection));
     if (connection.closed) this.#connections.delete(connection);
+  }
+
+  #watchStalls(): void {
+    if (this.#stallTimer !== undefined) return;
+    const every = Math.max(10, Math.min(5000, this.limits.stallTimeoutMs / 4));
+    this.#stallTimer = setInterval(() => {
+      const now = performance.now();
+      for (const c of this.#connections) c.checkStall(now, this.limits.stallTimeoutMs);
+      if (this.#connections.size === 0) {
+        clearInterval(this.#stallTimer);
+        this.#stallTimer = undefined;
+      }
+    }, every);
+    this.#stallTimer.unref();
   }
 
   /** Stops listening and ends every connection; resolves when all are closed. */
   async close(): Promise<void> {
     this.#closing = true;
+    if (this.#stallTimer !== undefined) clearInterval(this.#stallTimer);
+    this.#stallTimer = undefined;
     const closing = [...this.#listeners].map((server) => new Promise<void>((resolve) => server.close(() => resolve())));
     this.#listeners.clear();
     for (const c of this.#connections) c.destroy();

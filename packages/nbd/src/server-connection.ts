@@ -97,7 +97,11 @@ export class ServerConnection {
   #drainLeft = 0;
 
   readonly #onData = (chunk: Buffer) => this.#receive(chunk);
-  readonly #onDrain = () => this.#resumeIfPossible();
+  readonly #onDrain = () => {
+    this.#lastProgress = performance.now();
+    this.#resumeIfPossible();
+  };
+  #lastProgress = performance.now();
   readonly #onError = () => this.destroy();
   readonly #onClose = () => this.#cleanup();
 
@@ -120,6 +124,19 @@ export class ServerConnection {
 
   get closed(): boolean {
     return this.#closed;
+  }
+
+  /**
+   * Hangs up on a client that has left replies unread for longer than
+   * `stallMs` (it holds memory and budget that others need).
+   */
+  checkStall(now: number, stallMs: number): void {
+    if (this.#closed) return;
+    if (this.#socket.writableLength === 0) {
+      this.#lastProgress = now;
+      return;
+    }
+    if (now - this.#lastProgress > stallMs) this.#fail(`client read no replies for ${Math.round(stallMs / 1000)} s`);
   }
 
   destroy(): void {

@@ -14,6 +14,8 @@ export interface NbdServerLimits {
   maxConnections: number;
   /** time to reach the transmission phase (default 30 s) */
   handshakeTimeoutMs: number;
+  /** a client that leaves replies unread this long is dropped (default 60 s) */
+  stallTimeoutMs: number;
 }
 
 export const DEFAULT_LIMITS: NbdServerLimits = {
@@ -24,6 +26,7 @@ export const DEFAULT_LIMITS: NbdServerLimits = {
   maxServerInflightBytes: 1024 * 1024 * 1024,
   maxConnections: 1024,
   handshakeTimeoutMs: 30_000,
+  stallTimeoutMs: 60_000,
 };
 
 export type NbdServerEvent =

@@ -260,7 +260,7 @@ t.test('every byte held for hostile clients was given back', async (t) => {
 });
 
 t.test('a server-wide budget stops clients that do not read their replies', async (t) => {
-  const small = new NbdServer({ exports: [disk], limits: { maxServerInflightBytes: 16 * MiB } });
+  const small = new NbdServer({ exports: [disk], limits: { maxServerInflightBytes: 16 * MiB, stallTimeoutMs: 1500 } });
   t.teardown(() => small.close());
   const b = await small.listen({ port: 0 });
   const p2 = 'port' in b ? b.port : 0;
@@ -274,9 +274,12 @@ t.test('a server-wide budget stops clients that do not read their replies', asyn
   }
   await sleep(300);
   t.ok(small.bytesHeld < 16 * MiB + 9 * MiB, `held ${(small.bytesHeld / MiB).toFixed(0)} MiB for 4 × 320 MiB asked`);
+  // clients that read nothing are dropped after the stall timeout, and the budget comes back
+  await waitUntil(() => small.connectionCount === 0, 'the stalled clients to be dropped', 15_000);
+  t.pass('the stalled clients were dropped');
   for (const p of hogs) p.destroy();
   const c = await NbdClient.connect({ port: p2, exportName: 'disk' });
-  t.same(await c.read(0, 4096), content.subarray(0, 4096), 'once they are gone, others are served');
+  t.same(await c.read(0, 4096), content.subarray(0, 4096), 'then others are served');
   await c.disconnect();
   await waitUntil(() => small.bytesHeld === 0, 'budget returned');
 });
