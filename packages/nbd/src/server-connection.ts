@@ -49,8 +49,12 @@ const ALLOCATION_CONTEXT_ID = 1;
 const MAX_EXTENTS_PER_REPLY = 1 << 20;
 /** more hole/data pieces than this in one read are sent as one data chunk */
 const MAX_READ_CHUNKS = 64;
-/** replies queued for the socket beyond this stop the reading of requests (the kernel buffers the rest) */
-const MAX_QUEUED_REPLY_BYTES = 8 * 1024 * 1024;
+/**
+ * Replies queued for the socket beyond this stop the reading of requests (the
+ * kernel buffers the rest). Kept small so that a reply is sent while its bytes
+ * are still in the CPU cache: measured, 8 MiB cost ~20% more CPU than 1 MiB.
+ */
+const MAX_QUEUED_REPLY_BYTES = 1024 * 1024;
 const DATA_HEADER = 28; // structured chunk header + offset
 const ZERO_CHUNK = 1024 * 1024;
 let zeroChunk: Buffer | undefined;
