@@ -59,6 +59,9 @@ export async function runAgent(configPath = '/.ark/config.json'): Promise<never>
         gate.open();
         return;
       }
+      case 'set-clock':
+        setClock(request.hostTimeMs);
+        return send({ kind: 'reply', id: request.id, ok: true, guestTimeMs: Date.now() });
       case 'exit-ack':
         exitAcked?.();
         return;

@@ -3,6 +3,8 @@ export type AgentRequest =
   | { kind: 'ping'; id: number }
   | { kind: 'before-suspend'; id: number }
   | { kind: 'after-resume'; id: number; hostTimeMs: number; sync: string }
+  /** the host's time as the guest receives this (the host adds half a measured round trip) */
+  | { kind: 'set-clock'; id: number; hostTimeMs: number }
   /** the host has read everything up to the exit message: the guest may power off */
   | { kind: 'exit-ack'; id: number };
 

@@ -22,17 +22,19 @@ export async function counterPackage(work: string, exitAt?: number): Promise<{ b
 
 /** The counter's numbers in some output, in order. */
 export function counts(text: string): number[] {
-  return [...text.matchAll(/^(\d+) (\d+)$/gm)].map((m) => Number(m[1]));
+  return [...text.matchAll(/^(\d+) ([\d.]+)$/gm)].map((m) => Number(m[1]));
 }
 
-/** Resolves once the child has printed `lines` counter lines on stdout, with the last line seen and when it came. */
-export function waitForCounts(child: ChildProcess, lines: number): Promise<{ line: string; at: number }> {
+/** Resolves once the child has printed `lines` counter lines on stdout, with each line and when it arrived. */
+export function waitForCounts(child: ChildProcess, lines: number): Promise<Array<{ line: string; at: number }>> {
   let seen = '';
+  const arrived: Array<{ line: string; at: number }> = [];
   return new Promise((resolve, reject) => {
     child.stdout!.on('data', (chunk: Buffer) => {
       seen += chunk.toString();
-      const all = [...seen.matchAll(/^\d+ \d+$/gm)];
-      if (all.length >= lines) resolve({ line: all[lines - 1]![0], at: Date.now() });
+      const all = [...seen.matchAll(/^\d+ [\d.]+$/gm)];
+      for (const match of all.slice(arrived.length)) arrived.push({ line: match[0], at: Date.now() });
+      if (arrived.length >= lines) resolve(arrived.slice(0, lines));
     });
     child.once('exit', (code) => reject(new Error(`exited (${code}) after ${counts(seen).length} lines`)));
   });

@@ -17,8 +17,10 @@ const random = () => ((seed = (seed * 1103515245 + 12345) % 2147483648) / 214748
 const { blueprint, pkg } = await counterPackage(work);
 
 t.test(`SIGKILL of the runner at ${trials} random moments never leaves a corrupt package`, async (t) => {
+  const killed: number[] = [];
   for (let trial = 0; trial < trials; trial++) {
     const child = startTool('runner', 'ark-runner', [pkg]);
+    killed.push(child.pid!);
     const done = finished(child);
     const qemu: number[] = [];
     const watch = setInterval(() => qemu.push(...qemuUnder(child.pid!)), 50);
@@ -45,6 +47,7 @@ t.test(`SIGKILL of the runner at ${trials} random moments never leaves a corrupt
   const last = await done;
   t.ok(counts(last.stdout).length > 0, 'the package still resumes');
   t.same(readdirSync(work).filter((f) => f.startsWith('.counter.ark.')), [], 'no work directories or partial files left');
+  t.same(readdirSync(tmpdir()).filter((f) => killed.some((pid) => f.startsWith(`ark-vm-${pid}-`))), [], 'no VM runtime directories of killed runners left');
 });
 
 t.test('SIGKILL of the packager at random moments never replaces a good package with a bad one', async (t) => {

@@ -28,17 +28,19 @@ t.test('resume goes on counting where the snapshot left off, with the clock righ
   await sleep(Math.max(0, 4000 - (Date.now() - packagedAt)));
   const child = startTool('runner', 'ark-runner', [pkg]);
   const done = finished(child);
-  const fifth = await waitForCounts(child, 5);
+  const arrived = await waitForCounts(child, 15);
   child.kill('SIGINT');
   const result = await done;
   t.equal(result.code, 0, `a flush exits 0 (${result.stderr})`);
   const lines = result.stdout.trim().split('\n').map((l) => l.split(' ').map(Number) as [number, number]);
   t.equal(lines[0]![0], packagerCounts.at(-1)! + 1, 'the first count after resume follows the last one before the snapshot');
   t.equal(firstGap(lines.map((l) => l[0])), -1, 'no count lost or repeated');
-  // a line printed after the resume (the first may have waited out the snapshot in the agent)
-  const printed = Number(fifth.line.split(' ')[1]);
-  const skew = fifth.at / 1000 - printed;
-  t.ok(skew > -1 && skew < 1.5, `the guest clock is set from the host (guest ${printed}, host ${(fifth.at / 1000).toFixed(2)}, snapshot ${((fifth.at - packagedAt) / 1000).toFixed(0)} s old)`);
+  // lines printed a second or more after the resume (the first ones may have waited out the snapshot in
+  // the agent). Each line was printed before it arrived, so arrival - printed bounds how far the guest's
+  // clock is behind; the smallest over several lines is the least disturbed by a busy host.
+  const skews = arrived.slice(8).map(({ line, at }) => at / 1000 - Number(line.split(' ')[1]));
+  const skew = Math.min(...skews);
+  t.ok(skew > -0.05 && skew < 1, `the guest clock is within 1 s of the host's (skews ${skews.map((s) => s.toFixed(2)).join(' ')}; snapshot ${((arrived[0]!.at - packagedAt) / 1000).toFixed(0)} s old)`);
   t.match(result.stderr, /snapshot written to/);
 
   const again = startTool('runner', 'ark-runner', [pkg]);

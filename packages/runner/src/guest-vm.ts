@@ -136,6 +136,11 @@ export class GuestVm {
     const sync = randomUUID();
     this.agent.resyncOn(syncMarker(sync));
     const reply = await this.agent.request({ kind: 'after-resume', hostTimeMs: Date.now(), sync }, 60_000);
+    // after-resume set the clock roughly (the first request after a resume is slow to arrive);
+    // now that the guest answers quickly, set it again with the one-way delay taken into account
+    const sent = Date.now();
+    await this.agent.request({ kind: 'ping' }, 10_000);
+    await this.agent.request({ kind: 'set-clock', hostTimeMs: Date.now() + (Date.now() - sent) / 2 }, 10_000);
     return reply.ok ? {} : { hookError: reply.error };
   }
 

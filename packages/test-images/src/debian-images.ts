@@ -33,7 +33,7 @@ function mergedUsr(path: string): string {
 
 /** The root of a Debian-like image: merged-/usr links, busybox as the shell, users and groups. */
 export function baseEntries(): LayerEntry[] {
-  const applets = ['sh', 'ls', 'cat', 'echo', 'id', 'pwd', 'env', 'sleep', 'mkdir', 'rm', 'touch', 'stat', 'date', 'sync', 'head', 'wc', 'grep', 'test', 'true', 'false', 'printf', 'readlink', 'ip', 'nc', 'wget', 'hostname', 'tr', 'cut', 'sed', 'awk', 'seq', 'kill', 'ps', 'uname', 'expr', 'chmod', 'ln', 'cp', 'mv', 'tail', 'sort', 'uniq', 'dd', 'md5sum', 'sha256sum', 'httpd'];
+  const applets = ['sh', 'ls', 'cat', 'echo', 'id', 'pwd', 'env', 'sleep', 'mkdir', 'rm', 'touch', 'stat', 'date', 'sync', 'head', 'wc', 'grep', 'test', 'true', 'false', 'printf', 'readlink', 'ip', 'nc', 'wget', 'hostname', 'tr', 'cut', 'sed', 'awk', 'seq', 'kill', 'ps', 'uname', 'expr', 'chmod', 'ln', 'cp', 'mv', 'tail', 'sort', 'uniq', 'dd', 'md5sum', 'sha256sum', 'httpd', 'adjtimex'];
   return [
     ...['usr', 'usr/bin', 'usr/sbin', 'usr/lib', 'usr/lib64', 'etc', 'var', 'var/lib', 'root', 'home'].map((name) => ({ name, type: 'directory' as const })),
     { name: 'tmp', type: 'directory', mode: 0o1777 },

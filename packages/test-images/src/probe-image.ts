@@ -102,11 +102,11 @@ export function shellImage(command: string, tag = 'latest'): ImageSpec {
 }
 
 /**
- * Counts forever: prints "<n> <guest unix time>" every 200 ms and appends n to
+ * Counts forever: prints "<n> <guest unix time, µs precision>" every 200 ms and appends n to
  * /log on its disk. State lives in the shell's memory, so a resume that lost
  * memory would start again at 1. With `exitAt`, it exits 7 after that count.
  */
 export function counterImage(exitAt?: number): ImageSpec {
   const stop = exitAt === undefined ? '' : `[ "$i" -ge ${exitAt} ] && exit 7; `;
-  return shellImage(`i=0; while true; do i=$((i+1)); echo "$i $(date +%s)"; echo "$i" >> /log; ${stop}sleep 0.2; done`, exitAt === undefined ? 'counter' : 'exiter');
+  return shellImage(`i=0; while true; do i=$((i+1)); echo "$i $(adjtimex | awk '/tv_sec/ { s = $2 } /tv_usec/ { u = $2 } END { printf "%d.%06d", s, u }')"; echo "$i" >> /log; ${stop}sleep 0.2; done`, exitAt === undefined ? 'counter' : 'exiter');
 }
