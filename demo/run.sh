@@ -48,10 +48,11 @@ rm -f "$out/redis.ark"
 ark-packager "$out/blueprint" "$out/redis.ark" --netns "${prefix}0"
 ls -ls "$out/redis.ark" >&2
 
-# runs ark-runner on the package in the background; prints its pid
+# runs ark-runner on the package in the background (in this shell, so it can wait for it)
 resume() {
   ark-runner "$out/redis.ark" --netns "${prefix}0" --publish "127.0.0.1:$port:6379" >"$out/runner.log" 2>&1 &
-  echo $!
+  runner=$!
+  pids=("$runner")
 }
 wait_for_redis() {
   for _ in $(seq 1 300); do
@@ -71,7 +72,7 @@ stop_runner() {
 
 step "ark-runner $out/redis.ark --netns ${prefix}0 --publish 127.0.0.1:$port:6379 (resume)"
 started=$(date +%s.%N)
-runner=$(resume); pids=("$runner")
+resume
 wait_for_redis
 printf 'redis answered %.2f s after ark-runner started\n' "$(awk -v a="$started" -v b="$(date +%s.%N)" 'BEGIN { print b - a }')" >&2
 echo "first printed output from the demo's VM: $(awk -v a="$demo_started" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f s after set-up", b - a }')" >&2
@@ -82,7 +83,7 @@ step "Ctrl-C: the runner suspends the VM and writes the snapshot back"
 stop_runner "$runner"
 
 step "ark-runner again: it resumes where it stopped"
-runner=$(resume); pids=("$runner")
+resume
 wait_for_redis
 redis-cli -p "$port" get greeting
 redis-cli -p "$port" incr visits
