@@ -144,6 +144,8 @@ export class ClientHandshake {
   async #startTls(psk: ClientPsk): Promise<void> {
     await this.request(Option.startTls);
     this.#reader.detach();
+    // errors of the plain socket surface on the TLS socket above it; never let one go unheard
+    this.socket.on('error', () => {});
     this.socket = await startClientTls(this.socket, psk);
     this.#reader = new StreamReader(this.socket);
     this.#tls = true;
