@@ -555,7 +555,8 @@ export class ServerConnection {
     const writing = h.type === Command.write || h.type === Command.trim || h.type === Command.writeZeroes;
     if (writing && (exp.readOnly || exp.write === undefined)) return Errno.EPERM;
     if ((h.flags & CommandFlag.df) !== 0 && !this.#structured) return Errno.EINVAL;
-    if (h.offset + h.length > exp.size) return writing ? Errno.ENOSPC : Errno.EINVAL;
+    // past the end: writes get ENOSPC, reads and trims EINVAL (as the protocol asks)
+    if (h.offset + h.length > exp.size) return h.type === Command.write || h.type === Command.writeZeroes ? Errno.ENOSPC : Errno.EINVAL;
     const min = this.#blockSize.minimum;
     if (min > 1 && (h.offset % min !== 0 || h.length % min !== 0)) return Errno.EINVAL;
     if ((h.type === Command.read || h.type === Command.write) && h.length > this.#blockSize.maximum) return Errno.EINVAL;
