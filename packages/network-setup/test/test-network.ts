@@ -47,7 +47,7 @@ export async function networkState(prefix: string): Promise<unknown> {
     namespaces[name] = {
       links: JSON.parse(await sh('ip', ['-n', name, '-j', '-d', 'link', 'show'])),
       addresses: JSON.parse(await sh('ip', ['-n', name, '-j', '-4', 'address', 'show'])),
-      routes: JSON.parse(await sh('ip', ['-n', name, '-j', 'route', 'show', 'table', 'all'])),
+      routes: JSON.parse(await sh('ip', ['-4', '-n', name, '-j', 'route', 'show', 'table', 'all'])),
       nft: JSON.parse(await sh('ip', ['netns', 'exec', name, 'nft', '-j', 'list', 'ruleset'])),
       forwarding: (await sh('ip', ['netns', 'exec', name, 'sysctl', '-n', 'net.ipv4.ip_forward'])).trim(),
     };
