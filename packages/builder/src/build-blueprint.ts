@@ -1,8 +1,8 @@
 import { copyFile } from 'node:fs/promises';
-import { existsSync, mkdirSync, mkdtempSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, renameSync, rmSync, statfsSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { blueprintFiles, type BlueprintConfig, type GuestHooks, type RunConfig } from '@ark/blueprint';
-import { ArkError, ExitCode } from '@ark/cli';
+import { ArkError, ExitCode, createOwnedDir } from '@ark/cli';
 import { BlobCache } from './blob-cache.ts';
 import { defaultDiskSize, measureTree, writeExt4Image } from './disk-image.ts';
 import { findGuestKernel, guestModules, resolveModules } from './guest-kernel.ts';
@@ -58,7 +58,7 @@ export async function buildBlueprint(options: BuildOptions): Promise<BuildResult
     onEvent: (e) => emit(e.kind === 'resolved' ? e : { kind: 'download', bytes: e.bytes, total: e.total }),
   });
 
-  const staging = mkdtempSync(join(outDir, '.staging-'));
+  const staging = createOwnedDir(stagingParent(outDir, image.layers.reduce((sum, layer) => sum + layer.size, 0)), '.ark-staging-');
   const files = {
     config: join(outDir, blueprintFiles.config),
     disk: join(outDir, blueprintFiles.disk),
@@ -123,6 +123,25 @@ export async function buildBlueprint(options: BuildOptions): Promise<BuildResult
     for (const path of Object.values(files)) if (existsSync(temp(path))) rmSync(temp(path), { force: true });
   }
 }
+
+/**
+ * Where the image is unpacked before mkfs reads it: RAM (/dev/shm) when it has
+ * room, as those files live for a second and writing them to disk costs more
+ * than the whole build; else beside the output. ARK_STAGING_DIR overrides.
+ */
+export function stagingParent(outDir: string, compressedBytes: number): string {
+  if (process.env.ARK_STAGING_DIR) return process.env.ARK_STAGING_DIR;
+  try {
+    const shm = statfsSync('/dev/shm');
+    // layers unpack to a few times their compressed size; the guest runtime adds about 200 MiB
+    if (shm.type === tmpfsMagic && shm.bavail * shm.bsize > compressedBytes * 5 + 1024 * 1048576) return '/dev/shm';
+  } catch {
+    // no /dev/shm
+  }
+  return outDir;
+}
+
+const tmpfsMagic = 0x01021994;
 
 export function runConfigFrom(image: ImageConfig): RunConfig {
   const c = image.config ?? {};

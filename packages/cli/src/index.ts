@@ -5,3 +5,4 @@ export { ProgressBar, formatBytes } from './progress-bar.ts';
 export { colour, wantsColour } from './terminal.ts';
 export { stopSignals, whenStopped } from './stop-signals.ts';
 export type { StopSignal } from './stop-signals.ts';
+export { createOwnedDir } from './owned-dir.ts';

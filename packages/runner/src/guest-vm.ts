@@ -1,8 +1,7 @@
 import { readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { ArkError, ExitCode, whenStopped, type StopSignal } from '@ark/cli';
-import { createOwnedDir } from './work-dir.ts';
+import { ArkError, ExitCode, createOwnedDir, whenStopped, type StopSignal } from '@ark/cli';
 import { AgentClient, guestPorts, livenessReady, syncMarker, type AgentMessage } from '@ark/guest-protocol';
 import { randomUUID } from 'node:crypto';
 import { createConnection, type Socket } from 'node:net';

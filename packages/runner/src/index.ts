@@ -5,7 +5,7 @@ export type { RunEvent, RunOptions, RunResult } from './run-blueprint.ts';
 export { runPackage, sparseCopy } from './run-package.ts';
 export type { PackageRunEvent, RunPackageOptions } from './run-package.ts';
 export type { PackageConfig } from './package-config.ts';
-export { createOwnedDir, createWorkDir } from './work-dir.ts';
+export { createWorkDir } from './work-dir.ts';
 export { VmNetwork, checkNamespace, networkKernelArguments } from './vm-network.ts';
 export type { PublishedPortEvent, VmNetworkOptions } from './vm-network.ts';
 export { describePublished, parsePublishSpec, publishSyntax } from './publish-spec.ts';

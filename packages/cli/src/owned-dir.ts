@@ -1,0 +1,26 @@
+import { mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { join } from 'node:path';
+
+/**
+ * A private directory `parent/<prefix><pid>-XXXXXX`. Entries named with any of
+ * `stalePrefixes` followed by the pid of a process that is gone (one killed by
+ * SIGKILL could not clean up) are removed first.
+ */
+export function createOwnedDir(parent: string, prefix: string, stalePrefixes: string[] = [prefix]): string {
+  for (const entry of readdirSync(parent)) {
+    const stale = stalePrefixes.find((p) => entry.startsWith(p));
+    if (stale === undefined) continue;
+    const pid = Number(/^(\d+)(?:-|$)/.exec(entry.slice(stale.length))?.[1]);
+    if (Number.isInteger(pid) && pid !== process.pid && !isAlive(pid)) rmSync(join(parent, entry), { recursive: true, force: true });
+  }
+  return mkdtempSync(join(parent, `${prefix}${process.pid}-`));
+}
+
+function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
