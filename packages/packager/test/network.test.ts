@@ -1,12 +1,11 @@
-import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { execFileSync, spawnSync, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
-import { get } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import t from 'tap';
 import { setupNetwork, teardownNetwork } from '@ark/network-setup';
 import { writePackage } from '@ark/package-format';
-import { finished, freePort, freeTestCidr, networkResidue, runTool, shellImage, startTool, testNetworkPrefix, writeOciLayout } from '@ark/test-images';
+import { finished, freePort, freeTestCidr, gatewayServer, httpGet, networkResidue, runTool, shellImage, startTool, testNetworkPrefix, writeOciLayout } from '@ark/test-images';
 
 // A package made in one namespace resumes in another: the guest's address is the same in each.
 // Real VMs in real namespaces made here; traffic only between the host and those namespaces.
@@ -29,29 +28,6 @@ const blueprint = join(work, 'server');
 const built = await runTool('builder', 'ark-builder', [`oci:${layout}:server`, blueprint, '--ready-tcp', '8080']);
 if (built.code !== 0) throw new Error(`ark-builder: ${built.stderr}`);
 
-/** A TCP server on the gateway address inside a namespace, as the guest sees it: 172.16.0.1:7000. */
-async function gatewayServer(namespace: string, reply: string): Promise<ChildProcess> {
-  const code = `require('node:net').createServer((s) => s.end(${JSON.stringify(reply)})).listen(7000, '172.16.0.1', () => console.log('ready'));`;
-  const child = spawn('ip', ['netns', 'exec', namespace, process.execPath, '-e', code], { stdio: ['ignore', 'pipe', 'inherit'] });
-  await new Promise<void>((resolve, reject) => {
-    child.stdout!.once('data', () => resolve());
-    child.once('exit', (status) => reject(new Error(`the gateway server in ${namespace} exited (${status})`)));
-  });
-  return child;
-}
-
-function httpGet(host: string, port: number): Promise<string> {
-  return new Promise((resolve) => {
-    const request = get({ host, port, path: '/', agent: false, timeout: 5000 }, (response) => {
-      let body = '';
-      response.setEncoding('utf8');
-      response.on('data', (chunk: string) => (body += chunk));
-      response.on('end', () => resolve(body.trim()));
-    });
-    request.on('timeout', () => request.destroy(Object.assign(new Error('timeout'), { code: 'TIMEOUT' })));
-    request.on('error', (error: NodeJS.ErrnoException) => resolve(error.code ?? 'ERROR'));
-  });
-}
 
 function waitForLine(child: ChildProcess, pattern: RegExp, timeoutMs: number): Promise<number> {
   const started = Date.now();

@@ -1,12 +1,11 @@
-import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { execFileSync, spawnSync, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import { get } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import t from 'tap';
 import { setupNetwork, teardownNetwork } from '@ark/network-setup';
 import { hostNameservers } from '@ark/runner';
-import { finished, freePort, freeTestCidr, networkResidue, runTool, shellImage, startTool, testNetworkPrefix, writeOciLayout } from '@ark/test-images';
+import { finished, freePort, freeTestCidr, gatewayServer, httpGet, networkResidue, runTool, shellImage, startTool, testNetworkPrefix, writeOciLayout } from '@ark/test-images';
 
 // Real VMs in real namespaces made here; traffic only between the host and those namespaces.
 const prefix = testNetworkPrefix('r');
@@ -56,30 +55,6 @@ async function blueprint(name: string, script: string): Promise<string> {
 const server = await blueprint('server', serverScript);
 const peer = await blueprint('peer', peerScript);
 
-/** A TCP server on the gateway address inside a namespace, as the guest sees it: 172.16.0.1:7000. */
-async function gatewayServer(namespace: string, reply: string): Promise<ChildProcess> {
-  const script = `require('node:net').createServer((s) => s.end(${JSON.stringify(reply)})).listen(7000, '172.16.0.1', () => console.log('ready'));`;
-  const child = spawn('ip', ['netns', 'exec', namespace, process.execPath, '-e', script], { stdio: ['ignore', 'pipe', 'inherit'] });
-  await new Promise<void>((resolve, reject) => {
-    child.stdout!.once('data', () => resolve());
-    child.once('exit', (code) => reject(new Error(`the gateway server in ${namespace} exited (${code})`)));
-  });
-  return child;
-}
-
-/** GET / over a fresh connection: the body, or the error code. */
-function httpGet(host: string, port: number): Promise<string> {
-  return new Promise((resolve) => {
-    const request = get({ host, port, path: '/', agent: false, timeout: 5000 }, (response) => {
-      let body = '';
-      response.setEncoding('utf8');
-      response.on('data', (chunk: string) => (body += chunk));
-      response.on('end', () => resolve(body.trim()));
-    });
-    request.on('timeout', () => request.destroy(Object.assign(new Error('timeout'), { code: 'TIMEOUT' })));
-    request.on('error', (error: NodeJS.ErrnoException) => resolve(error.code ?? 'ERROR'));
-  });
-}
 
 function waitForLine(child: ChildProcess, pattern: RegExp): Promise<string> {
   let seen = '';

@@ -6,4 +6,4 @@ export type { LocalRegistry } from './local-registry.ts';
 export { counterImage, probeExpectations, probeImage, shellImage } from './probe-image.ts';
 export { finished, runTool, startTool, toolPath } from './run-tool.ts';
 export type { ToolResult } from './run-tool.ts';
-export { freeTestCidr, networkResidue, testNetworkPrefix } from './test-network.ts';
+export { freeTestCidr, gatewayServer, httpGet, networkResidue, testNetworkPrefix } from './test-network.ts';

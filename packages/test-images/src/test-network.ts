@@ -1,4 +1,5 @@
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { get } from 'node:http';
 
 /**
  * A namespace prefix no other test process uses: 'arkt' + pid + a letter per
@@ -28,4 +29,29 @@ export function networkResidue(prefix: string): string[] {
     ...execFileSync('nft', ['list', 'ruleset'], { encoding: 'utf8' }).split('\n').map((line) => `nft: ${line}`),
   ];
   return lines.filter((line) => mine.test(line.replace(/^\w+: /, ' ')));
+}
+
+/** A TCP server on the gateway address inside a namespace, as the guest sees it: 172.16.0.1:7000. */
+export async function gatewayServer(namespace: string, reply: string): Promise<ChildProcess> {
+  const script = `require('node:net').createServer((s) => s.end(${JSON.stringify(reply)})).listen(7000, '172.16.0.1', () => console.log('ready'));`;
+  const child = spawn('ip', ['netns', 'exec', namespace, process.execPath, '-e', script], { stdio: ['ignore', 'pipe', 'inherit'] });
+  await new Promise<void>((resolve, reject) => {
+    child.stdout!.once('data', () => resolve());
+    child.once('exit', (code) => reject(new Error(`the gateway server in ${namespace} exited (${code})`)));
+  });
+  return child;
+}
+
+/** GET / over a fresh connection: the body, or the error code. */
+export function httpGet(host: string, port: number): Promise<string> {
+  return new Promise((resolve) => {
+    const request = get({ host, port, path: '/', agent: false, timeout: 5000 }, (response) => {
+      let body = '';
+      response.setEncoding('utf8');
+      response.on('data', (chunk: string) => (body += chunk));
+      response.on('end', () => resolve(body.trim()));
+    });
+    request.on('timeout', () => request.destroy(Object.assign(new Error('timeout'), { code: 'TIMEOUT' })));
+    request.on('error', (error: NodeJS.ErrnoException) => resolve(error.code ?? 'ERROR'));
+  });
 }
