@@ -55,23 +55,6 @@ export function sha256File(path: string): string {
   return execFileSync('sha256sum', [path], { encoding: 'utf8' }).split(' ')[0]!;
 }
 
-export function qemuUnder(pid: number): number[] {
-  try {
-    return execFileSync('pgrep', ['-P', String(pid), '-x', 'qemu-system-x86'], { encoding: 'utf8' }).split('\n').filter(Boolean).map(Number);
-  } catch {
-    return [];
-  }
-}
-
-export function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
 /** A contiguous run a, a+1, …: the index of the first break, or -1. */
 export function firstGap(numbers: number[]): number {
   for (let i = 1; i < numbers.length; i++) if (numbers[i] !== numbers[i - 1]! + 1) return i;

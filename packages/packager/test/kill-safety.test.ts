@@ -4,8 +4,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import t from 'tap';
-import { finished, startTool } from '@ark/test-images';
-import { alive, counterPackage, counts, qemuUnder, verifyPackage } from './harness.ts';
+import { alive, finished, qemuUnder, startTool } from '@ark/test-images';
+import { counterPackage, counts, verifyPackage } from './harness.ts';
 
 const work = mkdtempSync(join(tmpdir(), 'ark-kill-test-'));
 t.teardown(() => rmSync(work, { recursive: true, force: true }));

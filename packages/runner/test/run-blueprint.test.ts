@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import t from 'tap';
-import { finished, probeExpectations, probeImage, runTool, shellImage, startTool, writeOciLayout } from '@ark/test-images';
+import { alive, finished, probeExpectations, probeImage, qemuUnder, runTool, shellImage, startTool, writeOciLayout } from '@ark/test-images';
 
 const work = mkdtempSync(join(tmpdir(), 'ark-run-test-'));
 t.teardown(() => rmSync(work, { recursive: true, force: true }));
@@ -16,23 +16,6 @@ async function blueprint(name: string, spec: Parameters<typeof writeOciLayout>[1
   const result = await runTool('builder', 'ark-builder', [`oci:${layout}:${spec.tag ?? 'latest'}`, out]);
   if (result.code !== 0) throw new Error(`ark-builder failed: ${result.stderr}`);
   return out;
-}
-
-function qemuChildren(pid: number): number[] {
-  try {
-    return execFileSync('pgrep', ['-P', String(pid), '-x', 'qemu-system-x86'], { encoding: 'utf8' }).split('\n').filter(Boolean).map(Number);
-  } catch {
-    return [];
-  }
-}
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
 }
 
 t.test('the workload sees its image as the config says, its output reaches stdout and stderr, its exit code is the runner\'s', async (t) => {
@@ -62,7 +45,7 @@ t.test('SIGINT and SIGTERM stop the VM; the runner exits 130 and 143', async (t)
     const child = startTool('runner', 'ark-runner', [dir]);
     const done = finished(child);
     await waitForOutput(child, 'started');
-    const qemu = qemuChildren(child.pid!);
+    const qemu = qemuUnder(child.pid!);
     t.equal(qemu.length, 1, 'one QEMU under the runner');
     child.kill(signal);
     const result = await done;
@@ -76,7 +59,7 @@ t.test('no QEMU outlives a runner killed with SIGKILL', async (t) => {
   const child = startTool('runner', 'ark-runner', [dir]);
   const done = finished(child);
   await waitForOutput(child, 'started');
-  const qemu = qemuChildren(child.pid!);
+  const qemu = qemuUnder(child.pid!);
   t.equal(qemu.length, 1);
   child.kill('SIGKILL');
   await done;

@@ -1,4 +1,4 @@
-import { spawn, type ChildProcess } from 'node:child_process';
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 
 const packagesDir = fileURLToPath(new URL('../../', import.meta.url));
@@ -31,4 +31,23 @@ export function finished(child: ChildProcess): Promise<ToolResult> {
   child.stdout?.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
   child.stderr?.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
   return new Promise((resolve) => child.once('close', (code, signal) => resolve({ code, signal, stdout, stderr })));
+}
+
+/** The QEMU processes whose parent is `pid` (a runner or packager). */
+export function qemuUnder(pid: number): number[] {
+  try {
+    return execFileSync('pgrep', ['-P', String(pid), '-x', 'qemu-system-x86'], { encoding: 'utf8' }).split('\n').filter(Boolean).map(Number);
+  } catch {
+    return [];
+  }
+}
+
+/** Whether a process still exists. */
+export function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
 }
