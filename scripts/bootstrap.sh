@@ -23,7 +23,7 @@ debs=(
   iproute2 nftables ca-certificates curl xz-utils zstd
   docker-registry skopeo umoci
   nbdkit libnbd-bin fuse3 gnutls-bin
-  redis-server redis-tools
+  redis-server redis-tools openssl
 )
 missing=()
 for p in "${debs[@]}"; do

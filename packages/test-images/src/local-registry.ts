@@ -24,8 +24,20 @@ export async function freePort(): Promise<number> {
   });
 }
 
-/** Starts Debian's docker-registry (the distribution registry) on loopback with throw-away storage. */
-export async function startLocalRegistry(): Promise<LocalRegistry> {
+export interface TokenAuth {
+  /** the token service's URL */
+  realm: string;
+  service: string;
+  issuer: string;
+  /** PEM certificate(s) the tokens are signed with */
+  rootCertBundle: string;
+}
+
+/**
+ * Starts Debian's docker-registry (the distribution registry) on loopback with
+ * throw-away storage; with `auth`, clients need bearer tokens from that service.
+ */
+export async function startLocalRegistry(options: { auth?: TokenAuth } = {}): Promise<LocalRegistry> {
   const dir = mkdtempSync(join(tmpdir(), 'ark-registry-'));
   const port = await freePort();
   const address = `127.0.0.1:${port}`;
@@ -41,6 +53,9 @@ export async function startLocalRegistry(): Promise<LocalRegistry> {
     `    rootdirectory: ${join(dir, 'data')}`,
     'http:',
     `  addr: ${address}`,
+    ...(options.auth
+      ? ['auth:', '  token:', `    realm: ${options.auth.realm}`, `    service: ${options.auth.service}`, `    issuer: ${options.auth.issuer}`, `    rootcertbundle: ${options.auth.rootCertBundle}`]
+      : []),
     '',
   ].join('\n'));
   const child = spawn('docker-registry', ['serve', config], { stdio: ['ignore', 'ignore', 'pipe'] });
@@ -56,7 +71,7 @@ export async function startLocalRegistry(): Promise<LocalRegistry> {
   for (let i = 0; i < 200; i++) {
     try {
       const response = await fetch(`http://${address}/v2/`);
-      if (response.ok) return { address, stop };
+      if (response.ok || (options.auth && response.status === 401)) return { address, stop };
     } catch {
       // not up yet
     }
