@@ -68,7 +68,6 @@ export function installGuestRuntime(root: string, runConfig: unknown, sources: G
   const nodeCommand = `/.ark/lib/${loader} --library-path /.ark/lib /.ark/bin/node`;
   writeScript(join(ark, 'bin', 'ark-agent'), `exec ${nodeCommand} /.ark/packages/agent/bin/ark-agent.ts "$@"`);
   writeScript(join(ark, 'bin', 'ark-liveness'), `exec ${nodeCommand} /.ark/packages/liveness/bin/ark-liveness.ts "$@"`);
-  writeScript(join(ark, 'bin', 'node-run'), `exec ${nodeCommand} "$@"`);
   writeFileSync(join(ark, 'config.json'), `${JSON.stringify(runConfig, null, 2)}\n`);
   // mount points the guest init needs, whatever the image has
   for (const dir of ['proc', 'sys', 'dev', 'run', 'tmp']) mkdirSync(join(root, dir), { recursive: true });
