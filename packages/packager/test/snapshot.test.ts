@@ -4,13 +4,13 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import t from 'tap';
-import { ArkPackage } from '@ark/package-format';
+import { ArkPackage, writePackage } from '@ark/package-format';
 import { finished, runTool, startTool } from '@ark/test-images';
 import { counterPackage, counts, firstGap, sha256File, waitForCounts } from './harness.ts';
 
 const work = mkdtempSync(join(tmpdir(), 'ark-snapshot-test-'));
 t.teardown(() => rmSync(work, { recursive: true, force: true }));
-const { pkg, packagerCounts, packagerStdout } = await counterPackage(work);
+const { blueprint, pkg, packagerCounts, packagerStdout } = await counterPackage(work);
 const packagedAt = Date.now();
 
 t.test('the package: a sparse tar with the index first; stdout has only the result', async (t) => {
@@ -131,4 +131,28 @@ t.test('the packager refuses a workload that exits before it is ready', async (t
   t.equal(result.code, 3);
   t.match(result.stderr, /is not a blueprint/);
   t.throws(() => statSync(join(work, 'x.ark')));
+});
+
+t.test('a package without a snapshot cold-boots from its disk; a flush gives it one', async (t) => {
+  const cold = join(work, 'cold.ark');
+  writePackage(cold, [
+    { name: 'ark.json', bytes: Buffer.from(JSON.stringify({ ...JSON.parse(readFileSync(join(blueprint, 'ark.json'), 'utf8')), vm: { cpus: 1, memoryMiB: 256 } })) },
+    { name: 'kernel', path: join(blueprint, 'ark.arkkernel') },
+    { name: 'initramfs', path: join(blueprint, 'ark.arkinitramfs') },
+    { name: 'disk', path: join(blueprint, 'ark.arkdisk') },
+  ]);
+  const boot = startTool('runner', 'ark-runner', [cold]);
+  const booted = finished(boot);
+  await waitForCounts(boot, 2);
+  boot.kill('SIGINT');
+  const first = await booted;
+  t.equal(first.code, 0, first.stderr);
+  t.match(first.stderr, /no snapshot; booting/);
+  t.equal(counts(first.stdout)[0], 1, 'counting starts at 1: a cold boot');
+  t.ok(ArkPackage.open(cold).has('state'), 'the flush wrote a snapshot');
+  const resumed = startTool('runner', 'ark-runner', [cold, '--no-persist']);
+  const resumedDone = finished(resumed);
+  await waitForCounts(resumed, 1);
+  resumed.kill('SIGINT');
+  t.equal(counts((await resumedDone).stdout)[0], counts(first.stdout).at(-1)! + 1, 'and it resumes from there');
 });
