@@ -1,26 +1,29 @@
-// Read throughput of @ark/nbd against nbdkit's file plugin and qemu-nbd:
-// `nbdcopy URI null:` over TCP loopback and a Unix socket, 1 and 4 connections.
-//   node bench/nbd.ts [--size-mib 1024] [--runs 5] [--keep FILE]
-// stdout: a table (GB/s, median of the runs) and the ratio ours/nbdkit.
+// Read throughput of ark-registry against nbdkit's file plugin and qemu-nbd,
+// all serving the same .ark package: `nbdcopy URI null:` over TCP loopback and
+// a Unix socket, 1 and 4 connections.
+//   node bench/nbd.ts [--size-mib 1024] [--runs 5] [--workers N]
+// stdout: a table (GB/s, median of the runs) and the ratio ark/nbdkit.
 import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
 import { randomFillSync } from 'node:crypto';
-import { closeSync, existsSync, mkdtempSync, openSync, rmSync, writeSync } from 'node:fs';
+import { closeSync, existsSync, ftruncateSync, mkdtempSync, openSync, rmSync, statSync, writeSync } from 'node:fs';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
+import { writePackage } from '@ark/package-format';
 
 const { values } = parseArgs({
   options: {
     'size-mib': { type: 'string', default: '1024' },
     runs: { type: 'string', default: '5' },
+    workers: { type: 'string' },
   },
 });
 const sizeMiB = Number(values['size-mib']);
 const runs = Number(values.runs);
 const repo = new URL('..', import.meta.url).pathname;
 const dir = mkdtempSync(join(tmpdir(), 'ark-nbd-bench-'));
-const file = join(dir, 'disk.img');
+const file = join(dir, 'app.ark');
 const children: ChildProcess[] = [];
 
 let cleaned = false;
@@ -33,15 +36,26 @@ function cleanup(): void {
 process.on('exit', cleanup);
 process.on('SIGINT', () => process.exit(130));
 
-function makeFile(): void {
-  process.stderr.write(`writing ${sizeMiB} MiB of random data to ${file}\n`);
-  const fd = openSync(file, 'w');
+// A package like the ones ark-packager writes: a disk of random data with a
+// hole every 128 MiB (holes the index records and the file keeps sparse).
+function makePackage(): void {
+  process.stderr.write(`writing a ${sizeMiB} MiB package to ${file}\n`);
+  const disk = join(dir, 'disk.raw');
+  const fd = openSync(disk, 'w');
   const chunk = Buffer.allocUnsafe(16 * 1024 * 1024);
-  for (let done = 0; done < sizeMiB * 1024 * 1024; done += chunk.length) {
+  const size = sizeMiB * 1024 * 1024;
+  ftruncateSync(fd, size);
+  for (let at = 0, i = 0; at < size; at += chunk.length, i++) {
+    if (i % 8 === 7) continue;
     randomFillSync(chunk);
-    writeSync(fd, chunk, 0, Math.min(chunk.length, sizeMiB * 1024 * 1024 - done));
+    writeSync(fd, chunk, 0, Math.min(chunk.length, size - at), at);
   }
   closeSync(fd);
+  writePackage(file, [
+    { name: 'ark.json', bytes: Buffer.from('{"bench":true}\n') },
+    { name: 'disk', path: disk },
+  ]);
+  rmSync(disk);
   // warm the page cache so every server reads from memory
   execFileSync('cat', [file], { stdio: ['ignore', 'ignore', 'inherit'] });
 }
@@ -80,7 +94,10 @@ interface Server {
   unix: string;
 }
 
-async function start(name: string, argv: (port: number, sock: string) => string[][]): Promise<Server> {
+const workers = values.workers === undefined ? [] : ['--workers', values.workers];
+const registry = join(repo, 'packages/registry/bin/ark-registry.ts');
+
+async function start(name: string, argv: (port: number, sock: string) => string[][], exportName = ''): Promise<Server> {
   const port = await freePort();
   const sock = join(dir, `${name}.sock`);
   for (const [cmd, ...args] of argv(port, sock)) {
@@ -88,7 +105,7 @@ async function start(name: string, argv: (port: number, sock: string) => string[
     children.push(child);
   }
   await waitFor(async () => (await canConnect({ port })) && existsSync(sock) && (await canConnect({ path: sock })), name);
-  return { name, tcp: `nbd://127.0.0.1:${port}`, unix: `nbd+unix:///?socket=${sock}` };
+  return { name, tcp: `nbd://127.0.0.1:${port}/${exportName}`, unix: `nbd+unix:///${exportName}?socket=${sock}` };
 }
 
 function timeCopy(uri: string, connections: number): number {
@@ -102,9 +119,16 @@ function median(xs: number[]): number {
   return s[Math.floor(s.length / 2)]!;
 }
 
-makeFile();
+makePackage();
 const servers = [
-  await start('ark', (port, sock) => [[process.execPath, join(repo, 'packages/nbd/scripts/serve-file.ts'), file, '--port', String(port), '--socket', sock]]),
+  await start(
+    'ark',
+    (port, sock) => [
+      [process.execPath, registry, file, '--laddr', `127.0.0.1:${port}`, ...workers],
+      [process.execPath, registry, file, '--socket', sock, ...workers],
+    ],
+    'app',
+  ),
   await start('nbdkit', (port, sock) => [
     ['nbdkit', '-f', '-p', String(port), 'file', file],
     ['nbdkit', '-f', '-U', sock, 'file', file],
@@ -115,7 +139,7 @@ const servers = [
   ]),
 ];
 
-const bytes = sizeMiB * 1024 * 1024;
+const bytes = statSync(file).size;
 const rows: string[][] = [];
 const header = ['transport', 'conns', ...servers.map((s) => `${s.name} GB/s`), 'ark/nbdkit'];
 for (const transport of ['tcp', 'unix'] as const) {
@@ -132,7 +156,7 @@ for (const transport of ['tcp', 'unix'] as const) {
 
 const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
 const line = (cells: string[]) => `| ${cells.map((c, i) => c.padStart(widths[i]!)).join(' | ')} |`;
-process.stdout.write(`nbdcopy URI null: — ${sizeMiB} MiB file in the page cache, median of ${runs} runs\n`);
+process.stdout.write(`nbdcopy URI null: — a ${Math.round(bytes / 2 ** 20)} MiB package in the page cache, median of ${runs} runs${workers.length ? `, ark-registry ${workers.join(' ')}` : ''}\n`);
 process.stdout.write(`${line(header)}\n|${widths.map((w) => '-'.repeat(w + 2)).join('|')}|\n`);
 for (const r of rows) process.stdout.write(`${line(r)}\n`);
 cleanup(); // the servers keep the event loop alive otherwise

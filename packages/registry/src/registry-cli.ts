@@ -1,7 +1,9 @@
+import { resolve } from 'node:path';
 import { cac } from 'cac';
-import { ArkError, ExitCode, colour, runCli } from '@ark/cli';
-import { NbdServer, readPskFile, type NbdExport } from '@ark/nbd';
-import { packageExports } from './package-exports.ts';
+import { ArkError, ExitCode, runCli, stopSignals, whenStopped } from '@ark/cli';
+import type { BoundAddress, NbdExport } from '@ark/nbd';
+import { type RegistryConfig, loadExports, startRegistry, uriFor } from './registry-server.ts';
+import { RegistryWorkers, defaultWorkerCount } from './registry-workers.ts';
 
 export const defaultAddress = { host: '127.0.0.1', port: 1337 };
 
@@ -12,65 +14,64 @@ export async function main(argv: string[]): Promise<void> {
     .option('--laddr <host:port>', `Listen on this TCP address (default ${defaultAddress.host}:${defaultAddress.port}; loopback unless you say otherwise)`)
     .option('--socket <path>', 'Listen on a Unix socket instead')
     .option('--tls-psk <file>', 'Require TLS with pre-shared keys from this psktool key file')
+    .option('--workers <n>', `Serving processes sharing the address (default ${defaultWorkerCount()}: the cores, at most 8)`)
     .option('--json', 'Print the address and exports as JSON on stdout')
     .example('ark-registry redis.ark')
     .example('ark-registry redis.ark app.ark --laddr 0.0.0.0:1337 --tls-psk keys.psk')
-    .action(async (packages: string[], options: { laddr?: string; socket?: string; tlsPsk?: string; json?: boolean }) => {
+    .action(async (packages: string[], options: { laddr?: string; socket?: string; tlsPsk?: string; workers?: string; json?: boolean }) => {
       if (packages.length === 0) throw new ArkError('USAGE', 'no packages to serve', { hint: 'ark-registry PKG.ark…', exitCode: ExitCode.usage });
       if (options.laddr !== undefined && options.socket !== undefined) throw new ArkError('USAGE', '--laddr and --socket exclude each other', { hint: 'pick one', exitCode: ExitCode.usage });
-      const exports: NbdExport[] = [];
-      const seen = new Set<string>();
-      for (const path of packages) {
-        for (const e of await packageExports(path)) {
-          if (seen.has(e.name)) throw new ArkError('DUPLICATE_EXPORT', `two packages would both be served as '${e.name}'`, { hint: 'rename one of the files', exitCode: ExitCode.usage });
-          seen.add(e.name);
-          exports.push(e);
-        }
-      }
-      let keys;
-      if (options.tlsPsk !== undefined) {
-        try {
-          keys = await readPskFile(options.tlsPsk);
-        } catch (error) {
-          throw new ArkError('BAD_PSK_FILE', `cannot read the key file ${options.tlsPsk}: ${(error as Error).message}`, { hint: 'make one with: psktool -u NAME -p keys.psk', exitCode: ExitCode.usage });
-        }
-      }
-      const server = new NbdServer({
-        exports,
-        defaultExport: exports[0]?.name,
-        tls: keys ? { keys, required: true } : undefined,
-        onEvent: (event) => {
-          if (event.kind === 'protocol-error') process.stderr.write(colour.dim(`ark-registry: ${event.message}\n`));
-        },
-      });
-      const address = options.socket !== undefined ? { path: options.socket } : parseAddress(options.laddr);
-      let bound;
-      try {
-        bound = await server.listen(address);
-      } catch (error) {
-        const code = (error as NodeJS.ErrnoException).code;
-        throw new ArkError('LISTEN_FAILED', `cannot listen on ${'path' in address ? address.path : `${address.host}:${address.port}`} (${code})`, {
-          hint: code === 'EADDRINUSE' ? 'another server has that address; pick another with --laddr' : 'check the address',
-          exitCode: ExitCode.environment,
-        });
-      }
-      const where = 'path' in bound ? `nbd+unix:///?socket=${bound.path}` : `nbd://${bound.host.includes(':') ? `[${bound.host}]` : bound.host}:${bound.port}`;
-      if (options.json) {
-        process.stdout.write(`${JSON.stringify({ address: bound, uri: where, tls: keys !== undefined, exports: exports.map((e) => ({ name: e.name, size: e.size, description: e.description })) })}\n`);
+      const workers = parseWorkers(options.workers);
+      const config: RegistryConfig = {
+        packages: packages.map((p) => resolve(p)),
+        address: options.socket !== undefined ? { path: resolve(options.socket) } : parseAddress(options.laddr),
+        tlsPsk: options.tlsPsk === undefined ? undefined : resolve(options.tlsPsk),
+      };
+      using stop = stopSignals();
+      let bound: BoundAddress;
+      let exports: NbdExport[];
+      let tls: boolean;
+      let close: () => Promise<void>;
+      let failed: Promise<never> = new Promise(() => {});
+      if (workers === 1) {
+        const running = await startRegistry(config);
+        ({ bound, exports, tls } = running);
+        close = () => running.close();
       } else {
-        process.stdout.write(`${where}\n`);
+        // bad packages and key files are reported once, before any worker starts
+        exports = await loadExports(config.packages);
+        await Promise.all(exports.map((e) => e.close?.()));
+        tls = config.tlsPsk !== undefined;
+        const pool = await RegistryWorkers.start(config, workers);
+        bound = pool.bound;
+        failed = pool.failed;
+        close = () => pool.stop();
+      }
+      const uri = uriFor(bound);
+      if (options.json) {
+        process.stdout.write(`${JSON.stringify({ address: bound, uri, tls, workers, exports: exports.map((e) => ({ name: e.name, size: e.size, description: e.description })) })}\n`);
+      } else {
+        process.stdout.write(`${uri}\n`);
         for (const e of exports) process.stdout.write(`${e.name}\t${e.size}\n`);
       }
-      process.stderr.write(`ark-registry: serving ${packages.length} package(s) on ${where}${keys ? ' (TLS-PSK required)' : ''}; Ctrl-C stops\n`);
-      await new Promise<void>((resolve) => {
-        process.once('SIGINT', resolve);
-        process.once('SIGTERM', resolve);
-      });
-      await server.close();
+      const processes = workers === 1 ? '' : ` in ${workers} processes`;
+      process.stderr.write(`ark-registry: serving ${packages.length} package(s) on ${uri}${tls ? ' (TLS-PSK required)' : ''}${processes}; Ctrl-C stops\n`);
+      try {
+        await Promise.race([whenStopped(stop.signal), failed]);
+      } finally {
+        await close();
+      }
     });
   cli.help();
   cli.version('0.1.0');
   await runCli(cli, argv);
+}
+
+function parseWorkers(text: string | undefined): number {
+  if (text === undefined) return defaultWorkerCount();
+  const n = Number(text);
+  if (!Number.isInteger(n) || n < 1 || n > 64) throw new ArkError('USAGE', `--workers ${text} is not a whole number from 1 to 64`, { hint: '--workers 1 serves in one process', exitCode: ExitCode.usage });
+  return n;
 }
 
 export function parseAddress(text: string | undefined): { host: string; port: number } {

@@ -1,0 +1,87 @@
+import { ArkError, ExitCode, colour } from '@ark/cli';
+import { type BoundAddress, type ListenAddress, NbdServer, type NbdExport, readPskFile } from '@ark/nbd';
+import { packageExports } from './package-exports.ts';
+
+/** What one serving process needs: the same in a single process and in every worker. */
+export interface RegistryConfig {
+  packages: string[];
+  address: ListenAddress;
+  tlsPsk?: string | undefined;
+}
+
+export interface RunningRegistry {
+  server: NbdServer;
+  bound: BoundAddress;
+  exports: NbdExport[];
+  tls: boolean;
+  close(): Promise<void>;
+}
+
+/** Opens every package's exports; two packages that would share a name are refused. */
+export async function loadExports(packages: string[]): Promise<NbdExport[]> {
+  const exports: NbdExport[] = [];
+  const seen = new Set<string>();
+  for (const path of packages) {
+    for (const e of await packageExports(path)) {
+      if (seen.has(e.name)) throw new ArkError('DUPLICATE_EXPORT', `two packages would both be served as '${e.name}'`, { hint: 'rename one of the files', exitCode: ExitCode.usage });
+      seen.add(e.name);
+      exports.push(e);
+    }
+  }
+  return exports;
+}
+
+async function loadKeys(file: string | undefined): Promise<Awaited<ReturnType<typeof readPskFile>> | undefined> {
+  if (file === undefined) return undefined;
+  try {
+    return await readPskFile(file);
+  } catch (error) {
+    throw new ArkError('BAD_PSK_FILE', `cannot read the key file ${file}: ${(error as Error).message}`, { hint: 'make one with: psktool -u NAME -p keys.psk', exitCode: ExitCode.usage });
+  }
+}
+
+export function describeAddress(address: ListenAddress | BoundAddress): string {
+  if ('path' in address) return address.path;
+  return `${address.host ?? '127.0.0.1'}:${address.port}`;
+}
+
+/** The URI a client uses for the server's default export. */
+export function uriFor(bound: BoundAddress): string {
+  if ('path' in bound) return `nbd+unix:///?socket=${bound.path}`;
+  return `nbd://${bound.host.includes(':') ? `[${bound.host}]` : bound.host}:${bound.port}`;
+}
+
+/** Opens the packages and listens: everything one serving process does. */
+export async function startRegistry(config: RegistryConfig): Promise<RunningRegistry> {
+  const exports = await loadExports(config.packages);
+  const keys = await loadKeys(config.tlsPsk);
+  const server = new NbdServer({
+    exports,
+    defaultExport: exports[0]?.name,
+    tls: keys ? { keys, required: true } : undefined,
+    onEvent: (event) => {
+      if (event.kind === 'protocol-error') process.stderr.write(colour.dim(`ark-registry: ${event.message}\n`));
+    },
+  });
+  let bound: BoundAddress;
+  try {
+    bound = await server.listen(config.address);
+  } catch (error) {
+    await Promise.all(exports.map((e) => e.close?.()));
+    const code = (error as NodeJS.ErrnoException).code;
+    throw new ArkError('LISTEN_FAILED', `cannot listen on ${describeAddress(config.address)} (${code})`, {
+      hint: code === 'EADDRINUSE' ? 'another server has that address; pick another with --laddr or --socket' : 'check the address',
+      exitCode: ExitCode.environment,
+    });
+  }
+  return {
+    server,
+    bound,
+    exports,
+    tls: keys !== undefined,
+    async close() {
+      await server.close();
+      await Promise.all(exports.map((e) => e.close?.()));
+    },
+  };
+}

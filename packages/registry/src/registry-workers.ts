@@ -1,0 +1,166 @@
+import cluster, { type Worker } from 'node:cluster';
+import { availableParallelism } from 'node:os';
+import { fileURLToPath } from 'node:url';
+import { ArkError, ExitCode } from '@ark/cli';
+import type { BoundAddress } from '@ark/nbd';
+import type { RegistryConfig } from './registry-server.ts';
+
+/**
+ * Node serves every connection of a process on one thread; NBD clients that
+ * open several connections (nbdcopy, QEMU with multi-conn) are served faster
+ * by as many processes as there are cores, all accepting on one listening
+ * socket (node:cluster). Each worker opens the packages itself: page cache,
+ * not process memory, holds the data.
+ */
+export function defaultWorkerCount(): number {
+  return Math.max(1, Math.min(availableParallelism(), 8));
+}
+
+/** A crashing worker is replaced, unless workers keep dying: then the registry gives up. */
+const MAX_DEATHS = 5;
+const DEATH_WINDOW_MS = 60_000;
+
+type WorkerMessage = { kind: 'ready'; bound: BoundAddress } | { kind: 'failed'; code: string; message: string; hint?: string; exitCode: number };
+
+const configVariable = 'ARK_REGISTRY_CONFIG';
+
+/** The serving processes behind one address; the primary only starts, replaces and stops them. */
+export class RegistryWorkers {
+  readonly bound: BoundAddress;
+  /** Rejects when workers keep dying and the registry gives up. */
+  readonly failed: Promise<never>;
+  readonly #config: RegistryConfig;
+  readonly #workers = new Set<Worker>();
+  #stopping = false;
+  #deaths: number[] = [];
+  #giveUp: (error: ArkError) => void = () => {};
+
+  private constructor(config: RegistryConfig, bound: BoundAddress, workers: Worker[]) {
+    this.#config = config;
+    this.bound = bound;
+    this.failed = new Promise<never>((_, reject) => {
+      this.#giveUp = reject;
+    });
+    this.failed.catch(() => {});
+    for (const w of workers) this.#watch(w);
+  }
+
+  get count(): number {
+    return this.#workers.size;
+  }
+
+  get pids(): number[] {
+    return [...this.#workers].map((w) => w.process.pid!);
+  }
+
+  /** Forks `count` workers and resolves once all listen; the first failure stops them all and is thrown. */
+  static async start(config: RegistryConfig, count: number): Promise<RegistryWorkers> {
+    cluster.setupPrimary({ exec: fileURLToPath(new URL('./registry-worker.ts', import.meta.url)), args: [], silent: false });
+    // workers that listen on port 0 share one port: the primary keys its
+    // listening sockets by the address asked for
+    const workers = Array.from({ length: count }, () => fork(config));
+    let bound: BoundAddress;
+    try {
+      [bound] = (await Promise.all(workers.map(whenReady))) as [BoundAddress];
+    } catch (error) {
+      await Promise.all(workers.map(stopWorker));
+      throw error;
+    }
+    return new RegistryWorkers(config, bound, workers);
+  }
+
+  #watch(worker: Worker): void {
+    this.#workers.add(worker);
+    worker.once('exit', (code, signal) => {
+      this.#workers.delete(worker);
+      if (this.#stopping) return;
+      const now = Date.now();
+      this.#deaths = [...this.#deaths.filter((t) => now - t < DEATH_WINDOW_MS), now];
+      const how = signal ? `signal ${signal}` : `code ${code}`;
+      if (this.#deaths.length >= MAX_DEATHS) {
+        this.#giveUp(new ArkError('WORKERS_DYING', `${this.#deaths.length} workers died within ${DEATH_WINDOW_MS / 1000} s (the last with ${how})`, { hint: 'see the messages above; run with --workers 1 to serve in one process', exitCode: ExitCode.failure }));
+        return;
+      }
+      process.stderr.write(`ark-registry: worker ${worker.process.pid} exited with ${how}; starting another\n`);
+      // with no worker left the primary has closed the socket: a replacement
+      // asked for port 0 would get a new port, so it asks for the old one
+      const config = this.#workers.size === 0 && 'port' in this.bound ? { ...this.#config, address: { host: this.bound.host, port: this.bound.port } } : this.#config;
+      const next = fork(config);
+      this.#watch(next);
+      whenReady(next).catch((error: Error) => process.stderr.write(`ark-registry: a new worker failed: ${error.message}\n`));
+    });
+  }
+
+  /** Stops every worker (their connections end) and resolves when all have exited. */
+  async stop(): Promise<void> {
+    this.#stopping = true;
+    await Promise.all([...this.#workers].map(stopWorker));
+  }
+}
+
+function fork(config: RegistryConfig): Worker {
+  const worker = cluster.fork({ [configVariable]: JSON.stringify(config) });
+  // a worker that has gone makes sends to it fail (EPIPE): its exit is what counts
+  worker.on('error', () => {});
+  return worker;
+}
+
+function whenReady(worker: Worker): Promise<BoundAddress> {
+  return new Promise((resolve, reject) => {
+    const onMessage = (message: WorkerMessage) => {
+      if (message?.kind === 'ready') {
+        worker.off('exit', onExit);
+        resolve(message.bound);
+      } else if (message?.kind === 'failed') {
+        worker.off('exit', onExit);
+        reject(new ArkError(message.code, message.message, { hint: message.hint, exitCode: message.exitCode as ExitCode }));
+      }
+    };
+    const onExit = (code: number | null, signal: string | null) => reject(new ArkError('WORKER_DIED', `a worker exited before it was ready (${signal ?? `code ${code}`})`, { exitCode: ExitCode.failure }));
+    worker.on('message', onMessage);
+    worker.once('exit', onExit);
+  });
+}
+
+function stopWorker(worker: Worker): Promise<void> {
+  if (worker.process.exitCode !== null || worker.process.signalCode !== null) return Promise.resolve();
+  return new Promise((resolve) => {
+    worker.once('exit', () => resolve());
+    if (worker.isConnected()) worker.send('stop', (error: Error | null) => error && worker.process.kill('SIGTERM'));
+    else worker.process.kill('SIGTERM');
+    // a worker that does not stop within 5 s is killed
+    setTimeout(() => worker.process.kill('SIGKILL'), 5000).unref();
+  });
+}
+
+/** The worker's side: serve, report readiness, stop when the primary says so or goes away. */
+export async function runWorker(): Promise<void> {
+  const { startRegistry } = await import('./registry-server.ts');
+  const send = (message: WorkerMessage) => process.send?.(message);
+  // Ctrl-C reaches the whole process group: the primary decides when to stop
+  process.on('SIGINT', () => {});
+  const config = JSON.parse(process.env[configVariable] ?? '{}') as RegistryConfig;
+  let running;
+  try {
+    running = await startRegistry(config);
+  } catch (error) {
+    const e = error instanceof ArkError ? error : new ArkError('WORKER_FAILED', (error as Error).message);
+    send({ kind: 'failed', code: e.code, message: e.message, hint: e.hint, exitCode: e.exitCode });
+    process.disconnect?.();
+    process.exitCode = e.exitCode;
+    return;
+  }
+  let stopping = false;
+  const stop = () => {
+    if (stopping) return;
+    stopping = true;
+    void running.close().finally(() => process.exit(0));
+  };
+  process.on('message', (message) => {
+    if (message === 'stop') stop();
+  });
+  // the primary died (even by SIGKILL): no worker outlives it
+  process.on('disconnect', stop);
+  process.on('SIGTERM', stop);
+  send({ kind: 'ready', bound: running.bound });
+}
