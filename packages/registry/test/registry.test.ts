@@ -1,6 +1,6 @@
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { closeSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, truncateSync, writeFileSync, writeSync } from 'node:fs';
+import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, truncateSync, writeFileSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -159,4 +159,83 @@ t.test('bad input', async (t) => {
   t.equal(busy.code, 4);
   t.match(busy.stderr, /another server has that address/);
   t.equal((await runTool('registry', 'ark-registry', [pkg, '--laddr', 'nonsense'])).code, 2);
+});
+
+const children = (pid: number): number[] => {
+  try {
+    return execFileSync('pgrep', ['-P', String(pid)], { encoding: 'utf8' }).trim().split('\n').map(Number);
+  } catch {
+    return []; // pgrep exits 1 when there are none
+  }
+};
+const gone = async (pids: number[], ms = 10_000): Promise<boolean> => {
+  for (let waited = 0; waited < ms; waited += 100) {
+    if (pids.every((pid) => !existsSync(`/proc/${pid}`))) return true;
+    await sleep(100);
+  }
+  return false;
+};
+
+t.test('--workers: several processes share one socket; a dead worker is replaced; none outlives the registry', async (t) => {
+  const socket = join(work, 'registry.sock');
+  const { child, stdout } = await startRegistry([pkg, '--socket', socket, '--workers', '3', '--json']);
+  const info = JSON.parse(stdout.split('\n')[0]!);
+  t.equal(info.workers, 3);
+  t.equal(info.uri, `nbd+unix:///?socket=${socket}`);
+  const workers = children(child.pid!);
+  t.equal(workers.length, 3, 'three worker processes');
+
+  // six clients at once, every copy byte-exact
+  const copies = await Promise.all(
+    Array.from({ length: 6 }, async (_, i) => {
+      const out = join(work, `par-${i}.copy`);
+      const copier = spawn('nbdcopy', ['--connections=2', `nbd+unix:///app/disk?socket=${socket}`, out], { stdio: 'ignore' });
+      const code = await new Promise((resolve) => copier.once('exit', resolve));
+      return { out, code };
+    }),
+  );
+  const disk = readFileSync(join(blueprint, 'ark.arkdisk'));
+  for (const c of copies) {
+    t.equal(c.code, 0);
+    t.ok(readFileSync(c.out).equals(disk), `${c.out} is byte-exact`);
+    rmSync(c.out);
+  }
+
+  process.kill(workers[0]!, 'SIGKILL');
+  t.ok(await gone([workers[0]!]), 'the killed worker is gone');
+  let now: number[] = [];
+  for (let i = 0; i < 100 && now.length < 3; i++) {
+    await sleep(100);
+    now = children(child.pid!);
+  }
+  t.equal(now.length, 3, 'a new worker took its place');
+  t.notOk(now.includes(workers[0]!));
+  const after = join(work, 'after-kill.copy');
+  execFileSync('nbdcopy', ['--connections=4', `nbd+unix:///app?socket=${socket}`, after]);
+  t.ok(readFileSync(after).equals(readFileSync(pkg)), 'the registry serves on, byte-exact');
+  rmSync(after);
+
+  t.equal(await stop(child), 0, 'SIGINT: exit 0');
+  t.ok(await gone(now), 'every worker exited with it');
+  t.notOk(existsSync(socket), 'the socket is removed');
+});
+
+t.test('--workers: SIGKILL of the registry takes its workers with it; --workers 1 serves in one process', async (t) => {
+  const { child, uri } = await startRegistry([pkg, '--laddr', '127.0.0.1:0', '--workers', '2']);
+  const workers = children(child.pid!);
+  t.equal(workers.length, 2);
+  t.match(execFileSync('nbdinfo', ['--size', `${uri}/app/disk`], { encoding: 'utf8' }).trim(), String(index.members.find((m) => m.name === 'disk')!.size));
+  child.kill('SIGKILL');
+  t.ok(await gone(workers), 'no worker outlives a killed registry');
+
+  const single = await startRegistry([pkg, '--laddr', '127.0.0.1:0', '--workers', '1']);
+  t.teardown(() => stop(single.child));
+  t.same(children(single.child.pid!), [], 'no worker processes');
+  t.match(execFileSync('nbdinfo', ['--size', `${single.uri}/app/disk`], { encoding: 'utf8' }).trim(), String(index.members.find((m) => m.name === 'disk')!.size));
+
+  for (const bad of ['0', '-1', 'two', '65']) {
+    const r = await runTool('registry', 'ark-registry', [pkg, `--workers=${bad}`]);
+    t.equal(r.code, 2, `--workers ${bad}: usage error`);
+    t.match(r.stderr, /--workers/);
+  }
 });
