@@ -720,6 +720,11 @@ export class ServerConnection {
   #sendPooled(chunks: Buffer[], owned: Buffer[], accounted: number): void {
     const pool = this.#ctx.pool;
     const s = this.#socket;
+    // #receive corks the socket to send small replies in one go; a data reply
+    // goes now, with whatever is corked before it (it would otherwise wait for
+    // the whole received chunk to be served, its buffer going cold)
+    const corks = s.writableCorked;
+    for (let i = 0; i < corks; i++) s.uncork();
     const queued = s.writableLength;
     let returned = false;
     const giveBack = () => {
@@ -742,6 +747,7 @@ export class ServerConnection {
     if (chunks.length > 1) s.uncork();
     // TLS may hold the plaintext until the handshake is done: only a plain socket is trusted here
     if (!this.#tlsActive && s.writableLength === queued) giveBack();
+    for (let i = 0; i < corks; i++) s.cork();
     this.#end(accounted, true);
   }
 
