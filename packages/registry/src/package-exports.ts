@@ -1,3 +1,4 @@
+import { closeSync, openSync } from 'node:fs';
 import { basename } from 'node:path';
 import { ArkError, ExitCode } from '@ark/cli';
 import { FileExport, type Extent } from '@ark/nbd';
@@ -23,28 +24,37 @@ export function exportNameFor(path: string): string {
  * directly). Holes come from the package index and go out as hole chunks and
  * through base:allocation.
  */
-export async function packageExports(path: string, name = exportNameFor(path)): Promise<FileExport[]> {
-  const pkg = ArkPackage.open(path);
+export async function packageExports(path: string, name = exportNameFor(path), fileName = basename(path)): Promise<FileExport[]> {
+  ArkPackage.open(path); // a clear error for a file that is missing or no package
   if (!/^[\w.-]+$/.test(name)) {
     throw new ArkError('BAD_NAME', `cannot serve ${path} as '${name}': export names are letters, digits, '.', '_' and '-'`, { hint: 'rename the package file', exitCode: ExitCode.usage });
   }
-  const holes = (member: MemberEntry, shift: number): Extent[] => member.zeroExtents.map(([offset, length]) => ({ offset: offset + shift, length, kind: 'hole' }));
-  const whole = await FileExport.open(path, {
-    name,
-    description: `ark package ${basename(path)} (${pkg.index.members.map((m) => m.name).join(', ')})`,
-    size: pkg.fileBytes,
-    extents: pkg.index.members.flatMap((m) => holes(m, m.offset)),
-  });
-  const members = await Promise.all(
-    pkg.index.members.map((member) =>
-      FileExport.open(path, {
-        name: `${name}/${member.name}`,
-        description: `${memberDescriptions[member.name] ?? member.name} of ${name}, sha256 ${member.sha256.slice(0, 16)}…`,
-        offset: member.offset,
-        size: member.size,
-        extents: holes(member, 0),
-      }),
-    ),
-  );
-  return [whole, ...members];
+  // every export opens the one file this descriptor holds, even if the
+  // package is replaced on disk meanwhile
+  const fd = openSync(path, 'r');
+  try {
+    const pinned = `/proc/self/fd/${fd}`;
+    const pkg = ArkPackage.open(pinned);
+    const holes = (member: MemberEntry, shift: number): Extent[] => member.zeroExtents.map(([offset, length]) => ({ offset: offset + shift, length, kind: 'hole' }));
+    const whole = await FileExport.open(pinned, {
+      name,
+      description: `ark package ${fileName} (${pkg.index.members.map((m) => m.name).join(', ')})`,
+      size: pkg.fileBytes,
+      extents: pkg.index.members.flatMap((m) => holes(m, m.offset)),
+    });
+    const members = await Promise.all(
+      pkg.index.members.map((member) =>
+        FileExport.open(pinned, {
+          name: `${name}/${member.name}`,
+          description: `${memberDescriptions[member.name] ?? member.name} of ${name}, sha256 ${member.sha256.slice(0, 16)}…`,
+          offset: member.offset,
+          size: member.size,
+          extents: holes(member, 0),
+        }),
+      ),
+    );
+    return [whole, ...members];
+  } finally {
+    closeSync(fd);
+  }
 }

@@ -1,8 +1,9 @@
+import { closeSync, openSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { cac } from 'cac';
 import { ArkError, ExitCode, runCli, stopSignals, whenStopped } from '@ark/cli';
 import type { BoundAddress, NbdExport } from '@ark/nbd';
-import { type RegistryConfig, loadExports, startRegistry, uriFor } from './registry-server.ts';
+import { type RegistryConfig, loadExports, packageSource, startRegistry, uriFor } from './registry-server.ts';
 import { RegistryWorkers, defaultWorkerCount } from './registry-workers.ts';
 
 export const defaultAddress = { host: '127.0.0.1', port: 1337 };
@@ -22,11 +23,9 @@ export async function main(argv: string[]): Promise<void> {
       if (packages.length === 0) throw new ArkError('USAGE', 'no packages to serve', { hint: 'ark-registry PKG.ark…', exitCode: ExitCode.usage });
       if (options.laddr !== undefined && options.socket !== undefined) throw new ArkError('USAGE', '--laddr and --socket exclude each other', { hint: 'pick one', exitCode: ExitCode.usage });
       const workers = parseWorkers(options.workers);
-      const config: RegistryConfig = {
-        packages: packages.map((p) => resolve(p)),
-        address: options.socket !== undefined ? { path: resolve(options.socket) } : parseAddress(options.laddr),
-        tlsPsk: options.tlsPsk === undefined ? undefined : resolve(options.tlsPsk),
-      };
+      const address = options.socket !== undefined ? { path: resolve(options.socket) } : parseAddress(options.laddr);
+      const tlsPsk = options.tlsPsk === undefined ? undefined : resolve(options.tlsPsk);
+      const sources = packages.map((p) => packageSource(resolve(p)));
       using stop = stopSignals();
       let bound: BoundAddress;
       let exports: NbdExport[];
@@ -34,18 +33,33 @@ export async function main(argv: string[]): Promise<void> {
       let close: () => Promise<void>;
       let failed: Promise<never> = new Promise(() => {});
       if (workers === 1) {
-        const running = await startRegistry(config);
+        const running = await startRegistry({ packages: sources, address, tlsPsk });
         ({ bound, exports, tls } = running);
         close = () => running.close();
       } else {
         // bad packages and key files are reported once, before any worker starts
-        exports = await loadExports(config.packages);
+        exports = await loadExports(sources);
         await Promise.all(exports.map((e) => e.close?.()));
-        tls = config.tlsPsk !== undefined;
-        const pool = await RegistryWorkers.start(config, workers);
+        tls = tlsPsk !== undefined;
+        // Workers open the packages through descriptors the registry holds, so
+        // all of them, and any that replaces a dead one, serve the same files
+        // even when a package is replaced on disk (ark-runner's flush renames
+        // a new one into place) while it is being served.
+        const held = sources.map((s) => openSync(s.path, 'r'));
+        const config: RegistryConfig = { packages: sources.map((s, i) => ({ ...s, path: `/proc/${process.pid}/fd/${held[i]}` })), address, tlsPsk };
+        let pool: RegistryWorkers;
+        try {
+          pool = await RegistryWorkers.start(config, workers);
+        } catch (error) {
+          for (const fd of held) closeSync(fd);
+          throw error;
+        }
         bound = pool.bound;
         failed = pool.failed;
-        close = () => pool.stop();
+        close = async () => {
+          await pool.stop();
+          for (const fd of held) closeSync(fd);
+        };
       }
       const uri = uriFor(bound);
       if (options.json) {

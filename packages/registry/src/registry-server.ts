@@ -1,10 +1,24 @@
 import { ArkError, ExitCode, colour } from '@ark/cli';
 import { type BoundAddress, type ListenAddress, NbdServer, type NbdExport, readPskFile } from '@ark/nbd';
-import { packageExports } from './package-exports.ts';
+import { basename } from 'node:path';
+import { exportNameFor, packageExports } from './package-exports.ts';
+
+/** A package to serve: where to open it, and the name it is served under. */
+export interface PackageSource {
+  path: string;
+  /** the export name (`app` for app.ark) */
+  name: string;
+  /** the file's name, for descriptions */
+  fileName: string;
+}
+
+export function packageSource(path: string): PackageSource {
+  return { path, name: exportNameFor(path), fileName: basename(path) };
+}
 
 /** What one serving process needs: the same in a single process and in every worker. */
 export interface RegistryConfig {
-  packages: string[];
+  packages: PackageSource[];
   address: ListenAddress;
   tlsPsk?: string | undefined;
 }
@@ -18,11 +32,11 @@ export interface RunningRegistry {
 }
 
 /** Opens every package's exports; two packages that would share a name are refused. */
-export async function loadExports(packages: string[]): Promise<NbdExport[]> {
+export async function loadExports(packages: PackageSource[]): Promise<NbdExport[]> {
   const exports: NbdExport[] = [];
   const seen = new Set<string>();
-  for (const path of packages) {
-    for (const e of await packageExports(path)) {
+  for (const p of packages) {
+    for (const e of await packageExports(p.path, p.name, p.fileName)) {
       if (seen.has(e.name)) throw new ArkError('DUPLICATE_EXPORT', `two packages would both be served as '${e.name}'`, { hint: 'rename one of the files', exitCode: ExitCode.usage });
       seen.add(e.name);
       exports.push(e);

@@ -87,7 +87,10 @@ export class RegistryWorkers {
       const config = this.#workers.size === 0 && 'port' in this.bound ? { ...this.#config, address: { host: this.bound.host, port: this.bound.port } } : this.#config;
       const next = fork(config);
       this.#watch(next);
-      whenReady(next).catch((error: Error) => process.stderr.write(`ark-registry: a new worker failed: ${error.message}\n`));
+      whenReady(next).then(
+        () => process.stderr.write(`ark-registry: worker ${next.process.pid} serving\n`),
+        (error: Error) => process.stderr.write(`ark-registry: a new worker failed: ${error.message}\n`),
+      );
     });
   }
 

@@ -1,6 +1,6 @@
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, truncateSync, writeFileSync, writeSync } from 'node:fs';
+import { closeSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, renameSync, statSync, truncateSync, writeFileSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -34,13 +34,13 @@ writePackage(pkg, [
 ]);
 const index = ArkPackage.open(pkg).index;
 
-async function startRegistry(args: string[]): Promise<{ child: ChildProcess; uri: string; stdout: string }> {
+async function startRegistry(args: string[], lastExport = 'app/memory'): Promise<{ child: ChildProcess; uri: string; stdout: string }> {
   const child = startTool('registry', 'ark-registry', args);
   let stdout = '';
   await new Promise<void>((resolve, reject) => {
     child.stdout!.on('data', (chunk: Buffer) => {
       stdout += chunk.toString();
-      if (stdout.includes('app/memory')) resolve();
+      if (stdout.includes(lastExport)) resolve();
     });
     child.once('exit', (code) => reject(new Error(`ark-registry exited ${code}`)));
   });
@@ -178,7 +178,9 @@ const gone = async (pids: number[], ms = 10_000): Promise<boolean> => {
 
 t.test('--workers: several processes share one socket; a dead worker is replaced; none outlives the registry', async (t) => {
   const socket = join(work, 'registry.sock');
-  const { child, stdout } = await startRegistry([pkg, '--socket', socket, '--workers', '3', '--json']);
+  const served = join(work, 'served.ark');
+  copyFileSync(pkg, served);
+  const { child, stdout } = await startRegistry([served, '--socket', socket, '--workers', '3', '--json'], 'served/memory');
   const info = JSON.parse(stdout.split('\n')[0]!);
   t.equal(info.workers, 3);
   t.equal(info.uri, `nbd+unix:///?socket=${socket}`);
@@ -189,7 +191,7 @@ t.test('--workers: several processes share one socket; a dead worker is replaced
   const copies = await Promise.all(
     Array.from({ length: 6 }, async (_, i) => {
       const out = join(work, `par-${i}.copy`);
-      const copier = spawn('nbdcopy', ['--connections=2', `nbd+unix:///app/disk?socket=${socket}`, out], { stdio: 'ignore' });
+      const copier = spawn('nbdcopy', ['--connections=2', `nbd+unix:///served/disk?socket=${socket}`, out], { stdio: 'ignore' });
       const code = await new Promise((resolve) => copier.once('exit', resolve));
       return { out, code };
     }),
@@ -201,18 +203,26 @@ t.test('--workers: several processes share one socket; a dead worker is replaced
     rmSync(c.out);
   }
 
+  // the package is replaced on disk while served (as a flush by ark-runner does)
+  const other = join(work, 'other.ark');
+  writePackage(other, [{ name: 'ark.json', bytes: Buffer.from('{"another":"package"}') }]);
+  renameSync(other, served);
+  let stderr = '';
+  child.stderr!.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
   process.kill(workers[0]!, 'SIGKILL');
   t.ok(await gone([workers[0]!]), 'the killed worker is gone');
-  let now: number[] = [];
-  for (let i = 0; i < 100 && now.length < 3; i++) {
-    await sleep(100);
-    now = children(child.pid!);
-  }
+  for (let i = 0; i < 100 && !/worker \d+ serving/.test(stderr); i++) await sleep(100);
+  t.match(stderr, new RegExp(`worker ${workers[0]} exited with signal SIGKILL; starting another`));
+  t.match(stderr, /worker \d+ serving/, 'the replacement reports that it serves');
+  const now = children(child.pid!);
   t.equal(now.length, 3, 'a new worker took its place');
   t.notOk(now.includes(workers[0]!));
+  // connections go to the workers in turn: six of them reach the new one too
+  const sizes = Array.from({ length: 6 }, () => execFileSync('nbdinfo', ['--size', `nbd+unix:///served?socket=${socket}`], { encoding: 'utf8' }).trim());
+  t.same(new Set(sizes), new Set([String(statSync(pkg).size)]), 'every worker serves the same package');
   const after = join(work, 'after-kill.copy');
-  execFileSync('nbdcopy', ['--connections=4', `nbd+unix:///app?socket=${socket}`, after]);
-  t.ok(readFileSync(after).equals(readFileSync(pkg)), 'the registry serves on, byte-exact');
+  execFileSync('nbdcopy', ['--connections=4', `nbd+unix:///served?socket=${socket}`, after]);
+  t.ok(readFileSync(after).equals(readFileSync(pkg)), 'every worker, the new one too, serves the package as it was when the registry started');
   rmSync(after);
 
   t.equal(await stop(child), 0, 'SIGINT: exit 0');
