@@ -88,8 +88,21 @@ function key(slot: number, alignedAt: number): string {
   return `${slot}:${alignedAt}`;
 }
 
-/** Page-aligned memory that Node can read into and write from like any Buffer. */
+let wasmFailed = false;
+
+/**
+ * Page-aligned memory that Node can read into and write from like any Buffer.
+ * Each WebAssembly memory reserves gigabytes of address space (guard regions);
+ * where that is refused (`ulimit -v`), plain buffers serve, unaligned.
+ */
 function alignedMemory(bytes: number): Buffer {
-  const memory = new WebAssembly.Memory({ initial: Math.ceil(bytes / WASM_PAGE) });
-  return Buffer.from(memory.buffer, 0, bytes);
+  if (!wasmFailed) {
+    try {
+      const memory = new WebAssembly.Memory({ initial: Math.ceil(bytes / WASM_PAGE) });
+      return Buffer.from(memory.buffer, 0, bytes);
+    } catch {
+      wasmFailed = true;
+    }
+  }
+  return Buffer.allocUnsafeSlow(bytes);
 }
