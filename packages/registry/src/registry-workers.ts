@@ -1,4 +1,5 @@
 import cluster, { type Worker } from 'node:cluster';
+import net from 'node:net';
 import { availableParallelism } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { ArkError, ExitCode } from '@ark/cli';
@@ -45,19 +46,14 @@ export class RegistryWorkers {
     for (const w of workers) this.#watch(w);
   }
 
-  get count(): number {
-    return this.#workers.size;
-  }
-
-  get pids(): number[] {
-    return [...this.#workers].map((w) => w.process.pid!);
-  }
-
   /** Forks `count` workers and resolves once all listen; the first failure stops them all and is thrown. */
   static async start(config: RegistryConfig, count: number): Promise<RegistryWorkers> {
     cluster.setupPrimary({ exec: fileURLToPath(new URL('./registry-worker.ts', import.meta.url)), args: [], silent: false });
-    // workers that listen on port 0 share one port: the primary keys its
-    // listening sockets by the address asked for
+    // The primary shares one listening socket among the workers that ask for
+    // the same address, and closes it when the last of them is gone. A port
+    // is chosen here rather than asking for port 0, so that replacements,
+    // even of all the workers at once, come back on the port clients know.
+    if ('port' in config.address && config.address.port === 0) config = { ...config, address: { ...config.address, port: await freePort(config.address.host) } };
     const workers = Array.from({ length: count }, () => fork(config));
     let bound: BoundAddress;
     try {
@@ -82,10 +78,7 @@ export class RegistryWorkers {
         return;
       }
       process.stderr.write(`ark-registry: worker ${worker.process.pid} exited with ${how}; starting another\n`);
-      // with no worker left the primary has closed the socket: a replacement
-      // asked for port 0 would get a new port, so it asks for the old one
-      const config = this.#workers.size === 0 && 'port' in this.bound ? { ...this.#config, address: { host: this.bound.host, port: this.bound.port } } : this.#config;
-      const next = fork(config);
+      const next = fork(this.#config);
       this.#watch(next);
       whenReady(next).then(
         () => process.stderr.write(`ark-registry: worker ${next.process.pid} serving\n`),
@@ -99,6 +92,18 @@ export class RegistryWorkers {
     this.#stopping = true;
     await Promise.all([...this.#workers].map(stopWorker));
   }
+}
+
+/** A port free now on `host` (the kernel picks it). */
+function freePort(host: string | undefined): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const probe = net.createServer();
+    probe.once('error', reject);
+    probe.listen(0, host ?? '127.0.0.1', () => {
+      const { port } = probe.address() as net.AddressInfo;
+      probe.close(() => resolve(port));
+    });
+  });
 }
 
 function fork(config: RegistryConfig): Worker {

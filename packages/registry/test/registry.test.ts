@@ -230,18 +230,28 @@ t.test('--workers: several processes share one socket; a dead worker is replaced
   t.notOk(existsSync(socket), 'the socket is removed');
 });
 
-t.test('--workers: SIGKILL of the registry takes its workers with it; --workers 1 serves in one process', async (t) => {
+t.test('--workers: all workers replaced at once keep the port; SIGKILL of the registry takes its workers with it; --workers 1 serves in one process', async (t) => {
+  const diskSize = String(index.members.find((m) => m.name === 'disk')!.size);
   const { child, uri } = await startRegistry([pkg, '--laddr', '127.0.0.1:0', '--workers', '2']);
+  let stderr = '';
+  child.stderr!.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+  const first = children(child.pid!);
+  t.equal(first.length, 2);
+  t.equal(execFileSync('nbdinfo', ['--size', `${uri}/app/disk`], { encoding: 'utf8' }).trim(), diskSize);
+  // all the workers at once: the replacements come back on the port the registry printed
+  for (const pid of first) process.kill(pid, 'SIGKILL');
+  for (let i = 0; i < 100 && (stderr.match(/serving\n/g) ?? []).length < 2; i++) await sleep(100);
+  t.equal((stderr.match(/worker \d+ serving/g) ?? []).length, 2, 'two replacements serve');
+  t.equal(execFileSync('nbdinfo', ['--size', `${uri}/app/disk`], { encoding: 'utf8' }).trim(), diskSize, 'on the same port');
   const workers = children(child.pid!);
   t.equal(workers.length, 2);
-  t.match(execFileSync('nbdinfo', ['--size', `${uri}/app/disk`], { encoding: 'utf8' }).trim(), String(index.members.find((m) => m.name === 'disk')!.size));
   child.kill('SIGKILL');
   t.ok(await gone(workers), 'no worker outlives a killed registry');
 
   const single = await startRegistry([pkg, '--laddr', '127.0.0.1:0', '--workers', '1']);
   t.teardown(() => stop(single.child));
   t.same(children(single.child.pid!), [], 'no worker processes');
-  t.match(execFileSync('nbdinfo', ['--size', `${single.uri}/app/disk`], { encoding: 'utf8' }).trim(), String(index.members.find((m) => m.name === 'disk')!.size));
+  t.equal(execFileSync('nbdinfo', ['--size', `${single.uri}/app/disk`], { encoding: 'utf8' }).trim(), diskSize);
 
   for (const bad of ['0', '-1', 'two', '65']) {
     const r = await runTool('registry', 'ark-registry', [pkg, `--workers=${bad}`]);
