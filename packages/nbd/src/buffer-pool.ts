@@ -3,17 +3,20 @@
  * socket as is, and comes back here when the socket has sent it.
  *
  * The data of a reply starts on a 4 KiB boundary, with its header just before
- * it. That is worth a lot: the kernel copies file pages into the buffer with
- * `rep movsb`, which on the AMD hosts measured here ran at ~9.8 GB/s into a
- * 64-byte-aligned destination, 6.3 GB/s at 16 or 28 bytes past one and 2.7 GB/s
- * at 8. `Buffer.allocUnsafe` says nothing of alignment, so the buffers are
- * carved from WebAssembly memories, which are page-aligned.
+ * it. That is worth a lot: on the AMD host measured (`node
+ * bench/read-alignment.ts`) the kernel copied file pages into a page-aligned
+ * buffer at 13–15 GB/s, but at 5–7 GB/s 16 or 28 bytes past a page and at
+ * 2.4 GB/s 8 bytes past one (the old layout put the data 28 bytes into a
+ * buffer of unknown alignment). `Buffer.allocUnsafe` says nothing of
+ * alignment, so the buffers are carved from WebAssembly memories, which are
+ * page-aligned.
  *
  * Sizes are rounded up to 4 KiB classes; the pool keeps at most `maxBytes` idle.
  */
 export class BufferPool {
   readonly maxBytes: number;
-  #free = new Map<string, Buffer[]>();
+  /** idle buffers by shape: slot bytes + alignedAt (slots are multiples of 4 KiB, alignedAt below it) */
+  #free = new Map<number, Buffer[]>();
   #idleBytes = 0;
   #slab: Buffer | undefined;
   #slabUsed = 0;
@@ -31,7 +34,7 @@ export class BufferPool {
     if (!Number.isInteger(alignedAt) || alignedAt < 0 || alignedAt >= PAGE) throw new RangeError(`alignedAt ${alignedAt} is not in [0, ${PAGE})`);
     const lead = alignedAt === 0 ? 0 : PAGE - alignedAt;
     const slot = roundUp(lead + Math.max(size, 1), PAGE);
-    const list = this.#free.get(key(slot, alignedAt));
+    const list = this.#free.get(slot + alignedAt);
     const buf = list?.pop();
     if (buf !== undefined) {
       this.#idleBytes -= slot;
@@ -45,7 +48,7 @@ export class BufferPool {
     const lead = buf.byteOffset % PAGE;
     const slot = lead + buf.length;
     if (this.#idleBytes + slot > this.maxBytes) return;
-    const k = key(slot, lead === 0 ? 0 : PAGE - lead);
+    const k = slot + (lead === 0 ? 0 : PAGE - lead);
     let list = this.#free.get(k);
     if (list === undefined) {
       list = [];
@@ -82,10 +85,6 @@ const SLAB_BYTES = 16 * 1024 * 1024;
 
 function roundUp(n: number, to: number): number {
   return Math.ceil(n / to) * to;
-}
-
-function key(slot: number, alignedAt: number): string {
-  return `${slot}:${alignedAt}`;
 }
 
 let wasmFailed = false;

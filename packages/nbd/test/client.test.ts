@@ -1,21 +1,13 @@
 // Our client against nbdkit (file and memory plugins), qemu-nbd and our own server.
 import { randomBytes } from 'node:crypto';
-import { closeSync, openSync, readSync, readFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import t, { type Test } from 'tap';
 import { Errno, FileExport, MemoryExport, NbdClient, NbdError, NbdServer } from '@ark/nbd';
-import { canConnect, freePort, makeRandomFile, makeSparseFile, sha256, spawnTool, tempDir, waitUntil } from './nbd-test-env.ts';
+import { canConnect, fileRange, freePort, makeRandomFile, makeSparseFile, sha256, spawnTool, tempDir, waitUntil } from './nbd-test-env.ts';
 
 const MiB = 1024 * 1024;
 const dir = tempDir(t);
-
-function bytes(path: string, offset: number, length: number): Buffer {
-  const fd = openSync(path, 'r');
-  const b = Buffer.alloc(length);
-  readSync(fd, b, 0, length, offset);
-  closeSync(fd);
-  return b;
-}
 
 /** Reads, writes and checks block status on a writable export backed by `path`. */
 async function exercise(t: Test, client: NbdClient, path: string, layout: { offset: number; length: number; kind: string }[]): Promise<void> {
@@ -36,7 +28,7 @@ async function exercise(t: Test, client: NbdClient, path: string, layout: { offs
   await client.cache(0, 4096);
   if (client.capabilities.trim) await client.trim(5 * MiB, 4096);
   t.same(await client.read(MiB, data.length), data, 'written data reads back');
-  t.same(bytes(path, MiB, data.length), data, 'written data reached the file');
+  t.same(fileRange(path, MiB, data.length), data, 'written data reached the file');
   t.same(await client.read(2 * MiB, 128 * 1024), Buffer.alloc(128 * 1024), 'zeroed range reads as zeroes');
 }
 

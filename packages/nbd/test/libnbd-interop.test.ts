@@ -1,10 +1,10 @@
 // Our server against libnbd's tools: nbdinfo, nbdcopy, nbdfuse.
-import { existsSync, readFileSync, writeFileSync, mkdirSync, openSync, readSync, closeSync } from 'node:fs';
+import { existsSync, readFileSync, writeFileSync, mkdirSync } from 'node:fs';
 import { readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import t from 'tap';
-import { FileExport, NbdServer, type Extent } from '@ark/nbd';
-import { makeRandomFile, makeSparseFile, run, sha256, spawnTool, tempDir, waitUntil } from './nbd-test-env.ts';
+import { FileExport, type Extent } from '@ark/nbd';
+import { fileRange, makeRandomFile, makeSparseFile, run, serveOnTcpAndUnix, sha256, spawnTool, tempDir, waitUntil } from './nbd-test-env.ts';
 
 const MiB = 1024 * 1024;
 const dir = tempDir(t);
@@ -35,25 +35,9 @@ const exports = [
   await FileExport.open(sparsePath, { name: 'app/disk', description: 'a slice', offset: sliceOffset, size: sliceSize, extents: sliceExtents, blockSize: { minimum: 512 } }),
   await FileExport.open(rwPath, { name: 'rw', readOnly: false }),
 ];
-const server = new NbdServer({ exports });
-const tcp = await server.listen({ port: 0 });
-const sock = join(dir, 'nbd.sock');
-await server.listen({ path: sock });
-t.teardown(async () => {
-  await server.close();
-  for (const e of exports) await e.close();
-});
-const port = 'port' in tcp ? tcp.port : 0;
+const { port, sock } = await serveOnTcpAndUnix(t, dir, exports);
 const tcpUri = (name: string) => `nbd://127.0.0.1:${port}/${name}`;
 const unixUri = (name: string) => `nbd+unix:///${name}?socket=${sock}`;
-
-function fileBytes(path: string, offset: number, length: number): Buffer {
-  const fd = openSync(path, 'r');
-  const b = Buffer.alloc(length);
-  readSync(fd, b, 0, length, offset);
-  closeSync(fd);
-  return b;
-}
 
 t.test('nbdinfo --list shows every export with its description', async (t) => {
   const r = await run('nbdinfo', ['--list', '--json', tcpUri('')]);
@@ -107,10 +91,10 @@ t.test('nbdcopy reads byte-exact copies over TCP and Unix sockets', async (t) =>
   writeFileSync(out, '');
   const r = await run('nbdcopy', ['--connections=4', unixUri('app/disk'), out]);
   t.equal(r.code, 0, r.stderr);
-  t.equal(sha256(readFileSync(out)), sha256(fileBytes(sparsePath, sliceOffset, sliceSize)), 'slice');
+  t.equal(sha256(readFileSync(out)), sha256(fileRange(sparsePath, sliceOffset, sliceSize)), 'slice');
   // to stdout, no block status (every hole read as OFFSET_HOLE chunks)
   const piped = await run('sh', ['-c', `nbdcopy --no-extents '${tcpUri('app/disk')}' - | sha256sum`]);
-  t.equal(piped.stdout.split(' ')[0], sha256(fileBytes(sparsePath, sliceOffset, sliceSize)));
+  t.equal(piped.stdout.split(' ')[0], sha256(fileRange(sparsePath, sliceOffset, sliceSize)));
 });
 
 t.test('nbdcopy writes to a writable export byte-exactly', async (t) => {
@@ -138,7 +122,7 @@ t.test('nbdfuse mounts an export as a file', async (t) => {
   t.teardown(() => run('fusermount3', ['-u', mnt]));
   // the server runs in this process: touch the mount only asynchronously, or the event loop deadlocks
   await waitUntil(async () => existsSync(pidFile) && (await stat(join(mnt, 'disk')).catch(() => undefined))?.size === sliceSize, 'nbdfuse to mount');
-  t.equal(sha256(await readFile(join(mnt, 'disk'))), sha256(fileBytes(sparsePath, sliceOffset, sliceSize)));
+  t.equal(sha256(await readFile(join(mnt, 'disk'))), sha256(fileRange(sparsePath, sliceOffset, sliceSize)));
   const u = await run('fusermount3', ['-u', mnt]);
   t.equal(u.code, 0, u.stderr);
 });

@@ -2,11 +2,11 @@
 // killed at teardown), sparse test images and small wire helpers.
 import { type ChildProcess, execFile, spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdtempSync, openSync, closeSync, ftruncateSync, readFileSync, rmSync, writeSync, existsSync } from 'node:fs';
+import { mkdtempSync, openSync, closeSync, ftruncateSync, readFileSync, readSync, rmSync, writeSync, existsSync } from 'node:fs';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { Extent } from '@ark/nbd';
+import { type Extent, type NbdExport, NbdServer } from '@ark/nbd';
 
 export interface TapLike {
   teardown(fn: () => unknown): void;
@@ -90,6 +90,28 @@ export function canConnect(address: { port: number } | { path: string }): Promis
     });
     s.once('error', () => resolve(false));
   });
+}
+
+/** `length` bytes of the file at `path` from `offset`. */
+export function fileRange(path: string, offset: number, length: number): Buffer {
+  const fd = openSync(path, 'r');
+  const b = Buffer.alloc(length);
+  readSync(fd, b, 0, length, offset);
+  closeSync(fd);
+  return b;
+}
+
+/** Our server over `exports`, on a free TCP port and on a Unix socket in `dir`; closed with the test. */
+export async function serveOnTcpAndUnix(t: TapLike, dir: string, exports: NbdExport[]): Promise<{ server: NbdServer; port: number; sock: string }> {
+  const server = new NbdServer({ exports });
+  const tcp = await server.listen({ port: 0 });
+  const sock = join(dir, 'nbd.sock');
+  await server.listen({ path: sock });
+  t.teardown(async () => {
+    await server.close();
+    for (const e of exports) await e.close?.();
+  });
+  return { server, port: 'port' in tcp ? tcp.port : 0, sock };
 }
 
 export function sha256(data: Buffer | string): string {

@@ -1,9 +1,8 @@
 // Our server against QEMU's NBD client: qemu-img compare/info and qemu-io writes.
-import { closeSync, openSync, readSync } from 'node:fs';
 import { join } from 'node:path';
 import t from 'tap';
-import { FileExport, NbdServer } from '@ark/nbd';
-import { makeRandomFile, makeSparseFile, run, tempDir } from './nbd-test-env.ts';
+import { FileExport } from '@ark/nbd';
+import { fileRange, makeRandomFile, makeSparseFile, run, serveOnTcpAndUnix, tempDir } from './nbd-test-env.ts';
 
 const MiB = 1024 * 1024;
 const dir = tempDir(t);
@@ -22,23 +21,7 @@ const exports = [
   await FileExport.open(slicePath, { name: 'slice', offset: MiB, size: 4 * MiB, blockSize: { minimum: 4096 } }),
   await FileExport.open(rwPath, { name: 'rw', readOnly: false }),
 ];
-const server = new NbdServer({ exports });
-const tcp = await server.listen({ port: 0 });
-const sock = join(dir, 'nbd.sock');
-await server.listen({ path: sock });
-t.teardown(async () => {
-  await server.close();
-  for (const e of exports) await e.close();
-});
-const port = 'port' in tcp ? tcp.port : 0;
-
-function bytes(path: string, offset: number, length: number): Buffer {
-  const fd = openSync(path, 'r');
-  const b = Buffer.alloc(length);
-  readSync(fd, b, 0, length, offset);
-  closeSync(fd);
-  return b;
-}
+const { port, sock } = await serveOnTcpAndUnix(t, dir, exports);
 
 t.test('qemu-img compare finds the export identical to the file', async (t) => {
   for (const uri of [`nbd:unix:${sock}:exportname=sparse`, `nbd://127.0.0.1:${port}/sparse`, `nbd+unix:///sparse?socket=${sock}`]) {
@@ -54,7 +37,7 @@ t.test('qemu-img addresses a slice exported with a 4 KiB minimum block size', as
   const out = join(dir, 'slice-copy.img');
   const c = await run('qemu-img', ['convert', '-f', 'raw', '-O', 'raw', `nbd+unix:///slice?socket=${sock}`, out]);
   t.equal(c.code, 0, c.stderr);
-  t.same(bytes(out, 0, 4 * MiB), bytes(slicePath, MiB, 4 * MiB));
+  t.same(fileRange(out, 0, 4 * MiB), fileRange(slicePath, MiB, 4 * MiB));
 });
 
 t.test('qemu-img map reports the holes', async (t) => {
@@ -73,16 +56,16 @@ t.test('qemu-io writes, zeroes and discards on a writable export', async (t) => 
   const r = await run('qemu-io', ['-f', 'raw', '-c', 'write -P 0xab 1M 64k', '-c', 'write -z 2M 128k', '-c', 'write -f -P 0x5a 3M 4k', '-c', 'discard 4M 64k', '-c', 'flush', '-c', 'read -P 0xab 1M 64k', uri]);
   t.equal(r.code, 0, r.stderr);
   t.notMatch(r.stdout, /fail|error|Pattern verification failed/i, r.stdout);
-  t.same(bytes(rwPath, MiB, 64 * 1024), Buffer.alloc(64 * 1024, 0xab));
-  t.same(bytes(rwPath, 2 * MiB, 128 * 1024), Buffer.alloc(128 * 1024));
-  t.same(bytes(rwPath, 3 * MiB, 4096), Buffer.alloc(4096, 0x5a));
+  t.same(fileRange(rwPath, MiB, 64 * 1024), Buffer.alloc(64 * 1024, 0xab));
+  t.same(fileRange(rwPath, 2 * MiB, 128 * 1024), Buffer.alloc(128 * 1024));
+  t.same(fileRange(rwPath, 3 * MiB, 4096), Buffer.alloc(4096, 0x5a));
   const tcpWrite = await run('qemu-io', ['-f', 'raw', '-c', 'write -P 0x11 0 8k', `nbd://127.0.0.1:${port}/rw`]);
   t.equal(tcpWrite.code, 0, tcpWrite.stderr);
-  t.same(bytes(rwPath, 0, 8192), Buffer.alloc(8192, 0x11));
+  t.same(fileRange(rwPath, 0, 8192), Buffer.alloc(8192, 0x11));
 });
 
 t.test('qemu-io cannot write to a read-only export', async (t) => {
   const r = await run('qemu-io', ['-f', 'raw', '-c', 'write -P 0xab 0 4k', `nbd://127.0.0.1:${port}/sparse`]);
   t.match(r.stdout + r.stderr, /read-only|Operation not permitted|Permission denied/i);
-  t.same(bytes(sparsePath, 0, 16), bytes(sparsePath, 0, 16));
+  t.same(fileRange(sparsePath, 0, 16), fileRange(sparsePath, 0, 16));
 });

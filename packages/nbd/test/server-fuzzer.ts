@@ -6,6 +6,7 @@ import { duplexPair } from 'node:stream';
 import { MemoryExport, NbdClient, NbdServer, Command, CommandFlag, Option, type NbdExport } from '@ark/nbd';
 import { decodeString, parseExportQuery, parseMetaContextQuery, parseRequestHeader } from '../src/wire-parsers.ts';
 import { parsePskKeys } from '../src/psk-keys.ts';
+import { optionBytes, requestBytes } from './nbd-test-env.ts';
 
 export interface FuzzReport {
   parserCases: number;
@@ -55,21 +56,6 @@ const u16 = (n: number) => {
 };
 const str = (s: string) => Buffer.concat([u32(Buffer.byteLength(s)), Buffer.from(s)]);
 
-function option(code: number, data: Buffer = Buffer.alloc(0)): Buffer {
-  return Buffer.concat([Buffer.from('IHAVEOPT'), u32(code), u32(data.length), data]);
-}
-
-function request(type: number, flags: number, offset: number, length: number, cookie: number): Buffer {
-  const b = Buffer.alloc(28);
-  b.writeUInt32BE(0x25609513, 0);
-  b.writeUInt16BE(flags, 4);
-  b.writeUInt16BE(type, 6);
-  b.writeUInt32BE(cookie, 12);
-  b.writeBigUInt64BE(BigInt(offset), 16);
-  b.writeUInt32BE(length, 24);
-  return b;
-}
-
 const NAMES = ['', 'mem', 'ro', 'failing', 'nope'];
 
 function exportQuery(r: Random, valid = false): Buffer {
@@ -90,12 +76,12 @@ function session(r: Random): Buffer[] {
   for (let i = 0; i < options; i++) {
     const code = r.pick([Option.list, Option.info, Option.structuredReply, Option.structuredReply, Option.listMetaContext, Option.setMetaContext, Option.setMetaContext, Option.startTls, Option.abort, 0x55]);
     const data = code === Option.info ? exportQuery(r) : code === Option.listMetaContext || code === Option.setMetaContext ? metaQuery(r) : Buffer.alloc(0);
-    parts.push(option(code, data));
+    parts.push(optionBytes(code, data));
   }
   if (r.int(4) === 0) {
-    parts.push(option(Option.exportName, Buffer.from(r.pick(NAMES))));
+    parts.push(optionBytes(Option.exportName, Buffer.from(r.pick(NAMES))));
   } else {
-    parts.push(option(Option.go, exportQuery(r, true)));
+    parts.push(optionBytes(Option.go, exportQuery(r, true)));
   }
   const requests = r.int(12);
   for (let i = 0; i < requests; i++) {
@@ -103,11 +89,11 @@ function session(r: Random): Buffer[] {
     const flags = r.int(4) === 0 ? r.int(64) : r.pick([0, CommandFlag.fua, CommandFlag.df, CommandFlag.reqOne, CommandFlag.noHole | CommandFlag.fastZero]);
     const offset = r.int(5) === 0 ? r.next() * 4096 : r.int(1 << 20);
     const length = r.int(6) === 0 ? r.next() : r.int(70_000);
-    parts.push(request(type, flags, offset, length, i));
+    parts.push(requestBytes(type, offset, length, i, flags));
     // usually the whole payload, sometimes a short one (capped: the fuzzer must stay fast)
     if (type === Command.write) parts.push(r.bytes(Math.min(length, r.int(3) === 0 ? r.int(100_000) : 200_000)));
   }
-  if (r.int(3) === 0) parts.push(request(Command.disc, 0, 0, 0, 99));
+  if (r.int(3) === 0) parts.push(requestBytes(Command.disc, 0, 0, 99));
   return parts;
 }
 
@@ -147,7 +133,7 @@ function mutate(r: Random, input: Buffer): Buffer {
 }
 
 function fuzzParsers(r: Random, cases: number, failures: string[]): void {
-  const seeds = [exportQuery(r), metaQuery(r), request(0, 0, 0, 512, 1), Buffer.from('alice:00ff\n')];
+  const seeds = [exportQuery(r), metaQuery(r), requestBytes(0, 0, 512, 1), Buffer.from('alice:00ff\n')];
   for (let i = 0; i < cases; i++) {
     const input = r.int(3) === 0 ? r.bytes(r.int(200)) : mutate(r, r.pick(seeds));
     try {

@@ -1,6 +1,6 @@
 import { closeSync, fstatSync, fsyncSync, ftruncateSync, openSync, readSync, renameSync, rmSync, writeSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
-import { MemberHasher, hashChunkBytes, indexMemberName, memberAlignment, packageFormatVersion, zeroBlockSize, dataExtents, type MemberEntry, type MemberName, type PackageIndex } from './package-index.ts';
+import { MemberHasher, hashChunkBytes, indexMemberName, memberAlignment, packageFormatVersion, zeroBlockSize, dataExtents, type MemberName, type PackageIndex } from './package-index.ts';
 import { paxPadding, tarBlock, ustarHeader } from './tar-header.ts';
 
 export type MemberSource = { name: MemberName; path: string } | { name: MemberName; bytes: Buffer };

@@ -115,18 +115,25 @@ function fork(config: RegistryConfig): Worker {
 
 function whenReady(worker: Worker): Promise<BoundAddress> {
   return new Promise((resolve, reject) => {
+    const settle = () => {
+      worker.off('message', onMessage);
+      worker.off('exit', onExit);
+    };
     const onMessage = (message: WorkerMessage) => {
       if (message?.kind === 'ready') {
-        worker.off('exit', onExit);
+        settle();
         resolve(message.bound);
       } else if (message?.kind === 'failed') {
-        worker.off('exit', onExit);
+        settle();
         reject(new ArkError(message.code, message.message, { hint: message.hint, exitCode: message.exitCode as ExitCode }));
       }
     };
-    const onExit = (code: number | null, signal: string | null) => reject(new ArkError('WORKER_DIED', `a worker exited before it was ready (${signal ?? `code ${code}`})`, { exitCode: ExitCode.failure }));
+    const onExit = (code: number | null, signal: string | null) => {
+      settle();
+      reject(new ArkError('WORKER_DIED', `a worker exited before it was ready (${signal ?? `code ${code}`})`, { exitCode: ExitCode.failure }));
+    };
     worker.on('message', onMessage);
-    worker.once('exit', onExit);
+    worker.on('exit', onExit);
   });
 }
 

@@ -1,26 +1,17 @@
 import { readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { ArkError, ExitCode, createOwnedDir, whenStopped, type StopSignal } from '@ark/cli';
 import { AgentClient, guestPorts, livenessReady, syncMarker, type AgentMessage } from '@ark/guest-protocol';
 import { randomUUID } from 'node:crypto';
 import { createConnection, type Socket } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { QemuVm, chooseAccelerator, type DiskSpec, type VmExit, type VmSpec } from '@ark/vmm';
+import { QemuVm, chooseAccelerator, type VmExit, type VmSpec } from '@ark/vmm';
 
-export interface GuestVmOptions {
-  kernelPath: string;
-  initramfsPath: string;
-  cmdline: string;
-  disks: DiskSpec[];
-  cpus: number;
-  memoryMiB: number;
-  memoryFile?: string;
-  incoming?: string;
-  network?: VmSpec['network'];
+/** The VM's shape (as QemuVm takes it, less what GuestVm supplies) and where the workload's output goes. */
+export type GuestVmOptions = Omit<VmSpec, 'ports' | 'runtimeDir' | 'accelerator'> & {
   onStdout: (chunk: Buffer) => void;
   onStderr: (chunk: Buffer) => void;
-}
+};
 
 export type WorkloadExit = { code: number; signal: string | null };
 
@@ -51,16 +42,9 @@ export class GuestVm {
     const runtimeDir = createOwnedDir(tmpdir(), 'ark-vm-');
     let vm: QemuVm | undefined;
     try {
+      const { onStdout: _out, onStderr: _err, ...spec } = options;
       vm = await QemuVm.start({
-        kernelPath: options.kernelPath,
-        initramfsPath: options.initramfsPath,
-        cmdline: options.cmdline,
-        disks: options.disks,
-        cpus: options.cpus,
-        memoryMiB: options.memoryMiB,
-        memoryFile: options.memoryFile,
-        incoming: options.incoming,
-        network: options.network,
+        ...spec,
         ports: [guestPorts.agent, guestPorts.liveness],
         runtimeDir,
         accelerator,
