@@ -24,6 +24,7 @@ debs=(
   docker-registry skopeo umoci
   nbdkit libnbd-bin fuse3 gnutls-bin
   redis-server redis-tools openssl
+  gcc libc6-dev
 )
 missing=()
 for p in "${debs[@]}"; do
@@ -76,6 +77,9 @@ fi
 cd "$root"
 say "installing workspace dependencies"
 CI=true pnpm install --frozen-lockfile --reporter=silent 2>/dev/null || CI=true pnpm install --reporter=silent
+
+# ark-registry sends package data with sendfile(2) through a small C addon
+node packages/nbd/native/build.ts
 
 for bin in packages/*/bin/ark-*.ts; do
   [ -e "$bin" ] || continue

@@ -2,7 +2,7 @@ import fs from 'node:fs';
 import type { Extent } from './extent.ts';
 import { ExtentMap } from './extent-map.ts';
 import { NbdError } from './nbd-error.ts';
-import { type BlockSizeConstraints, DEFAULT_BLOCK_SIZE, type NbdExport, type WriteZeroesOptions, validateExport } from './nbd-export.ts';
+import { type BlockSizeConstraints, DEFAULT_BLOCK_SIZE, type FileRange, type NbdExport, type WriteZeroesOptions, validateExport } from './nbd-export.ts';
 import { Errno } from './protocol-constants.ts';
 
 export interface FileExportOptions {
@@ -98,9 +98,35 @@ export class FileExport implements NbdExport {
     }
   }
 
+  /** Read-only exports only: a write could change the pages while the socket still holds them. */
+  fileRange(offset: number): FileRange | undefined {
+    if (!this.readOnly || this.#closed || this.#readsAsync()) return undefined;
+    return { fd: this.fd, position: this.#base + offset };
+  }
+
+  inlineIoTook(ms: number): void {
+    if (this.io === 'auto') this.#noteInlineRead(ms);
+  }
+
+  #readsAsync(): boolean {
+    return this.io === 'async' || (this.io === 'auto' && performance.now() < this.#asyncUntil);
+  }
+
+  /**
+   * Reads that keep being slow go to the disk: keep the event loop free for a
+   * while. One slow read alone is more likely the scheduler (a busy machine).
+   */
+  #noteInlineRead(ms: number): void {
+    if (ms <= SLOW_READ_MS) this.#slowReads = 0;
+    else if (++this.#slowReads >= SLOW_READS_TO_SWITCH) {
+      this.#slowReads = 0;
+      this.#asyncUntil = performance.now() + ASYNC_SPELL_MS;
+    }
+  }
+
   read(offset: number, into: Buffer): Promise<void> | void {
     const position = this.#base + offset;
-    if (this.io === 'async' || (this.io === 'auto' && performance.now() < this.#asyncUntil)) {
+    if (this.#readsAsync()) {
       return new Promise((resolve, reject) => readFully(this.fd, into, 0, into.length, position, resolve, reject));
     }
     const t0 = this.io === 'auto' ? performance.now() : 0;
@@ -113,14 +139,7 @@ export class FileExport implements NbdExport {
       }
       done += n;
     }
-    if (this.io !== 'auto') return;
-    // reads that keep being slow go to the disk: keep the event loop free for a
-    // while. One slow read alone is more likely the scheduler (a busy machine).
-    if (performance.now() - t0 <= SLOW_READ_MS) this.#slowReads = 0;
-    else if (++this.#slowReads >= SLOW_READS_TO_SWITCH) {
-      this.#slowReads = 0;
-      this.#asyncUntil = performance.now() + ASYNC_SPELL_MS;
-    }
+    if (this.io === 'auto') this.#noteInlineRead(performance.now() - t0);
   }
 
   async write(offset: number, data: Buffer, fua: boolean): Promise<void> {

@@ -21,6 +21,11 @@ export interface WriteZeroesOptions {
   fastZero: boolean;
 }
 
+export interface FileRange {
+  fd: number;
+  position: number;
+}
+
 type MaybePromise<T> = T | Promise<T>;
 
 /**
@@ -44,6 +49,16 @@ export interface NbdExport {
 
   /** Fills all of `into` with the bytes at `offset`. */
   read(offset: number, into: Buffer): MaybePromise<void>;
+  /**
+   * Where the bytes at `offset` lie in a file the export holds open, so that
+   * the server can send them with sendfile instead of reading them: file
+   * bytes past its end count as zeroes. Undefined sends them through `read`.
+   * Only for data that no write can change while it waits in the socket
+   * (the kernel sends the page cache as it is then).
+   */
+  fileRange?(offset: number, length: number): FileRange | undefined;
+  /** Told how long a sendfile of its bytes took, to judge whether they come from disk. */
+  inlineIoTook?(ms: number): void;
   write?(offset: number, data: Buffer, fua: boolean): MaybePromise<void>;
   flush?(): MaybePromise<void>;
   trim?(offset: number, length: number, fua: boolean): MaybePromise<void>;

@@ -2,7 +2,7 @@ import type { Duplex } from 'node:stream';
 import type { BufferPool } from './buffer-pool.ts';
 import { type Extent, kindToFlags } from './extent.ts';
 import { errnoName, toErrno } from './nbd-error.ts';
-import type { BlockSizeConstraints, NbdExport } from './nbd-export.ts';
+import type { BlockSizeConstraints, FileRange, NbdExport } from './nbd-export.ts';
 import {
   BASE_ALLOCATION,
   ClientFlag,
@@ -24,6 +24,7 @@ import { ByteQueue } from './byte-queue.ts';
 import { clipExtents, u16, writeChunkHeader, writeSimpleReply } from './reply-encoding.ts';
 import type { NbdServerEvent, NbdServerLimits } from './server-limits.ts';
 import { type PskLookup, startServerTls } from './tls-psk.ts';
+import { SocketWriter, sendfileSupport, socketDescriptor } from './socket-writer.ts';
 import { type RequestHeader, decodeString, parseExportQuery, parseMetaContextQuery, parseRequestHeader } from './wire-parsers.ts';
 
 /** What a connection needs from its server. */
@@ -99,6 +100,10 @@ export class ServerConnection {
   #pumping = false;
   #payload: RequestHeader | undefined;
   #drainLeft = 0;
+  /** sends replies once the handshake's bytes are out, when the export has file ranges */
+  #writer: SocketWriter | undefined;
+  #wantWriter = false;
+  #ending = false;
 
   readonly #onData = (chunk: Buffer) => this.#receive(chunk);
   readonly #onDrain = () => {
@@ -136,11 +141,12 @@ export class ServerConnection {
    */
   checkStall(now: number, stallMs: number): void {
     if (this.#closed) return;
-    if (this.#socket.writableLength === 0) {
+    if (this.#queuedReplyBytes() === 0) {
       this.#lastProgress = now;
       return;
     }
-    if (now - this.#lastProgress > stallMs) this.#fail(`client read no replies for ${Math.round(stallMs / 1000)} s`);
+    const progress = Math.max(this.#lastProgress, this.#writer?.lastProgress ?? 0);
+    if (now - progress > stallMs) this.#fail(`client read no replies for ${Math.round(stallMs / 1000)} s`);
   }
 
   destroy(): void {
@@ -168,6 +174,7 @@ export class ServerConnection {
     if (this.#payload !== undefined) this.#releaseBudget(this.#payload.length);
     this.#payload = undefined;
     this.#ctx.budget.waiters.delete(this.#onDrain);
+    this.#writer?.close();
     if (this.#timer) clearTimeout(this.#timer);
     this.#ctx.emit({ kind: 'disconnect', connection: this.id });
   }
@@ -211,7 +218,32 @@ export class ServerConnection {
       done?.(new Error('closed'));
       return;
     }
-    this.#socket.write(buf, done);
+    const writer = this.#writer;
+    if (writer !== undefined) {
+      writer.buffer(buf);
+      writer.commit(buf.length, done);
+      return;
+    }
+    if (!this.#wantWriter) {
+      this.#socket.write(buf, done);
+      return;
+    }
+    this.#socket.write(buf, (err) => {
+      done?.(err);
+      this.#startWriterIfQuiet();
+    });
+  }
+
+  /** Reply bytes handed over and not yet taken by the kernel. */
+  #queuedReplyBytes(): number {
+    return this.#writer?.queuedBytes ?? this.#socket.writableLength;
+  }
+
+  /** Moves the sending to a SocketWriter once Node has written everything it was given. */
+  #startWriterIfQuiet(): void {
+    if (!this.#wantWriter || this.#closed || this.#socket.writableLength > 0) return;
+    this.#wantWriter = false;
+    this.#writer = SocketWriter.open(this.#socket, () => this.destroy());
   }
 
   #receive(chunk: Buffer): void {
@@ -478,14 +510,20 @@ export class ServerConnection {
     this.#blockSize = blockSize;
     if (this.#metaExport !== name) this.#allocationSelected = false;
     this.#state = 'request';
-    this.#ctx.emit({ kind: 'open', connection: this.id, export: exp.name, structuredReplies: this.#structured });
+    if (exp.fileRange !== undefined && !this.#tlsActive && socketDescriptor(this.#socket) !== undefined && sendfileSupport().available) {
+      this.#wantWriter = true;
+      // the callback runs once every earlier write is with the kernel
+      if (this.#socket.writableLength === 0) this.#startWriterIfQuiet();
+      else this.#socket.write(Buffer.alloc(0), () => this.#startWriterIfQuiet());
+    }
+    this.#ctx.emit({ kind: 'open', connection: this.id, export: exp.name, structuredReplies: this.#structured, sendfile: this.#wantWriter || this.#writer !== undefined });
   }
 
   // ---- transmission ----
 
   #flowBlocked(): boolean {
     const limits = this.#ctx.limits;
-    if (this.#inflight >= limits.maxInflightRequests || this.#inflightBytes >= limits.maxInflightBytes || this.#socket.writableLength >= MAX_QUEUED_REPLY_BYTES) return true;
+    if (this.#inflight >= limits.maxInflightRequests || this.#inflightBytes >= limits.maxInflightBytes || this.#queuedReplyBytes() >= MAX_QUEUED_REPLY_BYTES) return true;
     const budget = this.#ctx.budget;
     if (budget.used < budget.max) return false;
     // the server as a whole holds too much: wait for any connection to give some back
@@ -538,11 +576,17 @@ export class ServerConnection {
   }
 
   #finishIfIdle(): void {
-    if (this.#inflight > 0 || this.#closed) return;
+    if (this.#inflight > 0 || this.#closed || this.#ending) return;
+    this.#ending = true;
     // NBD_CMD_DISC: all replies are queued; end (closing TLS cleanly) once they are sent
-    this.#socket.end();
-    const t = setTimeout(() => this.destroy(), 5000);
-    t.unref?.();
+    const end = () => {
+      this.#writer?.close();
+      this.#socket.end();
+      const t = setTimeout(() => this.destroy(), 5000);
+      t.unref?.();
+    };
+    if (this.#writer === undefined) end();
+    else this.#writer.whenIdle(end);
   }
 
   /** Checks a request against the export; returns an error value or 0. */
@@ -667,6 +711,16 @@ export class ServerConnection {
 
   /** One OFFSET_DATA chunk (DONE) with the header in front of the data in one buffer. */
   #readDense(h: RequestHeader, zeroRanges: Extent[] | undefined): void {
+    const range = zeroRanges === undefined ? this.#fileRange(h.offset, h.length) : undefined;
+    if (range !== undefined) {
+      const header = Buffer.allocUnsafe(DATA_HEADER);
+      writeChunkHeader(header, 0, ReplyFlag.done, ReplyType.offsetData, h, h.length + 8);
+      header.writeUInt32BE(Math.floor(h.offset / 0x100000000), 20);
+      header.writeUInt32BE(h.offset >>> 0, 24);
+      this.#writer!.buffer(header);
+      this.#writer!.file(range.fd, range.position, h.length);
+      return this.#commitFileReply(DATA_HEADER + h.length, h.length);
+    }
     const pool = this.#ctx.pool;
     const buf = pool.get(h.length + DATA_HEADER, DATA_HEADER);
     writeChunkHeader(buf, 0, ReplyFlag.done, ReplyType.offsetData, h, h.length + 8);
@@ -688,6 +742,14 @@ export class ServerConnection {
   }
 
   #readSimple(h: RequestHeader): void {
+    const range = this.#fileRange(h.offset, h.length);
+    if (range !== undefined) {
+      const header = Buffer.allocUnsafe(16);
+      writeSimpleReply(header, 0, h);
+      this.#writer!.buffer(header);
+      this.#writer!.file(range.fd, range.position, h.length);
+      return this.#commitFileReply(16 + h.length, h.length);
+    }
     const pool = this.#ctx.pool;
     const buf = pool.get(h.length + 16, 16);
     writeSimpleReply(buf, 0, h);
@@ -700,6 +762,25 @@ export class ServerConnection {
         this.#end(h.length);
       },
     );
+  }
+
+  /** Where the export's bytes lie in a file, when the writer can send them from there. */
+  #fileRange(offset: number, length: number): FileRange | undefined {
+    if (this.#writer === undefined || this.#writer.closed) return undefined;
+    return this.#exp!.fileRange?.(offset, length);
+  }
+
+  /** Ends a reply given to the writer with file ranges in it. */
+  #commitFileReply(bytes: number, accounted: number): void {
+    const writer = this.#writer!;
+    const t0 = performance.now();
+    writer.commit(bytes, () => {
+      this.#releaseBudget(accounted);
+      if (this.#readPaused) this.#onDrain();
+    });
+    // sendfile reads the file on this thread: slow ones mean the disk
+    this.#exp!.inlineIoTook?.(performance.now() - t0);
+    this.#end(accounted, true);
   }
 
   #sendData(buf: Buffer, length: number, accounted: number): void {
@@ -719,6 +800,20 @@ export class ServerConnection {
    */
   #sendPooled(chunks: Buffer[], owned: Buffer[], accounted: number): void {
     const pool = this.#ctx.pool;
+    const writer = this.#writer;
+    if (writer !== undefined) {
+      let bytes = 0;
+      for (const c of chunks) {
+        writer.buffer(c);
+        bytes += c.length;
+      }
+      writer.commit(bytes, () => {
+        this.#releaseBudget(accounted);
+        for (const b of owned) pool.release(b);
+        if (this.#readPaused) this.#onDrain();
+      });
+      return this.#end(accounted, true);
+    }
     const s = this.#socket;
     // #receive corks the socket to send small replies in one go; a data reply
     // goes now, with whatever is corked before it (it would otherwise wait for
@@ -764,6 +859,7 @@ export class ServerConnection {
     }
     if (extents.length === 1 && extents[0]!.kind === 'data') return this.#readDense(h, undefined);
     if (extents.length > MAX_READ_CHUNKS) return this.#readDense(h, extents.filter((e) => e.kind !== 'data'));
+    if (this.#sendSparseFromFile(h, extents)) return;
     const pool = this.#ctx.pool;
     const chunks: Buffer[] = [];
     const reads: Promise<void>[] = [];
@@ -814,6 +910,32 @@ export class ServerConnection {
         this.#end(h.length);
       },
     );
+  }
+
+  /** The chunks of a sparse read with the data sent from the file; false when the export has no file ranges now. */
+  #sendSparseFromFile(h: RequestHeader, extents: Extent[]): boolean {
+    const writer = this.#writer;
+    if (writer === undefined || writer.closed || this.#exp!.fileRange === undefined) return false;
+    const ranges = extents.map((e) => (e.kind === 'data' ? this.#exp!.fileRange!(e.offset, e.length) : undefined));
+    if (extents.some((e, i) => e.kind === 'data' && ranges[i] === undefined)) return false;
+    let bytes = 0;
+    for (const [i, e] of extents.entries()) {
+      const flags = i === extents.length - 1 ? ReplyFlag.done : 0;
+      const range = ranges[i];
+      const header = Buffer.allocUnsafe(range !== undefined ? DATA_HEADER : 32);
+      writeChunkHeader(header, 0, flags, range !== undefined ? ReplyType.offsetData : ReplyType.offsetHole, h, range !== undefined ? e.length + 8 : 12);
+      header.writeUInt32BE(Math.floor(e.offset / 0x100000000), 20);
+      header.writeUInt32BE(e.offset >>> 0, 24);
+      if (range === undefined) header.writeUInt32BE(e.length, 28);
+      writer.buffer(header);
+      bytes += header.length;
+      if (range !== undefined) {
+        writer.file(range.fd, range.position, e.length);
+        bytes += e.length;
+      }
+    }
+    this.#commitFileReply(bytes, h.length);
+    return true;
   }
 
   #runBlockStatus(h: RequestHeader): void {
