@@ -1,4 +1,5 @@
 export { NbdServer } from './nbd-server.ts';
+export { sendfileSupport } from './socket-writer.ts';
 export type { NbdServerOptions, NbdServerTlsOptions, ListenAddress, BoundAddress } from './nbd-server.ts';
 export { DEFAULT_LIMITS } from './server-limits.ts';
 export type { NbdServerLimits, NbdServerEvent } from './server-limits.ts';

@@ -53,8 +53,8 @@ export interface NbdExport {
    * Where the bytes at `offset` lie in a file the export holds open, so that
    * the server can send them with sendfile instead of reading them: file
    * bytes past its end count as zeroes. Undefined sends them through `read`.
-   * Only for data that no write can change while it waits in the socket
-   * (the kernel sends the page cache as it is then).
+   * Asked on read-only exports only: the kernel sends the page cache as it is
+   * when the socket takes it, so a write could change data already answered.
    */
   fileRange?(offset: number, length: number): FileRange | undefined;
   /** Told how long a sendfile of its bytes took, to judge whether they come from disk. */

@@ -510,7 +510,7 @@ export class ServerConnection {
     this.#blockSize = blockSize;
     if (this.#metaExport !== name) this.#allocationSelected = false;
     this.#state = 'request';
-    if (exp.fileRange !== undefined && !this.#tlsActive && socketDescriptor(this.#socket) !== undefined && sendfileSupport().available) {
+    if (exp.fileRange !== undefined && exp.readOnly && !this.#tlsActive && socketDescriptor(this.#socket) !== undefined && sendfileSupport().available) {
       this.#wantWriter = true;
       // the callback runs once every earlier write is with the kernel
       if (this.#socket.writableLength === 0) this.#startWriterIfQuiet();

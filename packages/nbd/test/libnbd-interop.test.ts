@@ -35,7 +35,10 @@ const exports = [
   await FileExport.open(sparsePath, { name: 'app/disk', description: 'a slice', offset: sliceOffset, size: sliceSize, extents: sliceExtents, blockSize: { minimum: 512 } }),
   await FileExport.open(rwPath, { name: 'rw', readOnly: false }),
 ];
-const { port, sock } = await serveOnTcpAndUnix(t, dir, exports);
+const sendfileByExport = new Map<string, boolean[]>();
+const { port, sock } = await serveOnTcpAndUnix(t, dir, exports, (e) => {
+  if (e.kind === 'open') sendfileByExport.set(e.export, [...(sendfileByExport.get(e.export) ?? []), e.sendfile]);
+});
 const tcpUri = (name: string) => `nbd://127.0.0.1:${port}/${name}`;
 const unixUri = (name: string) => `nbd+unix:///${name}?socket=${sock}`;
 
@@ -95,6 +98,16 @@ t.test('nbdcopy reads byte-exact copies over TCP and Unix sockets', async (t) =>
   // to stdout, no block status (every hole read as OFFSET_HOLE chunks)
   const piped = await run('sh', ['-c', `nbdcopy --no-extents '${tcpUri('app/disk')}' - | sha256sum`]);
   t.equal(piped.stdout.split(' ')[0], sha256(fileRange(sparsePath, sliceOffset, sliceSize)));
+});
+
+t.test('read-only file exports send their data by sendfile; writable ones do not', async (t) => {
+  // by now nbdinfo and nbdcopy have opened each export over TCP and Unix sockets
+  for (const name of ['sparse', 'app/disk']) {
+    const seen = sendfileByExport.get(name) ?? [];
+    t.ok(seen.length > 0 && seen.every((s) => s), `${name}: ${seen.length} connections, all by sendfile`);
+  }
+  const rw = sendfileByExport.get('rw') ?? [];
+  t.ok(rw.length > 0 && rw.every((s) => !s), `rw: ${rw.length} connections, none by sendfile`);
 });
 
 t.test('nbdcopy writes to a writable export byte-exactly', async (t) => {

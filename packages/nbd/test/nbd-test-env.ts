@@ -6,7 +6,7 @@ import { mkdtempSync, openSync, closeSync, ftruncateSync, readFileSync, readSync
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { type Extent, type NbdExport, NbdServer } from '@ark/nbd';
+import { type Extent, type NbdExport, NbdServer, type NbdServerEvent } from '@ark/nbd';
 
 export interface TapLike {
   teardown(fn: () => unknown): void;
@@ -102,8 +102,8 @@ export function fileRange(path: string, offset: number, length: number): Buffer 
 }
 
 /** Our server over `exports`, on a free TCP port and on a Unix socket in `dir`; closed with the test. */
-export async function serveOnTcpAndUnix(t: TapLike, dir: string, exports: NbdExport[]): Promise<{ server: NbdServer; port: number; sock: string }> {
-  const server = new NbdServer({ exports });
+export async function serveOnTcpAndUnix(t: TapLike, dir: string, exports: NbdExport[], onEvent?: (e: NbdServerEvent) => void): Promise<{ server: NbdServer; port: number; sock: string }> {
+  const server = new NbdServer({ exports, onEvent });
   const tcp = await server.listen({ port: 0 });
   const sock = join(dir, 'nbd.sock');
   await server.listen({ path: sock });

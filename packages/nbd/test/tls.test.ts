@@ -21,7 +21,8 @@ makeRandomFile(diskPath, 4 * MiB);
 
 t.test('our server requires TLS-PSK', async (t) => {
   const disk = await FileExport.open(diskPath, { name: 'secret-disk', description: 'secret' });
-  const server = new NbdServer({ exports: [disk], tls: { keys } });
+  const opens: boolean[] = [];
+  const server = new NbdServer({ exports: [disk], tls: { keys }, onEvent: (e) => e.kind === 'open' && opens.push(e.sendfile) });
   t.teardown(async () => {
     await server.close();
     await disk.close();
@@ -37,6 +38,7 @@ t.test('our server requires TLS-PSK', async (t) => {
   t.match(list.stdout, /secret-disk/, 'with the key the list is visible');
   const copy = await run('sh', ['-c', `nbdcopy '${uri}' - | sha256sum`]);
   t.equal(copy.stdout.split(' ')[0], sha256(diskPath), 'nbdcopy over TLS is byte-exact');
+  t.ok(opens.length > 0 && opens.every((s) => !s), 'TLS connections encrypt their data: no sendfile');
 
   for (const [what, u] of [
     ['no TLS', `nbd://127.0.0.1:${port}/`],

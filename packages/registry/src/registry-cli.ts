@@ -2,7 +2,7 @@ import { closeSync, openSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { cac } from 'cac';
 import { ArkError, ExitCode, runCli, stopSignals, whenStopped } from '@ark/cli';
-import type { BoundAddress, NbdExport } from '@ark/nbd';
+import { type BoundAddress, type NbdExport, sendfileSupport } from '@ark/nbd';
 import { type RegistryConfig, loadExports, packageSource, startRegistry, uriFor } from './registry-server.ts';
 import { RegistryWorkers, defaultWorkerCount } from './registry-workers.ts';
 
@@ -15,7 +15,7 @@ export async function main(argv: string[]): Promise<void> {
     .option('--laddr <host:port>', `Listen on this TCP address (default ${defaultAddress.host}:${defaultAddress.port}; loopback unless you say otherwise)`)
     .option('--socket <path>', 'Listen on a Unix socket instead')
     .option('--tls-psk <file>', 'Require TLS with pre-shared keys from this psktool key file')
-    .option('--workers <n>', `Serving processes sharing the address (default ${defaultWorkerCount()}: the cores, at most 8)`)
+    .option('--workers <n>', `Serving processes sharing the address (default ${defaultWorkerCount()}: half the cores with sendfile, all without, at most 8)`)
     .option('--json', 'Print the address and exports as JSON on stdout')
     .example('ark-registry redis.ark')
     .example('ark-registry redis.ark app.ark --laddr 0.0.0.0:1337 --tls-psk keys.psk')
@@ -62,8 +62,12 @@ export async function main(argv: string[]): Promise<void> {
         };
       }
       const uri = uriFor(bound);
+      // TLS encrypts in the process: its replies are copied whatever the platform offers
+      const support = sendfileSupport();
+      const sendfile = support.available && !tls;
+      if (!support.available) process.stderr.write(`ark-registry: data is copied through the process (slower): ${support.reason}\n`);
       if (options.json) {
-        process.stdout.write(`${JSON.stringify({ address: bound, uri, tls, workers, exports: exports.map((e) => ({ name: e.name, size: e.size, description: e.description })) })}\n`);
+        process.stdout.write(`${JSON.stringify({ address: bound, uri, tls, workers, sendfile, exports: exports.map((e) => ({ name: e.name, size: e.size, description: e.description })) })}\n`);
       } else {
         process.stdout.write(`${uri}\n`);
         for (const e of exports) process.stdout.write(`${e.name}\t${e.size}\n`);

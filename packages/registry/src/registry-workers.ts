@@ -3,18 +3,22 @@ import net from 'node:net';
 import { availableParallelism } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { ArkError, ExitCode } from '@ark/cli';
-import type { BoundAddress } from '@ark/nbd';
+import { type BoundAddress, sendfileSupport } from '@ark/nbd';
 import type { RegistryConfig } from './registry-server.ts';
 
 /**
  * Node serves every connection of a process on one thread; NBD clients that
  * open several connections (nbdcopy, QEMU with multi-conn) are served faster
- * by as many processes as there are cores, all accepting on one listening
- * socket (node:cluster). Each worker opens the packages itself: page cache,
- * not process memory, holds the data.
+ * by several processes, all accepting on one listening socket (node:cluster).
+ * Each worker opens the packages itself: page cache, not process memory,
+ * holds the data. A process that sends by sendfile needs little CPU per byte,
+ * so it gets half the cores and leaves the rest to the clients and the
+ * kernel's network work (on loopback, with 2 cores, a second worker made
+ * 4-connection TCP copies ~20% slower); one that copies gets them all.
  */
-export function defaultWorkerCount(): number {
-  return Math.max(1, Math.min(availableParallelism(), 8));
+export function defaultWorkerCount(sendfile = sendfileSupport().available): number {
+  const cores = availableParallelism();
+  return Math.max(1, Math.min(sendfile ? Math.floor(cores / 2) : cores, 8));
 }
 
 /** A crashing worker is replaced, unless workers keep dying: then the registry gives up. */

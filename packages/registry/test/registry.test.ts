@@ -1,5 +1,5 @@
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { closeSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, renameSync, statSync, truncateSync, writeFileSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -34,9 +34,11 @@ writePackage(pkg, [
 ]);
 const index = ArkPackage.open(pkg).index;
 
-async function startRegistry(args: string[], lastExport = 'app/memory'): Promise<{ child: ChildProcess; uri: string; stdout: string }> {
-  const child = startTool('registry', 'ark-registry', args);
+async function startRegistry(args: string[], lastExport = 'app/memory', env: Record<string, string> = {}): Promise<{ child: ChildProcess; uri: string; stdout: string; stderr: () => string }> {
+  const child = startTool('registry', 'ark-registry', args, env);
   let stdout = '';
+  let stderr = '';
+  child.stderr!.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
   await new Promise<void>((resolve, reject) => {
     child.stdout!.on('data', (chunk: Buffer) => {
       stdout += chunk.toString();
@@ -44,7 +46,7 @@ async function startRegistry(args: string[], lastExport = 'app/memory'): Promise
     });
     child.once('exit', (code) => reject(new Error(`ark-registry exited ${code}`)));
   });
-  return { child, uri: stdout.split('\n')[0]!, stdout };
+  return { child, uri: stdout.split('\n')[0]!, stdout, stderr: () => stderr };
 }
 
 const stop = async (child: ChildProcess) => {
@@ -94,6 +96,23 @@ t.test('nbdinfo, nbdcopy, nbdfuse and qemu-img read the package and its members'
   } finally {
     execFileSync('fusermount3', ['-u', mountpoint]);
     await new Promise((resolve) => (fuse.exitCode === null ? fuse.once('exit', resolve) : resolve(null)));
+  }
+});
+
+t.test('data goes by sendfile, or is copied through the process when that is turned off: the same bytes either way', async (t) => {
+  for (const [env, sendfile] of [[{}, true], [{ ARK_NBD_SENDFILE: '0' }, false]] as const) {
+    const { child, stdout, stderr } = await startRegistry([pkg, '--laddr', '127.0.0.1:0', '--workers', '2', '--json'], 'app/memory', env);
+    t.teardown(() => (child.exitCode === null && child.signalCode === null ? stop(child) : undefined));
+    const info = JSON.parse(stdout.split('\n')[0]!);
+    t.equal(info.sendfile, sendfile, `--json says sendfile: ${sendfile}`);
+    if (!sendfile) t.match(stderr(), /copied through the process.*ARK_NBD_SENDFILE=0/, 'and says why on stderr');
+    const whole = join(work, `whole-${sendfile}.copy`);
+    execFileSync('nbdcopy', ['--connections=4', '--requests=64', `${info.uri}/app`, whole]);
+    t.same(readFileSync(whole), readFileSync(pkg), `sendfile ${sendfile}: nbdcopy of the whole package with its holes is byte-exact`);
+    const piped = execFileSync('sh', ['-c', `nbdcopy --no-extents '${info.uri}/app/memory' - | sha256sum`], { encoding: 'utf8' });
+    const memoryBytes = readFileSync(memory);
+    t.equal(piped.split(' ')[0], createHash('sha256').update(memoryBytes).digest('hex'), `sendfile ${sendfile}: app/memory read as hole and data chunks is byte-exact`);
+    await stop(child);
   }
 });
 
