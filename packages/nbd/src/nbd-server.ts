@@ -101,7 +101,7 @@ export class NbdServer {
   /** Starts listening; resolves with the bound address (port 0 picks a free port). */
   listen(address: ListenAddress): Promise<BoundAddress> {
     if (this.#closing) return Promise.reject(new Error('server is closed'));
-    const server = net.createServer({ noDelay: true, pauseOnConnect: false }, (socket) => this.handle(socket));
+    const server = net.createServer({ noDelay: true, pauseOnConnect: false, allowHalfOpen: true }, (socket) => this.handle(socket));
     server.maxConnections = this.limits.maxConnections;
     server.on('error', () => {});
     this.#listeners.add(server);

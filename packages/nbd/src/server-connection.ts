@@ -104,6 +104,8 @@ export class ServerConnection {
   #writer: SocketWriter | undefined;
   #wantWriter = false;
   #ending = false;
+  /** the client has shut down its side: serve what it sent, then end ours */
+  #peerEnded = false;
 
   readonly #onData = (chunk: Buffer) => this.#receive(chunk);
   readonly #onDrain = () => {
@@ -111,6 +113,10 @@ export class ServerConnection {
     this.#resumeIfPossible();
   };
   #lastProgress = performance.now();
+  readonly #onEnd = () => {
+    this.#peerEnded = true;
+    this.#endIfPeerDone();
+  };
   readonly #onError = () => this.destroy();
   readonly #onClose = () => this.#cleanup();
 
@@ -159,6 +165,7 @@ export class ServerConnection {
   #attach(socket: Duplex): void {
     socket.on('data', this.#onData);
     socket.on('drain', this.#onDrain);
+    socket.on('end', this.#onEnd);
     if (socket !== this.#raw) {
       socket.on('error', this.#onError);
       socket.on('close', this.#onClose);
@@ -267,6 +274,30 @@ export class ServerConnection {
     } finally {
       this.#pumping = false;
     }
+    if (this.#peerEnded) this.#endIfPeerDone();
+  }
+
+  /**
+   * After the client shut down its side (the server listens with
+   * allowHalfOpen), the requests it sent are still served and their replies
+   * sent (as after NBD_CMD_DISC); only then does the server end its side.
+   */
+  #endIfPeerDone(): void {
+    // paused: complete requests still wait in the queue, and #pump comes back
+    if (this.#closed || this.#pumping || this.#readPaused || this.#state === 'tls') return;
+    if (this.#state === 'payload') {
+      // a write whose payload will never come: it is not served
+      const h = this.#payload!;
+      this.#payload = undefined;
+      this.#inflight--;
+      this.#inflightBytes -= h.length;
+      this.#releaseBudget(h.length);
+    }
+    if (this.#state !== 'closing') {
+      this.#state = 'closing';
+      this.#queue.clear();
+    }
+    this.#finishIfIdle();
   }
 
   #pumpLoop(): void {
@@ -423,6 +454,7 @@ export class ServerConnection {
     const raw = this.#socket;
     raw.off('data', this.#onData);
     raw.off('drain', this.#onDrain);
+    raw.off('end', this.#onEnd);
     let identity: string | undefined;
     const secure = startServerTls(raw, (id) => {
       identity = id;

@@ -254,6 +254,30 @@ t.test('many clients at once', async (t) => {
   await stillServes(t);
 });
 
+t.test('a client that shuts down its side after sending its requests still gets every reply, then the end', async (t) => {
+  for (const address of [{ port }, { path: sock }]) {
+    const p = new RawPeer(address);
+    t.teardown(() => p.destroy());
+    await p.handshake('disk');
+    const length = 256 * 1024;
+    const offsets = Array.from({ length: 48 }, (_, k) => (k * 3 * length) % (8 * MiB - length));
+    p.socket.pause(); // the replies pile up in the server before the client reads them
+    for (const [k, offset] of offsets.entries()) p.send(requestBytes(Command.read, offset, length, k));
+    p.socket.end();
+    await sleep(100);
+    p.socket.resume();
+    let good = 0;
+    for (const [k, offset] of offsets.entries()) {
+      const r = await p.simpleReply(length);
+      if (r.errno === 0 && r.cookie === k && r.data.equals(content.subarray(offset, offset + length))) good++;
+    }
+    t.equal(good, offsets.length, `${'port' in address ? 'TCP' : 'Unix'}: all ${offsets.length} replies whole and right`);
+    await p.waitClosed();
+    t.pass('then the server closed');
+  }
+  await stillServes(t);
+});
+
 t.test('every byte held for hostile clients was given back', async (t) => {
   await waitUntil(() => server.bytesHeld === 0, 'the server to hold nothing', 10_000);
   t.equal(server.bytesHeld, 0);
