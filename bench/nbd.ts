@@ -2,6 +2,7 @@
 // all serving the same .ark package: `nbdcopy URI null:` over TCP loopback and
 // a Unix socket, 1 and 4 connections.
 //   node bench/nbd.ts [--size-mib 1024] [--runs 5] [--workers N]
+// ARK_NBD_SENDFILE=0 measures ark-registry copying the data instead of sendfile.
 // stdout: a table (GB/s, median of the runs) and the ratio ark/nbdkit.
 import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
 import { randomFillSync } from 'node:crypto';
@@ -10,6 +11,7 @@ import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
+import { sendfileSupport } from '@ark/nbd';
 import { writePackage } from '@ark/package-format';
 
 const { values } = parseArgs({
@@ -156,7 +158,9 @@ for (const transport of ['tcp', 'unix'] as const) {
 
 const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
 const line = (cells: string[]) => `| ${cells.map((c, i) => c.padStart(widths[i]!)).join(' | ')} |`;
-process.stdout.write(`nbdcopy URI null: — a ${Math.round(bytes / 2 ** 20)} MiB package in the page cache, median of ${runs} runs${workers.length ? `, ark-registry ${workers.join(' ')}` : ''}\n`);
+const support = sendfileSupport();
+const how = support.available ? 'ark sends by sendfile' : `ark copies (${support.reason})`;
+process.stdout.write(`nbdcopy URI null: — a ${Math.round(bytes / 2 ** 20)} MiB package in the page cache, median of ${runs} runs, ${how}${workers.length ? `, ark-registry ${workers.join(' ')}` : ''}\n`);
 process.stdout.write(`${line(header)}\n|${widths.map((w) => '-'.repeat(w + 2)).join('|')}|\n`);
 for (const r of rows) process.stdout.write(`${line(r)}\n`);
 cleanup(); // the servers keep the event loop alive otherwise
