@@ -34,6 +34,8 @@ const exports = [
   await FileExport.open(sparsePath, { name: 'sparse', description: 'a sparse test disk', extents: layout }),
   await FileExport.open(sparsePath, { name: 'app/disk', description: 'a slice', offset: sliceOffset, size: sliceSize, extents: sliceExtents, blockSize: { minimum: 512 } }),
   await FileExport.open(rwPath, { name: 'rw', readOnly: false }),
+  // read-only but reading in the thread pool: its replies are copied, through the same socket writer
+  await FileExport.open(sparsePath, { name: 'pooled', extents: layout, io: 'async' }),
 ];
 const sendfileByExport = new Map<string, boolean[]>();
 const { port, sock } = await serveOnTcpAndUnix(t, dir, exports, (e) => {
@@ -47,7 +49,8 @@ t.test('nbdinfo --list shows every export with its description', async (t) => {
   t.equal(r.code, 0, r.stderr);
   const listed = JSON.parse(r.stdout) as { exports: { 'export-name': string; description?: string }[] };
   const byName = Object.fromEntries(listed.exports.map((e) => [e['export-name'], e.description]));
-  t.same(byName, { sparse: 'a sparse test disk', 'app/disk': 'a slice', rw: undefined });
+  t.same(Object.keys(byName).sort(), ['app/disk', 'pooled', 'rw', 'sparse']);
+  t.same(byName, { sparse: 'a sparse test disk', 'app/disk': 'a slice', rw: undefined, pooled: undefined });
   const text = await run('nbdinfo', ['--list', unixUri('')]);
   t.match(text.stdout, /export="app\/disk":\n\tdescription: a slice/);
 });
@@ -98,6 +101,20 @@ t.test('nbdcopy reads byte-exact copies over TCP and Unix sockets', async (t) =>
   // to stdout, no block status (every hole read as OFFSET_HOLE chunks)
   const piped = await run('sh', ['-c', `nbdcopy --no-extents '${tcpUri('app/disk')}' - | sha256sum`]);
   t.equal(piped.stdout.split(' ')[0], sha256(fileRange(sparsePath, sliceOffset, sliceSize)));
+});
+
+t.test('replies read in the thread pool go through the socket writer too, byte-exact', async (t) => {
+  const out = join(dir, 'pooled.img');
+  for (const uri of [tcpUri('pooled'), unixUri('pooled')]) {
+    writeFileSync(out, '');
+    const r = await run('nbdcopy', ['--connections=2', uri, out]);
+    t.equal(r.code, 0, r.stderr);
+    t.equal(sha256(out), sha256(sparsePath), uri);
+  }
+  const piped = await run('sh', ['-c', `nbdcopy --no-extents '${tcpUri('pooled')}' - | sha256sum`]);
+  t.equal(piped.stdout.split(' ')[0], sha256(sparsePath), 'hole chunks and copied data chunks');
+  const seen = sendfileByExport.get('pooled') ?? [];
+  t.ok(seen.length >= 3 && seen.every((s) => s), `${seen.length} connections, all with the writer`);
 });
 
 t.test('read-only file exports send their data by sendfile; writable ones do not', async (t) => {

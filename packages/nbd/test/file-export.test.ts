@@ -1,0 +1,58 @@
+// FileExport: slices, file ranges for sendfile, and the switch to the thread
+// pool when inline reads (or sendfiles) keep being slow.
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import t from 'tap';
+import { FileExport } from '@ark/nbd';
+import { fileRange, makeRandomFile, tempDir } from './nbd-test-env.ts';
+
+const dir = tempDir(t);
+const path = join(dir, 'disk.img');
+makeRandomFile(path, 1 << 20);
+
+t.test('a read-only slice gives file ranges at its offset; a writable export gives none', async (t) => {
+  const slice = await FileExport.open(path, { name: 'slice', offset: 65536, size: 131072 });
+  t.teardown(() => slice.close());
+  t.same(slice.fileRange(4096), { fd: slice.fd, position: 65536 + 4096 });
+  const rw = await FileExport.open(path, { name: 'rw', readOnly: false });
+  t.teardown(() => rw.close());
+  t.equal(rw.fileRange(0), undefined, 'a write could change pages still in the socket');
+});
+
+t.test('three slow inline reads in a row move reads to the thread pool for a while, sendfile included', async (t) => {
+  const exp = await FileExport.open(path, { name: 'auto' });
+  t.teardown(() => exp.close());
+  const into = Buffer.alloc(4096);
+  t.equal(exp.read(0, into), undefined, 'reads inline at first');
+  exp.inlineIoTook(50);
+  exp.inlineIoTook(50);
+  exp.inlineIoTook(1); // a fast one in between starts the count again
+  exp.inlineIoTook(50);
+  exp.inlineIoTook(50);
+  t.ok(exp.fileRange(0), 'two slow ones in a row are not enough');
+  exp.inlineIoTook(50);
+  t.equal(exp.fileRange(0), undefined, 'the third: no sendfile on the event loop');
+  const pending = exp.read(8192, into);
+  t.type(pending, Promise, 'reads go to the thread pool');
+  await pending;
+  t.ok(into.equals(fileRange(path, 8192, 4096)), 'and read right');
+  const sync = await FileExport.open(path, { name: 'sync', io: 'sync' });
+  t.teardown(() => sync.close());
+  for (let i = 0; i < 5; i++) sync.inlineIoTook(50);
+  t.ok(sync.fileRange(0), "io: 'sync' never switches");
+  const async_ = await FileExport.open(path, { name: 'async', io: 'async' });
+  t.teardown(() => async_.close());
+  t.equal(async_.fileRange(0), undefined, "io: 'async' never sends inline");
+});
+
+t.test('a slice past the end of its file reads as zeroes, inline and in the thread pool', async (t) => {
+  const short = join(dir, 'short.img');
+  writeFileSync(short, Buffer.alloc(1000, 0xcd));
+  for (const io of ['sync', 'async'] as const) {
+    const exp = await FileExport.open(short, { name: io, size: 8192, io });
+    const into = Buffer.alloc(8192, 0xff);
+    await exp.read(0, into);
+    t.ok(into.subarray(0, 1000).equals(Buffer.alloc(1000, 0xcd)) && into.subarray(1000).equals(Buffer.alloc(7192)), `${io}: the file, then zeroes`);
+    await exp.close();
+  }
+});
