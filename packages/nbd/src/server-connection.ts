@@ -869,6 +869,7 @@ export class ServerConnection {
           giveBack();
           // the queue is below the mark again: 'drain' fires only past the stream's high-water mark
           if (this.#readPaused) this.#onDrain();
+          if (this.#wantWriter) this.#startWriterIfQuiet();
         });
     }
     if (chunks.length > 1) s.uncork();

@@ -254,6 +254,36 @@ t.test('many clients at once', async (t) => {
   await stillServes(t);
 });
 
+t.test('requests sent with the handshake are answered in order while sending moves to sendfile', async (t) => {
+  for (const address of [{ port }, { path: sock }]) {
+    const p = new RawPeer(address);
+    t.teardown(() => p.destroy());
+    await p.next(18);
+    const length = 128 * 1024;
+    const offsets = Array.from({ length: 96 }, (_, k) => (k * 5 * length) % (8 * MiB - length));
+    // flags, GO, and the first half of the reads in one write: replies to them leave
+    // through Node's stream before the socket writer takes over
+    const first = offsets.slice(0, 48).map((offset, k) => requestBytes(Command.read, offset, length, k));
+    p.send(Buffer.concat([Buffer.from([0, 0, 0, 3]), optionBytes(Option.go, goData('disk')), ...first]));
+    for (;;) {
+      const r = await p.optionReply();
+      if (r.type === OptionReply.ack) break;
+    }
+    let good = 0;
+    for (const [k, offset] of offsets.slice(0, 48).entries()) {
+      const r = await p.simpleReply(length);
+      if (r.errno === 0 && r.cookie === k && r.data.equals(content.subarray(offset, offset + length))) good++;
+    }
+    p.send(Buffer.concat(offsets.slice(48).map((offset, k) => requestBytes(Command.read, offset, length, 48 + k))));
+    for (const [k, offset] of offsets.slice(48).entries()) {
+      const r = await p.simpleReply(length);
+      if (r.errno === 0 && r.cookie === 48 + k && r.data.equals(content.subarray(offset, offset + length))) good++;
+    }
+    t.equal(good, offsets.length, `${'port' in address ? 'TCP' : 'Unix'}: all ${offsets.length} replies whole, right and in order`);
+  }
+  await stillServes(t);
+});
+
 t.test('a client that shuts down its side after sending its requests still gets every reply, then the end', async (t) => {
   for (const address of [{ port }, { path: sock }]) {
     const p = new RawPeer(address);
