@@ -1,5 +1,5 @@
 import type { Extent } from './extent.ts';
-import { SIMPLE_REPLY_MAGIC, STRUCTURED_REPLY_MAGIC } from './protocol-constants.ts';
+import { ReplyType, SIMPLE_REPLY_MAGIC, STRUCTURED_REPLY_MAGIC } from './protocol-constants.ts';
 import type { RequestHeader } from './wire-parsers.ts';
 
 // Encoders for what the server sends in the transmission phase.
@@ -17,6 +17,23 @@ export function writeChunkHeader(buf: Buffer, at: number, flags: number, type: n
   buf.writeUInt32BE(h.cookieHigh, at + 8);
   buf.writeUInt32BE(h.cookieLow, at + 12);
   buf.writeUInt32BE(length, at + 16);
+}
+
+/** The 28-byte head of an OFFSET_DATA chunk: chunk header and offset; `length` data bytes follow. */
+export function writeDataChunkHeader(buf: Buffer, flags: number, h: RequestHeader, offset: number, length: number): void {
+  writeChunkHeader(buf, 0, flags, ReplyType.offsetData, h, length + 8);
+  buf.writeUInt32BE(Math.floor(offset / 0x100000000), 20);
+  buf.writeUInt32BE(offset >>> 0, 24);
+}
+
+/** A whole 32-byte OFFSET_HOLE chunk. */
+export function holeChunk(flags: number, h: RequestHeader, offset: number, length: number): Buffer {
+  const buf = Buffer.allocUnsafe(32);
+  writeChunkHeader(buf, 0, flags, ReplyType.offsetHole, h, 12);
+  buf.writeUInt32BE(Math.floor(offset / 0x100000000), 20);
+  buf.writeUInt32BE(offset >>> 0, 24);
+  buf.writeUInt32BE(length, 28);
+  return buf;
 }
 
 /**

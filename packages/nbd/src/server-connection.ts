@@ -21,7 +21,7 @@ import {
   nameOf,
 } from './protocol-constants.ts';
 import { ByteQueue } from './byte-queue.ts';
-import { clipExtents, u16, writeChunkHeader, writeSimpleReply } from './reply-encoding.ts';
+import { clipExtents, holeChunk, u16, writeChunkHeader, writeDataChunkHeader, writeSimpleReply } from './reply-encoding.ts';
 import type { NbdServerEvent, NbdServerLimits } from './server-limits.ts';
 import { type PskLookup, startServerTls } from './tls-psk.ts';
 import { SocketWriter, sendfileSupport, socketDescriptor } from './socket-writer.ts';
@@ -746,18 +746,14 @@ export class ServerConnection {
     const range = zeroRanges === undefined ? this.#fileRange(h.offset, h.length) : undefined;
     if (range !== undefined) {
       const header = Buffer.allocUnsafe(DATA_HEADER);
-      writeChunkHeader(header, 0, ReplyFlag.done, ReplyType.offsetData, h, h.length + 8);
-      header.writeUInt32BE(Math.floor(h.offset / 0x100000000), 20);
-      header.writeUInt32BE(h.offset >>> 0, 24);
+      writeDataChunkHeader(header, ReplyFlag.done, h, h.offset, h.length);
       this.#writer!.buffer(header);
       this.#writer!.file(range.fd, range.position, h.length);
       return this.#commitFileReply(DATA_HEADER + h.length, h.length);
     }
     const pool = this.#ctx.pool;
     const buf = pool.get(h.length + DATA_HEADER, DATA_HEADER);
-    writeChunkHeader(buf, 0, ReplyFlag.done, ReplyType.offsetData, h, h.length + 8);
-    buf.writeUInt32BE(Math.floor(h.offset / 0x100000000), 20);
-    buf.writeUInt32BE(h.offset >>> 0, 24);
+    writeDataChunkHeader(buf, ReplyFlag.done, h, h.offset, h.length);
     const data = buf.subarray(DATA_HEADER, DATA_HEADER + h.length);
     this.#settle(
       () => this.#exp!.read(h.offset, data),
@@ -903,9 +899,7 @@ export class ServerConnection {
       if (e.kind === 'data') {
         const buf = pool.get(e.length + DATA_HEADER, DATA_HEADER);
         owned.push(buf);
-        writeChunkHeader(buf, 0, flags, ReplyType.offsetData, h, e.length + 8);
-        buf.writeUInt32BE(Math.floor(e.offset / 0x100000000), 20);
-        buf.writeUInt32BE(e.offset >>> 0, 24);
+        writeDataChunkHeader(buf, flags, h, e.offset, e.length);
         chunks.push(buf.subarray(0, DATA_HEADER + e.length));
         try {
           const r = this.#exp!.read(e.offset, buf.subarray(DATA_HEADER, DATA_HEADER + e.length));
@@ -917,12 +911,7 @@ export class ServerConnection {
           readError ??= error;
         }
       } else {
-        const hole = Buffer.allocUnsafe(32);
-        writeChunkHeader(hole, 0, flags, ReplyType.offsetHole, h, 12);
-        hole.writeUInt32BE(Math.floor(e.offset / 0x100000000), 20);
-        hole.writeUInt32BE(e.offset >>> 0, 24);
-        hole.writeUInt32BE(e.length, 28);
-        chunks.push(hole);
+        chunks.push(holeChunk(flags, h, e.offset, e.length));
       }
     }
     this.#settle(
@@ -948,24 +937,24 @@ export class ServerConnection {
   /** The chunks of a sparse read with the data sent from the file; false when the export has no file ranges now. */
   #sendSparseFromFile(h: RequestHeader, extents: Extent[]): boolean {
     const writer = this.#writer;
-    if (writer === undefined || writer.closed || this.#exp!.fileRange === undefined) return false;
-    const ranges = extents.map((e) => (e.kind === 'data' ? this.#exp!.fileRange!(e.offset, e.length) : undefined));
+    if (writer === undefined || writer.closed) return false;
+    const ranges = extents.map((e) => (e.kind === 'data' ? this.#fileRange(e.offset, e.length) : undefined));
     if (extents.some((e, i) => e.kind === 'data' && ranges[i] === undefined)) return false;
     let bytes = 0;
     for (const [i, e] of extents.entries()) {
       const flags = i === extents.length - 1 ? ReplyFlag.done : 0;
       const range = ranges[i];
-      const header = Buffer.allocUnsafe(range !== undefined ? DATA_HEADER : 32);
-      writeChunkHeader(header, 0, flags, range !== undefined ? ReplyType.offsetData : ReplyType.offsetHole, h, range !== undefined ? e.length + 8 : 12);
-      header.writeUInt32BE(Math.floor(e.offset / 0x100000000), 20);
-      header.writeUInt32BE(e.offset >>> 0, 24);
-      if (range === undefined) header.writeUInt32BE(e.length, 28);
-      writer.buffer(header);
-      bytes += header.length;
-      if (range !== undefined) {
-        writer.file(range.fd, range.position, e.length);
-        bytes += e.length;
+      if (range === undefined) {
+        const hole = holeChunk(flags, h, e.offset, e.length);
+        writer.buffer(hole);
+        bytes += hole.length;
+        continue;
       }
+      const header = Buffer.allocUnsafe(DATA_HEADER);
+      writeDataChunkHeader(header, flags, h, e.offset, e.length);
+      writer.buffer(header);
+      writer.file(range.fd, range.position, e.length);
+      bytes += DATA_HEADER + e.length;
     }
     this.#commitFileReply(bytes, h.length);
     return true;

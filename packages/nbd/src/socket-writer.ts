@@ -146,7 +146,12 @@ export class SocketWriter {
       const job = this.#jobs[this.#head]!;
       this.#jobs[this.#head++] = undefined as unknown as Job;
       this.queuedBytes -= job.bytes;
-      job.done?.();
+      try {
+        job.done?.();
+      } catch (error) {
+        // a throwing callback is a bug of the caller's: it ends this socket, never the process
+        this.#onError(error instanceof Error ? error : new Error(String(error)));
+      }
     }
     if (this.#head === this.#jobs.length) {
       this.#jobs.length = 0;
