@@ -2,8 +2,13 @@
 // mutated payloads; whole sessions (valid ones, mutated) go through in-memory
 // streams into a live NbdServer. Used by fuzz.test.ts (a few seconds) and
 // scripts/fuzz.ts (as long as you like).
+import { randomBytes } from 'node:crypto';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import net from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { duplexPair } from 'node:stream';
-import { MemoryExport, NbdClient, NbdServer, Command, CommandFlag, Option, type NbdExport } from '@ark/nbd';
+import { FileExport, MemoryExport, NbdClient, NbdServer, Command, CommandFlag, Option, type NbdExport } from '@ark/nbd';
 import { decodeString, parseExportQuery, parseMetaContextQuery, parseRequestHeader } from '../src/wire-parsers.ts';
 import { parsePskKeys } from '../src/psk-keys.ts';
 import { optionBytes, requestBytes } from './nbd-test-env.ts';
@@ -56,11 +61,11 @@ const u16 = (n: number) => {
 };
 const str = (s: string) => Buffer.concat([u32(Buffer.byteLength(s)), Buffer.from(s)]);
 
-const NAMES = ['', 'mem', 'ro', 'failing', 'nope'];
+const NAMES = ['', 'mem', 'ro', 'failing', 'file', 'nope'];
 
 function exportQuery(r: Random, valid = false): Buffer {
   const infos = Array.from({ length: r.int(5) }, () => u16(r.int(6)));
-  const name = valid && r.int(4) !== 0 ? r.pick(['mem', 'ro', 'failing']) : r.pick(NAMES);
+  const name = valid && r.int(4) !== 0 ? r.pick(['mem', 'ro', 'failing', 'file']) : r.pick(NAMES);
   return Buffer.concat([str(name), u16(infos.length), ...infos]);
 }
 
@@ -154,6 +159,41 @@ function fuzzParsers(r: Random, cases: number, failures: string[]): void {
 
 const tick = () => new Promise<void>((resolve) => setImmediate(resolve));
 
+/**
+ * A session over a real Unix socket, where read replies of the 'file' export
+ * go by sendfile: the client sometimes stops reading, half-closes or hangs up
+ * while replies are queued.
+ */
+async function runSocketSession(path: string, r: Random, input: Buffer): Promise<void> {
+  const client = net.connect(path);
+  client.on('error', () => {});
+  await new Promise<void>((resolve) => {
+    client.once('connect', resolve);
+    client.once('error', resolve);
+  });
+  if (r.int(3) !== 0) client.resume(); // else the replies back up into the server
+  let at = 0;
+  while (at < input.length && !client.destroyed) {
+    const n = 1 + r.int(r.int(4) === 0 ? 64 : 65536);
+    client.write(input.subarray(at, at + n));
+    at += n;
+    if (r.int(4) === 0) await tick();
+  }
+  for (let i = 0; i < 3; i++) await tick();
+  if (r.int(2) === 0) client.end();
+  if (r.int(2) === 0) {
+    client.resume();
+    await new Promise<void>((resolve) => {
+      const timer = setTimeout(resolve, 50);
+      client.once('close', () => {
+        clearTimeout(timer);
+        resolve();
+      });
+    });
+  }
+  client.destroy();
+}
+
 async function runSession(server: NbdServer, r: Random, input: Buffer): Promise<void> {
   const [client, serverSide] = duplexPair();
   client.on('error', () => {});
@@ -202,18 +242,27 @@ export async function fuzzServer(options: { seed: number; durationMs?: number; s
     new NbdServer({ exports: fuzzExports(), limits: { handshakeTimeoutMs: 1000 }, onEvent }),
     new NbdServer({ exports: fuzzExports(), tls: { keys: new Map([['alice', Buffer.alloc(32, 1)]]) }, onEvent }),
   ];
+  // a server on a real socket with a file export: its replies go by sendfile
+  const dir = mkdtempSync(join(tmpdir(), 'ark-nbd-fuzz-'));
+  const fileBytes = randomBytes(1 << 20);
+  fileBytes.fill(0, 256 * 1024, 512 * 1024);
+  writeFileSync(join(dir, 'file.img'), fileBytes);
+  const file = await FileExport.open(join(dir, 'file.img'), { name: 'file', extents: [{ offset: 256 * 1024, length: 256 * 1024, kind: 'hole' }] });
+  const socketServer = new NbdServer({ exports: [...fuzzExports(), file], limits: { handshakeTimeoutMs: 1000, stallTimeoutMs: 2000 }, onEvent });
+  const socketPath = join(dir, 'nbd.sock');
+  await socketServer.listen({ path: socketPath });
   const end = options.durationMs !== undefined ? Date.now() + options.durationMs : Infinity;
   const maxSessions = options.sessions ?? Infinity;
   try {
     while (Date.now() < end && report.sessions < maxSessions) {
       fuzzParsers(r, 200, report.failures);
       report.parserCases += 200;
-      const server = r.pick(servers);
       const parts = session(r);
       const valid = Buffer.concat(parts);
       const input = r.int(5) === 0 ? valid : mutate(r, valid);
       report.bytes += input.length;
-      await runSession(server, r, input);
+      if (r.int(4) === 0) await runSocketSession(socketPath, r, input);
+      else await runSession(r.pick(servers), r, input);
       report.sessions++;
       if (report.sessions % 500 === 0) options.onProgress?.(report);
     }
@@ -225,8 +274,18 @@ export async function fuzzServer(options: { seed: number; durationMs?: number; s
     const back = await c.read(0, 512);
     if (!back.equals(Buffer.alloc(512, 7))) report.failures.push('a normal client read the wrong bytes after fuzzing');
     c.close();
+    const f = await NbdClient.connect({ path: socketPath, exportName: 'file' });
+    if (!(await f.read(0, 1 << 20)).equals(fileBytes)) report.failures.push('a normal client read the file export wrong after fuzzing');
+    await f.disconnect();
+    // every fuzzing client is gone: none may be left holding a connection
+    const deadline = Date.now() + 5000;
+    while (socketServer.connectionCount > 0 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 20));
+    if (socketServer.connectionCount > 0) report.failures.push(`${socketServer.connectionCount} socket connections outlived their clients`);
   } finally {
     for (const s of servers) await s.close();
+    await socketServer.close();
+    await file.close();
+    rmSync(dir, { recursive: true, force: true });
     process.off('uncaughtException', uncaught);
     process.off('unhandledRejection', uncaught);
   }
