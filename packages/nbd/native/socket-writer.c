@@ -155,6 +155,7 @@ static int flush(writer *w) {
       size_t len = s->length - s->done;
       if (len > MAX_SENDFILE) len = MAX_SENDFILE;
       off_t pos = (off_t)(s->position + (int64_t)s->done);
+      /* sendfile has no MSG_NOSIGNAL: a hung-up peer gives EPIPE because Node ignores SIGPIPE */
       n = sendfile(w->fd, s->fd, &pos, len);
       if (n == 0) {
         /* past the end of the file: the range reads as zeroes */
