@@ -289,6 +289,13 @@ static napi_value js_open(napi_env env, napi_callback_info info) {
   return external;
 }
 
+/* Adds a segment to the job being built; a failed or closed writer takes nothing, an empty segment is nothing. */
+static napi_value queue_segment(napi_env env, writer *w, segment s) {
+  if (w->closed || w->error || s.length == 0) return NULL;
+  if (push_segment(w, s) != 0) return throw_errno(env, "socket writer", ENOMEM);
+  return NULL;
+}
+
 static napi_value js_buffer(napi_env env, napi_callback_info info) {
   size_t argc = 2;
   napi_value argv[2];
@@ -301,10 +308,7 @@ static napi_value js_buffer(napi_env env, napi_callback_info info) {
     napi_throw_type_error(env, NULL, "buffer(writer, buf): not a Buffer");
     return NULL;
   }
-  if (w->closed || w->error || length == 0) return NULL;
-  segment s = {.data = data, .fd = -1, .length = length};
-  if (push_segment(w, s) != 0) return throw_errno(env, "socket writer", ENOMEM);
-  return NULL;
+  return queue_segment(env, w, (segment){.data = data, .fd = -1, .length = length});
 }
 
 static napi_value js_file(napi_env env, napi_callback_info info) {
@@ -320,10 +324,7 @@ static napi_value js_file(napi_env env, napi_callback_info info) {
     napi_throw_type_error(env, NULL, "file(writer, fd, position, length): bad arguments");
     return NULL;
   }
-  if (w->closed || w->error || length == 0) return NULL;
-  segment s = {.data = NULL, .fd = fd, .position = position, .length = (size_t)length};
-  if (push_segment(w, s) != 0) return throw_errno(env, "socket writer", ENOMEM);
-  return NULL;
+  return queue_segment(env, w, (segment){.data = NULL, .fd = fd, .position = position, .length = (size_t)length});
 }
 
 static napi_value js_commit(napi_env env, napi_callback_info info) {

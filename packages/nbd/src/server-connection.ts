@@ -24,7 +24,7 @@ import { ByteQueue } from './byte-queue.ts';
 import { clipExtents, holeChunk, u16, writeChunkHeader, writeDataChunkHeader, writeSimpleReply } from './reply-encoding.ts';
 import type { NbdServerEvent, NbdServerLimits } from './server-limits.ts';
 import { type PskLookup, startServerTls } from './tls-psk.ts';
-import { SocketWriter, sendfileSupport, socketDescriptor } from './socket-writer.ts';
+import { SocketWriter } from './socket-writer.ts';
 import { type RequestHeader, decodeString, parseExportQuery, parseMetaContextQuery, parseRequestHeader } from './wire-parsers.ts';
 
 /** What a connection needs from its server. */
@@ -542,7 +542,7 @@ export class ServerConnection {
     this.#blockSize = blockSize;
     if (this.#metaExport !== name) this.#allocationSelected = false;
     this.#state = 'request';
-    if (exp.fileRange !== undefined && exp.readOnly && !this.#tlsActive && socketDescriptor(this.#socket) !== undefined && sendfileSupport().available) {
+    if (exp.fileRange !== undefined && exp.readOnly && !this.#tlsActive && SocketWriter.supports(this.#socket)) {
       this.#wantWriter = true;
       // the callback runs once every earlier write is with the kernel
       if (this.#socket.writableLength === 0) this.#startWriterIfQuiet();

@@ -32,7 +32,7 @@ export const DEFAULT_LIMITS: NbdServerLimits = {
 export type NbdServerEvent =
   | { kind: 'connect'; connection: number; remote: string }
   | { kind: 'tls'; connection: number; identity: string | undefined }
-  | { kind: 'open'; connection: number; export: string; structuredReplies: boolean; /** replies carry file data by sendfile */ sendfile: boolean }
+  | { kind: 'open'; connection: number; export: string; structuredReplies: boolean; /** replies go through the socket writer: file data by sendfile whenever the export gives file ranges */ sendfile: boolean }
   | { kind: 'protocol-error'; connection: number; message: string }
   | { kind: 'request-error'; connection: number; command: string; errno: number; message: string }
   | { kind: 'disconnect'; connection: number };

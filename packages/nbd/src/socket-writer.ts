@@ -74,11 +74,15 @@ export class SocketWriter {
   /** performance.now() when the kernel last took bytes */
   lastProgress = performance.now();
 
+  /** Whether `open` would give a writer: sendfile is available and the stream is a plain socket. */
+  static supports(stream: Duplex): boolean {
+    return sendfileSupport().available && socketDescriptor(stream) !== undefined;
+  }
+
   /** Undefined when sendfile is unavailable or the stream has no descriptor. */
   static open(stream: Duplex, onError: (error: Error) => void): SocketWriter | undefined {
-    if (!sendfileSupport().available) return undefined;
     const fd = socketDescriptor(stream);
-    if (fd === undefined) return undefined;
+    if (!sendfileSupport().available || fd === undefined) return undefined;
     return new SocketWriter(native!, fd, onError);
   }
 
@@ -122,7 +126,7 @@ export class SocketWriter {
 
   /** Calls `then` once every committed reply is with the kernel (now, if none is left). */
   whenIdle(then: () => void): void {
-    if (this.queuedBytes === 0 && this.#head === this.#jobs.length) return then();
+    if (this.#head === this.#jobs.length) return then();
     this.commit(0, (error) => {
       if (!error) then();
     });

@@ -7,7 +7,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { duplexPair } from 'node:stream';
+import { type Duplex, duplexPair } from 'node:stream';
 import { FileExport, MemoryExport, NbdClient, NbdServer, Command, CommandFlag, Option, type NbdExport } from '@ark/nbd';
 import { decodeString, parseExportQuery, parseMetaContextQuery, parseRequestHeader } from '../src/wire-parsers.ts';
 import { parsePskKeys } from '../src/psk-keys.ts';
@@ -159,6 +159,19 @@ function fuzzParsers(r: Random, cases: number, failures: string[]): void {
 
 const tick = () => new Promise<void>((resolve) => setImmediate(resolve));
 
+/** Writes `input` in random pieces with pauses between some, then sometimes half-closes. */
+async function feed(client: Duplex, r: Random, input: Buffer): Promise<void> {
+  let at = 0;
+  while (at < input.length && !client.destroyed) {
+    const n = 1 + r.int(r.int(4) === 0 ? 64 : 65536);
+    client.write(input.subarray(at, at + n));
+    at += n;
+    if (r.int(4) === 0) await tick();
+  }
+  for (let i = 0; i < 3; i++) await tick();
+  if (r.int(2) === 0) client.end();
+}
+
 /**
  * A session over a real Unix socket, where read replies of the 'file' export
  * go by sendfile: the client sometimes stops reading, half-closes or hangs up
@@ -172,15 +185,7 @@ async function runSocketSession(path: string, r: Random, input: Buffer): Promise
     client.once('error', resolve);
   });
   if (r.int(3) !== 0) client.resume(); // else the replies back up into the server
-  let at = 0;
-  while (at < input.length && !client.destroyed) {
-    const n = 1 + r.int(r.int(4) === 0 ? 64 : 65536);
-    client.write(input.subarray(at, at + n));
-    at += n;
-    if (r.int(4) === 0) await tick();
-  }
-  for (let i = 0; i < 3; i++) await tick();
-  if (r.int(2) === 0) client.end();
+  await feed(client, r, input);
   if (r.int(2) === 0) {
     client.resume();
     await new Promise<void>((resolve) => {
@@ -200,15 +205,7 @@ async function runSession(server: NbdServer, r: Random, input: Buffer): Promise<
   serverSide.on('error', () => {});
   client.resume(); // discard what the server says
   server.handle(serverSide);
-  let at = 0;
-  while (at < input.length) {
-    const n = 1 + r.int(r.int(4) === 0 ? 64 : 65536);
-    client.write(input.subarray(at, at + n));
-    at += n;
-    if (r.int(4) === 0) await tick();
-  }
-  for (let i = 0; i < 3; i++) await tick();
-  if (r.int(2) === 0) client.end();
+  await feed(client, r, input);
   await tick();
   client.destroy();
   serverSide.destroy();

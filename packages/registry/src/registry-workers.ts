@@ -14,7 +14,7 @@ import type { RegistryConfig } from './registry-server.ts';
  * holds the data. A process that sends by sendfile needs little CPU per byte,
  * so it gets half the cores and leaves the rest to the clients and the
  * kernel's network work (on loopback, with 2 cores, a second worker made
- * 4-connection TCP copies ~20% slower); one that copies gets them all.
+ * 4-connection TCP copies 15–20% slower); one that copies gets them all.
  */
 export function defaultWorkerCount(sendfile = sendfileSupport().available): number {
   const cores = availableParallelism();
