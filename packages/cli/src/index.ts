@@ -1,6 +1,8 @@
 export { ArkError, ExitError } from './ark-error.ts';
 export { ExitCode } from './exit-codes.ts';
 export { runCli, reportError } from './run-cli.ts';
+export { checkIntegerOptions } from './integer-options.ts';
+export type { IntegerOptions, IntegerRange } from './integer-options.ts';
 export { ProgressBar, formatBytes } from './progress-bar.ts';
 export { colour, wantsColour } from './terminal.ts';
 export { stopSignals, whenStopped } from './stop-signals.ts';

@@ -1,16 +1,19 @@
 import type { CAC } from 'cac';
 import { ArkError, ExitError } from './ark-error.ts';
 import { ExitCode } from './exit-codes.ts';
+import { checkIntegerOptions, type IntegerOptions } from './integer-options.ts';
 import { colour } from './terminal.ts';
 
 /**
  * Parses argv with a cac program and runs the matched command; maps errors to
  * exit codes: ArkError → one line (and a hint) on stderr, usage errors → 2,
- * anything else is a bug and keeps its stack.
+ * anything else is a bug and keeps its stack. `integerOptions` are checked on
+ * the raw argv first (see checkIntegerOptions).
  */
-export async function runCli(cli: CAC, argv: string[] = process.argv): Promise<void> {
+export async function runCli(cli: CAC, argv: string[] = process.argv, options: { integerOptions?: IntegerOptions } = {}): Promise<void> {
   const name = cli.name;
   try {
+    if (options.integerOptions) checkIntegerOptions(name, argv.slice(2), options.integerOptions);
     cli.parse(argv, { run: false });
     if (cli.options.help || cli.options.version) return;
     if (!cli.matchedCommand) {

@@ -1,5 +1,5 @@
 #!/usr/bin/env node
 import { runCli } from '@ark/cli';
-import { createCli } from '../src/cli.ts';
+import { createCli, integerOptions } from '../src/cli.ts';
 
-await runCli(createCli());
+await runCli(createCli(), process.argv, { integerOptions });

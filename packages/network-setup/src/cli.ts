@@ -1,5 +1,6 @@
+import { readFileSync } from 'node:fs';
 import { cac, type CAC } from 'cac';
-import { ArkError, ExitCode, colour } from '@ark/cli';
+import { ArkError, ExitCode, colour, type IntegerOptions } from '@ark/cli';
 import { DEFAULT_HOST_CIDR, DEFAULT_PREFIX, MAX_COUNT } from './guest-network.ts';
 import { describeNetworkEvent, type NetworkEvent } from './network-events.ts';
 import { setupNetwork } from './setup-network.ts';
@@ -10,28 +11,43 @@ interface CliOptions {
   prefix?: unknown;
   hostCidr?: unknown;
   hostInterface?: unknown;
+  force?: boolean;
   teardown?: boolean;
   json?: boolean;
 }
 
 const NAME = 'ark-network-setup';
+const { version } = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string };
+
+/** Checked on the raw command line by runCli, before cac turns '1e3' into 1000. */
+export const integerOptions: IntegerOptions = { '--count': { min: 1, max: MAX_COUNT } };
+
+/** Options that only mean something to setup. */
+const SETUP_ONLY = [
+  ['count', '--count'],
+  ['hostCidr', '--host-cidr'],
+  ['hostInterface', '--host-interface'],
+  ['force', '--force'],
+] as const;
 
 /** The ark-network-setup program: results on stdout, changes on stderr. */
 export function createCli(): CAC {
   const cli = cac(NAME);
   cli
     .command('', 'create (or with --teardown remove) the network namespaces that ark VMs run in')
-    .usage('[--count N] [--prefix P] [--host-cidr CIDR] [--host-interface IF] [--teardown] [--json]')
-    .option('--count <n>', `number of namespaces, 1 to ${MAX_COUNT} (default: 1)`)
-    .option('--prefix <name>', `namespace and link name prefix (default: ${DEFAULT_PREFIX})`)
+    .usage('[--count N] [--prefix P] [--host-cidr CIDR] [--host-interface IF] [--force] [--json]\n  ark-network-setup --teardown [--prefix P] [--json]')
+    .option('--count <n>', `number of namespaces, ${integerOptions['--count']!.min} to ${MAX_COUNT} and at most what --host-cidr holds; a smaller count removes the surplus (default: 1)`)
+    .option('--prefix <name>', `name prefix of namespaces, host links and nftables tables (default: ${DEFAULT_PREFIX})`)
     .option('--host-cidr <cidr>', `range for the per-namespace /30s (default: ${DEFAULT_HOST_CIDR})`)
     .option('--host-interface <if>', 'uplink for NAT (default: the interface of the default route)')
-    .option('--teardown', 'remove everything made for the prefix')
+    .option('--force', 'remove surplus namespaces even while processes (VMs) run in them')
+    .option('--teardown', 'remove what ark-network-setup made for the prefix; objects without its mark are left alone')
     .option('--json', 'print a JSON summary on stdout')
     .example(`${NAME} --count 4`)
     .example(`${NAME} --teardown`)
     .action(run);
   cli.help();
+  cli.version(version);
   return cli;
 }
 
@@ -41,16 +57,20 @@ async function run(options: CliOptions): Promise<void> {
   };
   const prefix = optionalString('--prefix', options.prefix);
   if (options.teardown) {
+    for (const [key, flag] of SETUP_ONLY) {
+      if (options[key] !== undefined) throw usage(`${flag} does not go with --teardown: teardown removes every namespace of the prefix`);
+    }
     const result = await teardownNetwork({ prefix, onEvent });
     if (options.json) process.stdout.write(`${JSON.stringify(result, null, 2)}\n`);
     else for (const name of result.namespaces) process.stdout.write(`${name}\n`);
     return;
   }
   const result = await setupNetwork({
-    count: parseCount(options.count),
+    count: optionalNumber('--count', options.count),
     prefix,
     hostCidr: optionalString('--host-cidr', options.hostCidr),
     hostInterface: optionalString('--host-interface', options.hostInterface),
+    force: options.force === true,
     onEvent,
   });
   if (options.json) {
@@ -71,9 +91,8 @@ function optionalString(flag: string, value: unknown): string | undefined {
   throw usage(`${flag} takes one value`);
 }
 
-function parseCount(value: unknown): number | undefined {
-  const text = optionalString('--count', value);
-  if (text === undefined) return undefined;
-  if (!/^\d+$/.test(text)) throw usage(`invalid --count '${text}': it must be a whole number from 1 to ${MAX_COUNT}`);
-  return Number(text);
+/** The raw text was checked by runCli (integerOptions); here only a repeated option can be wrong. */
+function optionalNumber(flag: string, value: unknown): number | undefined {
+  const text = optionalString(flag, value);
+  return text === undefined ? undefined : Number(text);
 }

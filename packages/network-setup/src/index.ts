@@ -12,3 +12,5 @@ export { describeNetworkEvent } from './network-events.ts';
 export type { NetworkEvent, NetworkEventHandler } from './network-events.ts';
 export { DEFAULT_HOST_CIDR, DEFAULT_PREFIX, MAX_COUNT, NAMESPACE_LINK, guestNetwork } from './guest-network.ts';
 export { namespaceName, portsTableName, rulesTableName } from './names.ts';
+export { OWNER_MARK } from './ownership.ts';
+export type { ForeignObject } from './ownership.ts';

@@ -4,6 +4,8 @@ import { parseJsonList, runCommand } from './command.ts';
 export interface LinkInfo {
   readonly ifname: string;
   readonly flags: readonly string[];
+  /** `ip link set … alias`: ark-network-setup's mark on what it created */
+  readonly ifalias?: string;
   readonly linkinfo?: { readonly info_kind?: string; readonly info_data?: { readonly type?: string } };
 }
 

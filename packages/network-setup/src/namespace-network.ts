@@ -5,6 +5,7 @@ import { formatIpv4, type Ipv4Network } from './ipv4.ts';
 import { ip, isUp, listIpv4Addresses, listIpv4Routes, listLinks, type LinkInfo } from './iproute.ts';
 import { namespaceName } from './names.ts';
 import type { NetworkEventHandler } from './network-events.ts';
+import { markLink, markNamespace } from './ownership.ts';
 
 /** The network of one namespace, as the runner needs it. */
 export interface NamespaceNetwork {
@@ -54,7 +55,7 @@ function conflict(message: string): ArkError {
 
 /**
  * Brings one namespace to its wanted state, changing only what differs: the
- * namespace, lo, the tap with the gateway address, the veth pair with its /30,
+ * namespace (marked as ours as soon as it exists), lo, the tap with the gateway address, the veth pair with its /30,
  * the default route to the host, and IP forwarding.
  * `hostLinks` is the host's link list, read once by the caller.
  */
@@ -67,6 +68,7 @@ export async function ensureNamespace(
   const ns = net.namespace;
   if (!existingNamespaces.has(ns)) {
     await ip(null, ['netns', 'add', ns]);
+    await markNamespace(ns);
     emit({ kind: 'namespace', action: 'create', namespace: ns });
   }
   let links = await listLinks(ns);
@@ -84,6 +86,7 @@ export async function ensureNamespace(
   const namespaceLink = find(net.namespaceLink);
   if (hostLink === undefined && namespaceLink === undefined) {
     await ip(null, ['link', 'add', net.hostLink, 'type', 'veth', 'peer', 'name', net.namespaceLink, 'netns', ns]);
+    await markLink(null, net.hostLink);
     emit({ kind: 'link', action: 'create', namespace: null, link: net.hostLink });
   } else if (hostLink === undefined || linkKind(hostLink) !== 'veth') {
     throw conflict(`namespace ${ns} has a link ${net.namespaceLink} but the host has no veth ${net.hostLink} paired with it`);

@@ -1,6 +1,7 @@
 /**
  * What the library changed, one event per change (nothing is reported for parts
- * that were already right). `namespace` is null for the host.
+ * that were already right), and what it left alone because it was not its own
+ * (`left`). `namespace` is null for the host.
  */
 export type NetworkEvent =
   | { kind: 'namespace'; action: 'create' | 'remove'; namespace: string }
@@ -9,6 +10,8 @@ export type NetworkEvent =
   | { kind: 'route'; namespace: string; route: string }
   | { kind: 'sysctl'; namespace: string | null; key: string; value: string }
   | { kind: 'table'; action: 'create' | 'replace' | 'remove'; namespace: string | null; table: string }
+  /** an object with one of the prefix's names that ark-network-setup did not make, so it was not touched */
+  | { kind: 'left'; object: 'namespace' | 'link' | 'table'; name: string }
   | { kind: 'port'; action: 'publish' | 'unpublish'; namespace: string; protocol: 'tcp' | 'udp'; hostAddress: string; hostPort: number; guestPort: number };
 
 export type NetworkEventHandler = (event: NetworkEvent) => void;
@@ -28,6 +31,8 @@ export function describeNetworkEvent(event: NetworkEvent): string {
       return `set ${event.key}=${event.value}${where}`;
     case 'table':
       return `${event.action === 'create' ? 'created' : event.action === 'replace' ? 'replaced' : 'removed'} nftables table ${event.table}${where}`;
+    case 'left':
+      return `left ${event.object === 'table' ? 'nftables table' : event.object} ${event.name} untouched: it was not made by ark-network-setup (no mark)`;
     case 'port':
       return `${event.action === 'publish' ? 'published' : 'unpublished'} ${event.protocol} ${event.hostAddress}:${event.hostPort} → ${event.namespace}:${event.guestPort}`;
   }

@@ -4,9 +4,12 @@ import { defaultRouteInterface, describeRoute, findOverlappingRoute, requireHost
 import { formatIpv4Network } from './ipv4.ts';
 import { ip, listLinks, listNamespaces } from './iproute.ts';
 import { indexOfName, portsTableName, rulesTableName } from './names.ts';
+import { findNamespaceUsers } from './namespace-users.ts';
 import { ensureNamespace, namespaceNetwork, type NamespaceNetwork } from './namespace-network.ts';
 import type { NetworkEvent } from './network-events.ts';
 import { applyTable, ensureTable, listMarkedTables, type TableChange } from './nftables.ts';
+import { foreignObjectsError } from './ownership.ts';
+import { findPrefixObjects, foreignObjects, type PrefixObjects } from './prefix-objects.ts';
 import { requireRoot } from './require-root.ts';
 import { hostPortChains, hostRules, namespacePortChains, namespaceRules } from './rulesets.ts';
 import { resolveSetupOptions, type SetupNetworkOptions } from './setup-options.ts';
@@ -24,10 +27,12 @@ export interface NetworkSetup {
 /**
  * Creates (or completes, or leaves alone when already right) the namespaces of a
  * prefix and the host rules around them. Namespaces of the prefix beyond `count`
- * are removed, so the prefix ends up with exactly `count` namespaces.
+ * are removed, so the prefix ends up with exactly `count` namespaces. Objects with
+ * the prefix's names that it did not make are never changed: when setup would need
+ * them it refuses before changing anything; surplus ones are left alone.
  */
 export async function setupNetwork(options: SetupNetworkOptions = {}): Promise<NetworkSetup> {
-  const { count, prefix, hostNetwork, hostInterface } = resolveSetupOptions(options);
+  const { count, prefix, hostNetwork, hostInterface, force } = resolveSetupOptions(options);
   requireRoot();
   const hostCidr = formatIpv4Network(hostNetwork);
   const overlap = await findOverlappingRoute(hostNetwork, (dev) => indexOfName(prefix, dev) !== undefined);
@@ -40,9 +45,14 @@ export async function setupNetwork(options: SetupNetworkOptions = {}): Promise<N
   if (hostInterface !== undefined) await requireHostInterface(hostInterface);
   const uplink = hostInterface ?? (await defaultRouteInterface());
 
+  const existing = await findPrefixObjects(prefix);
+  const foreign = foreignObjects(existing, count);
+  if (foreign.length > 0) throw foreignObjectsError(foreign);
+  if (!force) await refuseRemovingUsedNamespaces(existing, count);
+
   let changed = false;
   const emit = (event: NetworkEvent): void => {
-    changed = true;
+    if (event.kind !== 'left') changed = true;
     options.onEvent?.(event);
   };
   const tableEvent = (change: TableChange, namespace: string | null, table: string): void => {
@@ -50,20 +60,22 @@ export async function setupNetwork(options: SetupNetworkOptions = {}): Promise<N
   };
 
   // surplus namespaces go first, so that no namespace is ever outside the isolation rules
-  let hostLinks = await listLinks(null);
-  for (const link of hostLinks) {
-    const index = indexOfName(prefix, link.ifname);
-    if (index !== undefined && index >= count && link.linkinfo?.info_kind === 'veth') {
-      await ip(null, ['link', 'delete', 'dev', link.ifname]);
-      emit({ kind: 'link', action: 'remove', namespace: null, link: link.ifname });
+  for (const link of existing.hostLinks) {
+    if (link.index < count) continue;
+    if (link.ours) {
+      await ip(null, ['link', 'delete', 'dev', link.name]);
+      emit({ kind: 'link', action: 'remove', namespace: null, link: link.name });
+    } else {
+      emit({ kind: 'left', object: 'link', name: link.name });
     }
   }
-  const namespaces = new Set(await listNamespaces());
-  for (const name of namespaces) {
-    const index = indexOfName(prefix, name);
-    if (index !== undefined && index >= count) {
-      await ip(null, ['netns', 'delete', name]);
-      emit({ kind: 'namespace', action: 'remove', namespace: name });
+  for (const namespace of existing.namespaces) {
+    if (namespace.index < count) continue;
+    if (namespace.ours) {
+      await ip(null, ['netns', 'delete', namespace.name]);
+      emit({ kind: 'namespace', action: 'remove', namespace: namespace.name });
+    } else {
+      emit({ kind: 'left', object: 'namespace', name: namespace.name });
     }
   }
 
@@ -75,7 +87,8 @@ export async function setupNetwork(options: SetupNetworkOptions = {}): Promise<N
     emit({ kind: 'table', action: 'create', namespace: null, table: portsTableName(prefix) });
   }
 
-  hostLinks = await listLinks(null);
+  const namespaces = new Set(await listNamespaces());
+  const hostLinks = await listLinks(null);
   for (const net of networks) {
     await ensureNamespace(net, namespaces, hostLinks, emit);
     tableEvent(await applyTable(net.namespace, 'ip', rulesTableName(prefix), namespaceRules()), net.namespace, rulesTableName(prefix));
@@ -89,6 +102,18 @@ export async function setupNetwork(options: SetupNetworkOptions = {}): Promise<N
     emit({ kind: 'sysctl', namespace: null, key: 'net.ipv4.ip_forward', value: '1' });
   }
   return { prefix, hostCidr, hostInterface: uplink, changed, namespaces: networks };
+}
+
+/** A smaller count must not pull the network from under a running VM: refuse while a process runs in a surplus namespace. */
+async function refuseRemovingUsedNamespaces(existing: PrefixObjects, count: number): Promise<void> {
+  const surplus = existing.namespaces.filter((namespace) => namespace.ours && namespace.index >= count).map((namespace) => namespace.name);
+  const users = await findNamespaceUsers(surplus);
+  if (users.size === 0) return;
+  const inUse = [...users].map(([namespace, processes]) => `${namespace} (${processes.map((user) => `${user.command} ${user.pid}`).join(', ')})`);
+  throw new ArkError('NAMESPACE_IN_USE', `--count ${count} would remove ${inUse.length === 1 ? 'namespace' : 'namespaces'} in use: ${inUse.join('; ')}`, {
+    hint: `stop what runs there first (a VM: end its ark-runner), or pass --force to remove ${inUse.length === 1 ? 'it' : 'them'} anyway`,
+    exitCode: ExitCode.badInput,
+  });
 }
 
 /**

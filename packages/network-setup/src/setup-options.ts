@@ -13,6 +13,8 @@ export interface SetupNetworkOptions {
   hostCidr?: string;
   /** the uplink NAT leaves by; default the interface of the default route */
   hostInterface?: string;
+  /** remove surplus namespaces (a smaller count) even while processes run in them */
+  force?: boolean;
   onEvent?: NetworkEventHandler;
 }
 
@@ -21,6 +23,7 @@ export interface ResolvedSetupOptions {
   readonly prefix: string;
   readonly hostNetwork: Ipv4Network;
   readonly hostInterface: string | undefined;
+  readonly force: boolean;
 }
 
 function usage(code: string, message: string, hint: string): ArkError {
@@ -55,6 +58,6 @@ export function resolveSetupOptions(options: SetupNetworkOptions): ResolvedSetup
   if (hostInterface !== undefined && !/^[A-Za-z0-9_.@-]{1,15}$/.test(hostInterface)) {
     throw usage('BAD_INTERFACE', `invalid host interface name '${hostInterface}'`, "run 'ip link' to list the host's interfaces");
   }
-  return { count, prefix, hostNetwork: parsed, hostInterface };
+  return { count, prefix, hostNetwork: parsed, hostInterface, force: options.force ?? false };
 }
 

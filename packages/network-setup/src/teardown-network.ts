@@ -1,10 +1,12 @@
-import { readHostIpForward, writeHostIpForward } from './host-forwarding.ts';
-import { ip, listLinks, listNamespaces } from './iproute.ts';
-import { indexOfName, portsTableName, rulesTableName, validatePrefix } from './names.ts';
-import type { NetworkEventHandler } from './network-events.ts';
-import { deleteTable, listMarkedTables, readTableTags } from './nftables.ts';
-import { requireRoot } from './require-root.ts';
 import { DEFAULT_PREFIX } from './guest-network.ts';
+import { readHostIpForward, writeHostIpForward } from './host-forwarding.ts';
+import { ip } from './iproute.ts';
+import { validatePrefix } from './names.ts';
+import type { NetworkEventHandler } from './network-events.ts';
+import { deleteTable, listMarkedTables } from './nftables.ts';
+import type { ForeignObject } from './ownership.ts';
+import { findPrefixObjects, foreignObjects } from './prefix-objects.ts';
+import { requireRoot } from './require-root.ts';
 
 export interface TeardownNetworkOptions {
   /** default 'ark' */
@@ -17,45 +19,50 @@ export interface NetworkTeardown {
   readonly namespaces: readonly string[];
   readonly links: readonly string[];
   readonly tables: readonly string[];
+  /** objects with the prefix's names that ark-network-setup did not make: left untouched */
+  readonly left: readonly ForeignObject[];
   /** true when this was the last ark prefix and ip_forward went back to its earlier value */
   readonly restoredIpForward: boolean;
 }
 
 /**
  * Removes what setupNetwork made for a prefix: its namespaces (`${prefix}N`), the
- * host ends of their veth pairs, and its two host tables. Nothing else is touched.
+ * host ends of their veth pairs, and its two host tables, each only when it
+ * carries ark-network-setup's mark. Namespaces go even when processes run in them.
+ * Nothing else is touched; what has a matching name but no mark is reported.
  */
 export async function teardownNetwork(options: TeardownNetworkOptions = {}): Promise<NetworkTeardown> {
   const prefix = options.prefix ?? DEFAULT_PREFIX;
   validatePrefix(prefix, 1);
   requireRoot();
   const emit = options.onEvent ?? (() => {});
+  const existing = await findPrefixObjects(prefix);
+  const left = foreignObjects(existing);
 
-  const mine = (name: string): boolean => indexOfName(prefix, name) !== undefined;
-  const byIndex = (a: string, b: string): number => (indexOfName(prefix, a) ?? 0) - (indexOfName(prefix, b) ?? 0);
-
-  const links = (await listLinks(null))
-    .filter((link) => mine(link.ifname) && link.linkinfo?.info_kind === 'veth')
-    .map((link) => link.ifname)
-    .sort(byIndex);
-  for (const link of links) {
-    await ip(null, ['link', 'delete', 'dev', link]);
-    emit({ kind: 'link', action: 'remove', namespace: null, link });
+  const links: string[] = [];
+  for (const link of existing.hostLinks.filter((link) => link.ours)) {
+    await ip(null, ['link', 'delete', 'dev', link.name]);
+    links.push(link.name);
+    emit({ kind: 'link', action: 'remove', namespace: null, link: link.name });
   }
-  const namespaces = (await listNamespaces()).filter(mine).sort(byIndex);
-  for (const namespace of namespaces) {
-    await ip(null, ['netns', 'delete', namespace]);
-    emit({ kind: 'namespace', action: 'remove', namespace });
+  const namespaces: string[] = [];
+  for (const namespace of existing.namespaces.filter((namespace) => namespace.ours)) {
+    await ip(null, ['netns', 'delete', namespace.name]);
+    namespaces.push(namespace.name);
+    emit({ kind: 'namespace', action: 'remove', namespace: namespace.name });
   }
 
-  const ipForwardBefore = (await readTableTags(null, 'inet', rulesTableName(prefix)))?.get('ip-forward-before');
+  let ipForwardBefore: string | undefined;
   const tables: string[] = [];
-  for (const [family, name] of [['inet', rulesTableName(prefix)], ['ip', portsTableName(prefix)]] as const) {
+  for (const { family, name, ownership } of existing.tables) {
+    if (ownership.state !== 'ours') continue;
+    if (family === 'inet') ipForwardBefore = ownership.tags.get('ip-forward-before');
     if (await deleteTable(null, family, name)) {
       tables.push(`${family} ${name}`);
       emit({ kind: 'table', action: 'remove', namespace: null, table: name });
     }
   }
+  for (const object of left) emit({ kind: 'left', object: object.kind, name: object.name });
 
   let restoredIpForward = false;
   const othersRemain = [...(await listMarkedTables(null)).values()].some((tags) => tags.has('ip-forward-before'));
@@ -64,5 +71,5 @@ export async function teardownNetwork(options: TeardownNetworkOptions = {}): Pro
     restoredIpForward = true;
     emit({ kind: 'sysctl', namespace: null, key: 'net.ipv4.ip_forward', value: ipForwardBefore });
   }
-  return { prefix, namespaces, links, tables, restoredIpForward };
+  return { prefix, namespaces, links, tables, left, restoredIpForward };
 }

@@ -3,7 +3,7 @@ import { guestNetwork, setupNetwork, teardownNetwork, type NetworkEvent } from '
 import { freeTestCidr, networkState, sh, testPrefix } from './test-network.ts';
 
 const prefix = testPrefix('a');
-const dummy = `arktest-dummy-${process.pid}`;
+const dummy = `${prefix}-dummy`;
 
 t.test('setup, a second setup, teardown', async (t) => {
   const hostCidr = await freeTestCidr(0);

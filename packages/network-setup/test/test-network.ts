@@ -5,9 +5,12 @@ import { promisify } from 'node:util';
 
 const run = promisify(execFile);
 
-/** A prefix no other test process uses: 'arkt' + pid + a letter per test file. */
+/**
+ * A prefix no other test process uses: 'arkt' (or $ARK_TEST_NET_PREFIX, for
+ * machines shared by people who each keep to a prefix) + pid + a letter per test file.
+ */
 export function testPrefix(letter: string): string {
-  return `arkt${process.pid % 1000}${letter}`;
+  return `${process.env.ARK_TEST_NET_PREFIX ?? 'arkt'}${process.pid % 1000}${letter}`;
 }
 
 export async function sh(file: string, args: readonly string[]): Promise<string> {
@@ -40,7 +43,7 @@ export async function networkState(prefix: string): Promise<unknown> {
   const tables = ruleset.nftables.filter((entry) => {
     const object = Object.values(entry)[0];
     const table = 'table' in entry ? object?.name : object?.table;
-    return table !== undefined && (table === prefix || table === `${prefix}-ports` || table.startsWith('arktest-dummy'));
+    return table !== undefined && (table === prefix || table === `${prefix}-ports` || table === `${prefix}-dummy`);
   });
   const namespaces: Record<string, unknown> = {};
   for (const { name } of netns) {
