@@ -1,12 +1,12 @@
 import { readFile, readdir, readlink, stat } from 'node:fs/promises';
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
 
 /** Where `ip netns` keeps its named namespaces (bind mounts of the namespace files). */
 const NETNS_DIR = '/run/netns';
 
 export interface NamespaceUser {
   readonly pid: number;
-  /** the process name, from /proc/PID/comm */
+  /** the program's name (from its command line, else /proc/PID/comm) */
   readonly command: string;
 }
 
@@ -28,8 +28,14 @@ export async function findNamespaceUsers(namespaces: readonly string[]): Promise
     // a process may exit while we look: skip it
     const namespace = byInode.get(await readlink(`/proc/${entry}/ns/net`).catch(() => ''));
     if (namespace === undefined) continue;
-    const command = (await readFile(`/proc/${entry}/comm`, 'utf8').catch(() => '?')).trim();
-    users.set(namespace, [...(users.get(namespace) ?? []), { pid: Number(entry), command }]);
+    users.set(namespace, [...(users.get(namespace) ?? []), { pid: Number(entry), command: await programName(entry) }]);
   }
   return users;
+}
+
+/** comm is cut at 15 characters and can be a thread's name (Node's is MainThread): prefer argv[0]. */
+async function programName(pid: string): Promise<string> {
+  const argv0 = (await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '')).split('\0')[0];
+  if (argv0) return basename(argv0);
+  return (await readFile(`/proc/${pid}/comm`, 'utf8').catch(() => '?')).trim();
 }

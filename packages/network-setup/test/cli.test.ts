@@ -24,9 +24,19 @@ t.test('refuses bad input with a message, a hint and an exit code', async (t) =>
     ['bad prefix characters', ['--prefix', 'Ark_1'], 2, /invalid prefix 'Ark_1'/],
     ['prefix ending in a digit', ['--prefix', 'ark1'], 2, /invalid prefix 'ark1'/],
     ['prefix too long', ['--prefix', 'abcdefghijklmn', '--count', '20'], 2, /too long: link 'abcdefghijklmn19' would exceed 15/],
-    ['non-integer count', ['--prefix', prefix, '--count', '1.5'], 2, /invalid --count '1.5'/],
+    ['non-integer count', ['--prefix', prefix, '--count', '1.5'], 2, /invalid --count '1.5': it must be a whole number from 1 to 4096/],
+    ['count in exponent notation', ['--prefix', prefix, '--count', '1e3'], 2, /invalid --count '1e3'/],
+    ['count in exponent notation after =', ['--prefix', prefix, '--count=1e3'], 2, /invalid --count '1e3'/],
+    ['hexadecimal count', ['--prefix', prefix, '--count', '0x10'], 2, /invalid --count '0x10'/],
+    ['negative count', ['--prefix', prefix, '--count', '-1'], 2, /invalid --count '-1'/],
+    ['count with a sign', ['--prefix', prefix, '--count', '+3'], 2, /invalid --count '\+3'/],
+    ['count with a space', ['--prefix', prefix, '--count', ' 3'], 2, /invalid --count ' 3'/],
+    ['empty count', ['--prefix', prefix, '--count', ''], 2, /invalid --count ''/],
+    ['count without a value', ['--prefix', prefix, '--count'], 2, /--count needs a value/],
     ['non-numeric count', ['--prefix', prefix, '--count', 'many'], 2, /invalid --count 'many'/],
-    ['zero count', ['--prefix', prefix, '--count', '0'], 2, /invalid count 0/],
+    ['zero count', ['--prefix', prefix, '--count', '0'], 2, /invalid --count '0'/],
+    ['count over the maximum', ['--prefix', prefix, '--count', '4097'], 2, /invalid --count '4097'/],
+    ['setup options with --teardown', ['--prefix', prefix, '--teardown', '--count', '2'], 2, /--count does not go with --teardown/],
     ['count beyond the CIDR', ['--prefix', prefix, '--count', '5', '--host-cidr', '10.1.2.0/28'], 2, /holds 4 namespaces, not 5/],
     ['unknown option', ['--frobnicate'], 2, /Unknown option/],
     ['missing host interface', ['--prefix', prefix, '--host-cidr', '10.254.255.0/24', '--host-interface', 'nosuchif0'], 2, /'nosuchif0' does not exist/],
@@ -40,6 +50,13 @@ t.test('refuses bad input with a message, a hint and an exit code', async (t) =>
     t.equal(result.stdout, '', `${name}: nothing on stdout`);
   }
   t.notMatch(await sh('ip', ['netns', 'list']), prefix, 'nothing was created');
+});
+
+t.test('--version prints the version', async (t) => {
+  const result = cli(['--version']);
+  t.equal(result.code, 0);
+  t.match(result.stdout, /^ark-network-setup\/\d+\.\d+\.\d+ /);
+  t.equal(result.stderr, '');
 });
 
 t.test('refuses to run without root', async (t) => {

@@ -33,7 +33,7 @@ t.test('names', async (t) => {
 });
 
 t.test('setup options', async (t) => {
-  t.same(resolveSetupOptions({}), { count: 1, prefix: 'ark', hostNetwork: network('10.209.0.0/16'), hostInterface: undefined });
+  t.same(resolveSetupOptions({}), { count: 1, prefix: 'ark', hostNetwork: network('10.209.0.0/16'), hostInterface: undefined, force: false });
   t.throws(() => resolveSetupOptions({ count: 0 }), { code: 'BAD_COUNT', exitCode: 2 });
   t.throws(() => resolveSetupOptions({ count: 2.5 }), { code: 'BAD_COUNT' });
   t.throws(() => resolveSetupOptions({ count: 4097 }), { code: 'BAD_COUNT' });

@@ -1,9 +1,9 @@
 import t from 'tap';
 import { guestNetwork, setupNetwork, teardownNetwork, type NetworkEvent } from '@ark/network-setup';
-import { freeTestCidr, networkState, sh, testPrefix } from './test-network.ts';
+import { freeTestCidr, networkState, sh, testPrefix, unrelatedName } from './test-network.ts';
 
 const prefix = testPrefix('a');
-const dummy = `${prefix}-dummy`;
+const dummy = unrelatedName('dummy');
 
 t.test('setup, a second setup, teardown', async (t) => {
   const hostCidr = await freeTestCidr(0);

@@ -5,12 +5,19 @@ import { promisify } from 'node:util';
 
 const run = promisify(execFile);
 
+const TEST_NAME_START = process.env.ARK_TEST_NET_PREFIX ?? 'arkt';
+
 /**
  * A prefix no other test process uses: 'arkt' (or $ARK_TEST_NET_PREFIX, for
  * machines shared by people who each keep to a prefix) + pid + a letter per test file.
  */
 export function testPrefix(letter: string): string {
-  return `${process.env.ARK_TEST_NET_PREFIX ?? 'arkt'}${process.pid % 1000}${letter}`;
+  return `${TEST_NAME_START}${process.pid % 1000}${letter}`;
+}
+
+/** A name for a test's own unrelated object (a table, say) that no test prefix matches. */
+export function unrelatedName(word: string): string {
+  return `${TEST_NAME_START}${word}${process.pid}`;
 }
 
 export async function sh(file: string, args: readonly string[]): Promise<string> {
@@ -43,7 +50,7 @@ export async function networkState(prefix: string): Promise<unknown> {
   const tables = ruleset.nftables.filter((entry) => {
     const object = Object.values(entry)[0];
     const table = 'table' in entry ? object?.name : object?.table;
-    return table !== undefined && (table === prefix || table === `${prefix}-ports` || table === `${prefix}-dummy`);
+    return table !== undefined && (table === prefix || table === `${prefix}-ports` || table.startsWith(unrelatedName('dummy')));
   });
   const namespaces: Record<string, unknown> = {};
   for (const { name } of netns) {
