@@ -35,7 +35,7 @@ export function createCli(): CAC {
   const cli = cac(NAME);
   cli
     .command('', 'create (or with --teardown remove) the network namespaces that ark VMs run in')
-    .usage('[--count N] [--prefix P] [--host-cidr CIDR] [--host-interface IF] [--force] [--json]\n  ark-network-setup --teardown [--prefix P] [--json]')
+    .usage('[--count N] [--prefix P] [--host-cidr CIDR] [--host-interface IF] [--force] [--json]\n  $ ark-network-setup --teardown [--prefix P] [--json]')
     .option('--count <n>', `number of namespaces, ${integerOptions['--count']!.min} to ${MAX_COUNT} and at most what --host-cidr holds; a smaller count removes the surplus (default: 1)`)
     .option('--prefix <name>', `name prefix of namespaces, host links and nftables tables (default: ${DEFAULT_PREFIX})`)
     .option('--host-cidr <cidr>', `range for the per-namespace /30s (default: ${DEFAULT_HOST_CIDR})`)
