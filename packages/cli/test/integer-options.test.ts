@@ -12,7 +12,7 @@ t.test('plain decimal digits in range pass', async (t) => {
 t.test('anything else is a usage error naming the raw text', async (t) => {
   for (const value of ['1e3', '0x10', '-1', '1.5', '+3', ' 3', '3 ', '', '0', '4097', '１', 'Infinity']) {
     t.throws(() => checkIntegerOptions('prog', ['--count', value], options), { code: 'USAGE', exitCode: 2, message: `invalid --count '${value}'` }, JSON.stringify(value));
-    t.throws(() => checkIntegerOptions('prog', [`--count=${value}`], options), { exitCode: 2 }, `=${JSON.stringify(value)}`);
+    t.throws(() => checkIntegerOptions('prog', [`--count=${value}`], options), { code: 'USAGE', exitCode: 2 }, `=${JSON.stringify(value)}`);
   }
   t.throws(() => checkIntegerOptions('prog', ['--count'], options), { message: '--count needs a value' });
   t.throws(() => checkIntegerOptions('prog', ['--count', '--json'], options), { message: '--count needs a value' });
