@@ -50,6 +50,13 @@ export class BlobCache {
       for await (const chunk of chunks) {
         hash.update(chunk);
         bytes += chunk.length;
+        // stop at the declared size: a source that sends more never fills the disk
+        if (options.size !== undefined && bytes > options.size) {
+          throw new ArkError('DIGEST_MISMATCH', `${options.what} is larger than its declared ${options.size} bytes`, {
+            hint: 'the registry or file served different content than its manifest declares',
+            exitCode: ExitCode.badInput,
+          });
+        }
         options.onBytes?.(chunk.length);
         if (!out.write(chunk)) await new Promise<void>((resolve) => out.once('drain', () => resolve()));
       }

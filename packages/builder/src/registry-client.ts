@@ -12,6 +12,9 @@ export interface RegistryClientOptions {
   cache?: BlobCache;
 }
 
+/** The distribution spec's own limit for a manifest. */
+const maxManifestBytes = 4 * 1024 * 1024;
+
 export interface FetchedManifest {
   digest: string;
   mediaType: string;
@@ -43,8 +46,7 @@ export class RegistryClient {
 
   async getManifest(reference: string, expectedDigest?: string): Promise<FetchedManifest> {
     const response = await this.#request(`${this.#base}/manifests/${reference}`, { accept: acceptManifests });
-    const body = Buffer.from(await response.arrayBuffer());
-    if (body.length > 4 * 1024 * 1024) throw this.#error(`the manifest ${reference} is larger than 4 MiB`);
+    const body = await this.#readLimited(response, maxManifestBytes, `the manifest ${reference}`);
     const digest = `sha256:${createHash('sha256').update(body).digest('hex')}`;
     const wanted = expectedDigest ?? (reference.startsWith('sha256:') ? reference : undefined);
     if (wanted && wanted !== digest) {
@@ -134,10 +136,40 @@ export class RegistryClient {
         exitCode: ExitCode.network,
       });
     }
-    const body = (await response.json()) as { token?: string; access_token?: string };
+    let body: { token?: string; access_token?: string };
+    try {
+      body = JSON.parse((await this.#readLimited(response, maxManifestBytes, 'the token')).toString('utf8')) as typeof body;
+    } catch (error) {
+      if (error instanceof ArkError) throw error;
+      throw this.#error('the token service answered with something other than JSON');
+    }
     const token = body.token ?? body.access_token;
     if (!token) throw this.#error('the token service answered without a token');
     return `Bearer ${token}`;
+  }
+
+  /** The body, refused as soon as it passes `limit` bytes (a hostile server could send without end). */
+  async #readLimited(response: Response, limit: number, what: string): Promise<Buffer> {
+    const tooLarge = () => new ArkError('TOO_LARGE', `${this.registry}/${this.repository}: ${what} is larger than ${limit / 1048576} MiB`, {
+      hint: 'the registry sent more than any image needs; it is broken or hostile',
+      exitCode: ExitCode.badInput,
+    });
+    if (Number(response.headers.get('content-length') ?? 0) > limit) {
+      await response.body?.cancel();
+      throw tooLarge();
+    }
+    const chunks: Buffer[] = [];
+    let bytes = 0;
+    if (!response.body) return Buffer.alloc(0);
+    for await (const chunk of response.body as unknown as AsyncIterable<Uint8Array>) {
+      bytes += chunk.length;
+      if (bytes > limit) {
+        await response.body.cancel().catch(() => {});
+        throw tooLarge();
+      }
+      chunks.push(Buffer.from(chunk));
+    }
+    return Buffer.concat(chunks);
   }
 
   #error(message: string): ArkError {
