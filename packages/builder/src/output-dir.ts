@@ -29,9 +29,9 @@ export function prepareOutputDir(outDir: string): { path: string; created: boole
   const parentInfo = statSync(parent, { throwIfNoEntry: false });
   if (!parentInfo) throw usage(`the parent of ${printable(path)} does not exist`, `create it first: mkdir -p ${printable(parent)}`);
   if (!parentInfo.isDirectory()) throw usage(`the parent of ${printable(path)} is not a directory (${printable(parent)})`, 'choose an output directory inside a directory');
-  const fileSystem = pseudoFileSystems.get(statfsSync(parent).type);
-  if (fileSystem) throw usage(`${printable(path)} is on the kernel's ${fileSystem} file system, which cannot hold a blueprint`, 'choose an output directory on a disk');
   const info = lstatSync(path, { throwIfNoEntry: false });
+  const fileSystem = pseudoFileSystems.get(statfsSync(info ? path : parent).type);
+  if (fileSystem) throw usage(`${printable(path)} is on the kernel's ${fileSystem} file system, which cannot hold a blueprint`, 'choose an output directory on a disk');
   if (info && !statSync(path, { throwIfNoEntry: false })?.isDirectory()) {
     throw usage(`the output ${printable(path)} exists and is not a directory`, 'choose a new path or an existing directory');
   }
