@@ -82,6 +82,7 @@ export async function buildBlueprint(options: BuildOptions): Promise<BuildResult
     const image = await resolveImage(reference, {
       insecure: options.insecure,
       cache: options.cache ?? new BlobCache(),
+      signal: options.signal,
       onEvent: (e) => emit(e.kind === 'resolved' ? e : { kind: 'download', bytes: e.bytes, total: e.total }),
     });
     const run = runConfigFrom(image.config);

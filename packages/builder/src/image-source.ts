@@ -34,6 +34,8 @@ export interface ResolvedImage {
 export interface ResolveOptions {
   insecure?: boolean;
   cache?: BlobCache;
+  /** aborting stops downloads */
+  signal?: AbortSignal;
   onEvent?: (e: { kind: 'download'; digest: string; bytes: number; total: number } | { kind: 'resolved'; layers: number; bytes: number }) => void;
 }
 
@@ -54,6 +56,7 @@ async function resolveFromRegistry(reference: Extract<ImageReference, { kind: 'r
     insecure: options.insecure,
     credentials: readDockerCredentials(reference.registry),
     cache,
+    signal: options.signal,
   });
   let fetched = await client.getManifest(reference.digest ?? reference.tag ?? 'latest');
   let document = parseJson<ImageIndex | ImageManifest>(fetched.body, `the manifest of ${reference.text}`);
@@ -182,6 +185,7 @@ async function resolveFromDockerArchive(file: string, cache: BlobCache): Promise
       const path = at(name);
       const digest = diffIds[i];
       if (!digest || !existsSync(path)) throw new ArkError('NOT_A_DOCKER_ARCHIVE', `${file}: layer ${name} is missing or has no diff_id`, { exitCode: ExitCode.badInput });
+      if (statSync(path).size === 0) throw new ArkError('EMPTY_LAYER', `${file}: layer ${name} is 0 bytes, which is no tar (an empty layer has 1024)`, { hint: 'the archive is damaged; save it again', exitCode: ExitCode.badInput });
       return {
         digest,
         size: statSync(path).size,

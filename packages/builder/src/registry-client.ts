@@ -10,6 +10,8 @@ export interface RegistryClientOptions {
   insecure?: boolean;
   credentials?: Credentials;
   cache?: BlobCache;
+  /** aborting stops every request and download (a partial blob is removed) */
+  signal?: AbortSignal;
 }
 
 /** The distribution spec's own limit for a manifest. */
@@ -31,6 +33,7 @@ export class RegistryClient {
   readonly #base: string;
   readonly #credentials: Credentials | undefined;
   readonly #cache: BlobCache;
+  readonly #signal: AbortSignal | undefined;
   #authorization: string | undefined;
   /** bytes that came over the network (cache hits count nothing) */
   downloadedBytes = 0;
@@ -42,6 +45,7 @@ export class RegistryClient {
     this.#base = `${plain ? 'http' : 'https'}://${registry}/v2/${repository}`;
     this.#credentials = options.credentials;
     this.#cache = options.cache ?? new BlobCache();
+    this.#signal = options.signal;
   }
 
   async getManifest(reference: string, expectedDigest?: string): Promise<FetchedManifest> {
@@ -83,8 +87,9 @@ export class RegistryClient {
       if (this.#authorization) allHeaders.authorization = this.#authorization;
       let response: Response;
       try {
-        response = await fetch(url, { headers: allHeaders, redirect: 'follow' });
+        response = await fetch(url, { headers: allHeaders, redirect: 'follow', signal: this.#signal });
       } catch (error) {
+        if (this.#signal?.aborted) throw error;
         const cause = (error as { cause?: { code?: string; message?: string } }).cause;
         throw new ArkError('REGISTRY_UNREACHABLE', `cannot reach ${this.registry}: ${cause?.code ?? cause?.message ?? String(error)}`, {
           hint: isLoopbackRegistry(this.registry) || url.startsWith('http:') ? 'is the registry running?' : 'check the name and your network; for a plain-HTTP registry pass --insecure',
@@ -127,7 +132,8 @@ export class RegistryClient {
     const tokenUrl = new URL(params.realm);
     if (params.service) tokenUrl.searchParams.set('service', params.service);
     tokenUrl.searchParams.set('scope', params.scope ?? `repository:${this.repository}:pull`);
-    const response = await fetch(tokenUrl, { headers: basic ? { authorization: basic } : {} }).catch((error: unknown) => {
+    const response = await fetch(tokenUrl, { headers: basic ? { authorization: basic } : {}, signal: this.#signal }).catch((error: unknown) => {
+      if (this.#signal?.aborted) throw error;
       throw new ArkError('REGISTRY_UNREACHABLE', `cannot reach the token service ${tokenUrl.host}: ${String(error)}`, { exitCode: ExitCode.network });
     });
     if (!response.ok) {

@@ -1,10 +1,10 @@
 import { createHash } from 'node:crypto';
 import { createServer, type ServerResponse } from 'node:http';
-import { mkdirSync, mkdtempSync, readdirSync, rmSync, statSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import t from 'tap';
-import { runTool } from '@ark/test-images';
+import { finished, runTool, startTool } from '@ark/test-images';
 
 // A registry that never stops sending: the builder must stop reading at the
 // declared size of a blob and at 4 MiB of manifest, and say so.
@@ -24,6 +24,7 @@ const manifest = Buffer.from(JSON.stringify({
   config: { mediaType: 'application/vnd.oci.image.config.v1+json', digest: digest(config), size: config.length },
   layers: [{ mediaType: 'application/vnd.oci.image.layer.v1.tar+gzip', digest: layerDigest, size: 1000 }],
 }));
+const slowManifest = Buffer.from(manifest.toString().replace('"size":1000', '"size":100000000'));
 let sent = 0;
 
 /** Writes chunks of garbage until the client hangs up. */
@@ -47,6 +48,18 @@ const server = createServer((req, res) => {
   }
   if (url === `/v2/evil/blob/blobs/${digest(config)}`) return res.end(config);
   if (url === `/v2/evil/blob/blobs/${layerDigest}`) return endless(res, 'application/octet-stream');
+  if (url.startsWith('/v2/slow/blob/manifests/')) {
+    res.writeHead(200, { 'content-type': 'application/vnd.oci.image.manifest.v1+json' });
+    return res.end(slowManifest);
+  }
+  if (url === `/v2/slow/blob/blobs/${digest(config)}`) return res.end(config);
+  if (url === `/v2/slow/blob/blobs/${layerDigest}`) {
+    // a trickle that would take minutes: the build is interrupted during it
+    res.writeHead(200, { 'content-type': 'application/octet-stream' });
+    const timer = setInterval(() => res.write(Buffer.alloc(4096)), 50);
+    res.on('close', () => clearInterval(timer));
+    return;
+  }
   res.writeHead(404).end();
 });
 await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
@@ -81,4 +94,20 @@ t.test('a blob download stops at its declared size', async (t) => {
   t.ok(blobs < 1024 * 1024, `the blob cache holds no more than the declared size (${blobs} bytes)`);
   t.notOk(readdirSync(join(cache, 'blobs', 'sha256')).some((name) => name.endsWith('.partial')), 'no partial blob is left');
   t.same(readdirSync(staging), [], 'no staging is left');
+});
+
+t.test('SIGINT during a download removes the partial blob and exits 130', async (t) => {
+  const out = join(work, 'out-slow');
+  const child = startTool('builder', 'ark-builder', [`${address}/slow/blob:latest`, out], env);
+  const done = finished(child);
+  const sha = join(cache, 'blobs', 'sha256');
+  const deadline = Date.now() + 30_000;
+  while (!(existsSync(sha) && readdirSync(sha).some((name) => name.endsWith('.partial'))) && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 20));
+  t.ok(readdirSync(sha).some((name) => name.endsWith('.partial')), 'the download was under way');
+  child.kill('SIGINT');
+  const result = await done;
+  t.equal(result.code, 130, result.stderr);
+  t.notOk(readdirSync(sha).some((name) => name.endsWith('.partial')), 'no partial blob is left');
+  t.notOk(existsSync(out), 'no OUTDIR is left');
+  t.same(readdirSync(staging), []);
 });
