@@ -5,7 +5,7 @@ import { PassThrough, Transform, type Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { createGunzip } from 'node:zlib';
 import tar from 'tar-stream';
-import { ArkError, ExitCode } from '@ark/cli';
+import { ArkError, ExitCode, printable } from '@ark/cli';
 import { BlobCache, parseDigest } from './blob-cache.ts';
 import { readDockerCredentials } from './docker-credentials.ts';
 import type { ImageReference } from './image-reference.ts';
@@ -172,6 +172,9 @@ async function resolveFromDockerArchive(file: string, cache: BlobCache): Promise
   }
   const manifest = parseJson<Array<{ Config: string; Layers: string[] }>>(readFileSync(at('manifest.json')), `manifest.json in ${file}`)[0];
   if (!manifest) throw new ArkError('NOT_A_DOCKER_ARCHIVE', `${file} has an empty manifest.json`, { exitCode: ExitCode.badInput });
+  if (typeof manifest.Config !== 'string' || !Array.isArray(manifest.Layers) || !manifest.Layers.every((layer) => typeof layer === 'string') || !existsSync(at(manifest.Config))) {
+    throw new ArkError('NOT_A_DOCKER_ARCHIVE', `${file}: manifest.json names no config or layers that the archive holds`, { hint: 'the archive is damaged; save it again', exitCode: ExitCode.badInput });
+  }
   const configBytes = readFileSync(at(manifest.Config));
   const configDigest = `sha256:${createHash('sha256').update(configBytes).digest('hex')}`;
   const config = parseJson<ImageConfig>(configBytes, `the config in ${file}`);
@@ -184,8 +187,8 @@ async function resolveFromDockerArchive(file: string, cache: BlobCache): Promise
     layers: manifest.Layers.map((name, i) => {
       const path = at(name);
       const digest = diffIds[i];
-      if (!digest || !existsSync(path)) throw new ArkError('NOT_A_DOCKER_ARCHIVE', `${file}: layer ${name} is missing or has no diff_id`, { exitCode: ExitCode.badInput });
-      if (statSync(path).size === 0) throw new ArkError('EMPTY_LAYER', `${file}: layer ${name} is 0 bytes, which is no tar (an empty layer has 1024)`, { hint: 'the archive is damaged; save it again', exitCode: ExitCode.badInput });
+      if (!digest || !existsSync(path)) throw new ArkError('NOT_A_DOCKER_ARCHIVE', `${file}: layer ${printable(name)} is missing or has no diff_id`, { exitCode: ExitCode.badInput });
+      if (statSync(path).size === 0) throw new ArkError('EMPTY_LAYER', `${file}: layer ${printable(name)} is 0 bytes, which is no tar (an empty layer has 1024)`, { hint: 'the archive is damaged; save it again', exitCode: ExitCode.badInput });
       return {
         digest,
         size: statSync(path).size,

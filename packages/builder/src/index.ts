@@ -10,3 +10,5 @@ export { resolveImage } from './image-source.ts';
 export { readDockerCredentials } from './docker-credentials.ts';
 export { findGuestKernel, resolveModules, guestModules } from './guest-kernel.ts';
 export { parseSize } from './disk-image.ts';
+export { defaultRuntimeSources, ensureRuntimeImage } from './runtime-image.ts';
+export type { GuestRuntimeSources, RuntimeImage } from './runtime-image.ts';

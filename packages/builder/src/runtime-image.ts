@@ -1,11 +1,11 @@
 import { execFile, execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { chmodSync, copyFileSync, createReadStream, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, realpathSync, renameSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
+import { accessSync, chmodSync, constants, copyFileSync, createReadStream, existsSync, mkdirSync, readdirSync, readFileSync, realpathSync, renameSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { basename, dirname, join, relative } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { guestRuntimeDir } from '@ark/blueprint';
-import { ArkError, ExitCode } from '@ark/cli';
+import { ArkError, ExitCode, createOwnedDir } from '@ark/cli';
 import { arkCacheDir } from './blob-cache.ts';
 
 const run = promisify(execFile);
@@ -75,14 +75,14 @@ export async function ensureRuntimeImage(options: { uncachedPath: string; signal
   let cached = true;
   try {
     mkdirSync(cacheDir, { recursive: true });
-    const probe = mkdtempSync(join(cacheDir, `.building-${process.pid}-`));
-    rmSync(probe, { recursive: true });
+    accessSync(cacheDir, constants.W_OK);
   } catch {
     // a user who cannot write any cache still builds: the image is built where it is wanted
     dir = dirname(options.uncachedPath);
     cached = false;
   }
-  const staging = mkdtempSync(join(dir, `.building-${process.pid}-`));
+  // what a build killed with SIGKILL left (its pid is gone) is removed here
+  const staging = createOwnedDir(dir, '.ark-runtime-building-');
   const temp = `${staging}.squashfs.partial`;
   try {
     populate(join(staging, 'root'), entries);
