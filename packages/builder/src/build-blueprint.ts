@@ -22,6 +22,8 @@ export interface BuildOptions {
   diskSize?: number;
   /** bytes the image may unpack to; default: diskSize, else defaultMaxSize */
   maxSize?: number;
+  /** bytes the image may take while staged in RAM before it moves to disk; default: half of what /dev/shm has free */
+  ramStagingBytes?: number;
   kernel?: string;
   modules?: string;
   hooks?: Partial<GuestHooks>;
@@ -100,7 +102,7 @@ export async function buildBlueprint(options: BuildOptions): Promise<BuildResult
     bootFiles.catch(() => {});
 
     const limit = options.maxSize ?? options.diskSize ?? defaultMaxSize;
-    let plan = stagingPlan(outDir, image.layers.reduce((sum, layer) => sum + layer.size, 0), limit);
+    let plan = stagingPlan(outDir, image.layers.reduce((sum, layer) => sum + layer.size, 0), limit, options.ramStagingBytes);
     const preserveOwnership = process.getuid?.() === 0;
     if (!preserveOwnership) emit({ kind: 'warning', message: 'not running as root: file ownership in the image is not kept (every file belongs to root in the guest)' });
     let root: string;
@@ -188,11 +190,11 @@ async function applyLayers(root: string, image: ResolvedImage, budget: UnpackBud
  * as they unpack (`ramLimit`) and a bigger image starts again beside the
  * output. ARK_STAGING_DIR overrides.
  */
-export function stagingPlan(outDir: string, compressedBytes: number, limit: number): { parent: string; ramLimit?: number } {
+export function stagingPlan(outDir: string, compressedBytes: number, limit: number, ramBytes?: number): { parent: string; ramLimit?: number } {
   if (process.env.ARK_STAGING_DIR) return { parent: process.env.ARK_STAGING_DIR };
   try {
     const shm = statfsSync('/dev/shm');
-    const ram = Math.floor((shm.bavail * shm.bsize) / 2);
+    const ram = Math.min(ramBytes ?? Infinity, Math.floor((shm.bavail * shm.bsize) / 2));
     // layers unpack to a few times their compressed size: not worth starting in RAM when even that does not fit
     if (shm.type === tmpfsMagic && ram > compressedBytes * 3) return { parent: '/dev/shm', ramLimit: ram < limit ? ram : undefined };
   } catch {
