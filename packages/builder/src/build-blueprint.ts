@@ -51,7 +51,7 @@ export interface BuildResult {
 
 export const defaultCmdline = 'console=ttyS0 panic=-1 quiet loglevel=3';
 
-/** What an image may unpack to when neither --max-size nor --disk-size says. */
+/** What an image may unpack to when neither --max-size nor --disk-size says (and OUTDIR's file system has the room). */
 export const defaultMaxSize = 32 * 1024 ** 3;
 
 /**
@@ -101,7 +101,7 @@ export async function buildBlueprint(options: BuildOptions): Promise<BuildResult
     background = bootFiles;
     bootFiles.catch(() => {});
 
-    const limit = options.maxSize ?? options.diskSize ?? defaultMaxSize;
+    const { limit, limitReason } = unpackLimit(outDir, options);
     let plan = stagingPlan(outDir, image.layers.reduce((sum, layer) => sum + layer.size, 0), limit, options.ramStagingBytes);
     const preserveOwnership = process.getuid?.() === 0;
     if (!preserveOwnership) emit({ kind: 'warning', message: 'not running as root: file ownership in the image is not kept (every file belongs to root in the guest)' });
@@ -111,7 +111,7 @@ export async function buildBlueprint(options: BuildOptions): Promise<BuildResult
       root = join(staging, 'rootfs');
       mkdirSync(root, { mode: 0o755 });
       try {
-        await applyLayers(root, image, { used: 0, limit, ramLimit: plan.ramLimit }, preserveOwnership, emit, options.signal);
+        await applyLayers(root, image, { used: 0, limit, limitReason, ramLimit: plan.ramLimit }, preserveOwnership, emit, options.signal);
         break;
       } catch (error) {
         if (!(error instanceof StagingFullError)) throw error;
@@ -181,6 +181,19 @@ async function applyLayers(root: string, image: ResolvedImage, budget: UnpackBud
     });
     for (const skipped of stats.skipped) emit({ kind: 'warning', message: `layer ${index + 1}: skipped ${skipped}` });
   }
+}
+
+/**
+ * What the image may unpack to: --max-size, else --disk-size, else 32 GiB but
+ * no more than OUTDIR's file system has free (less 1 GiB), which the disk
+ * image needs too: a small layer that expands without end never fills the host.
+ */
+function unpackLimit(outDir: string, options: BuildOptions): { limit: number; limitReason?: string } {
+  const given = options.maxSize ?? options.diskSize;
+  if (given !== undefined) return { limit: given };
+  const info = statfsSync(outDir);
+  const room = Math.max(0, info.bavail * info.bsize - 1024 ** 3);
+  return room < defaultMaxSize ? { limit: room, limitReason: `what ${outDir} has free, less 1 GiB` } : { limit: defaultMaxSize };
 }
 
 /**

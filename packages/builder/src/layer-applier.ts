@@ -34,6 +34,8 @@ export interface ApplyLayerOptions {
 export interface UnpackBudget {
   used: number;
   limit: number;
+  /** why the limit is what it is, when it is not the user's --max-size or --disk-size */
+  limitReason?: string;
   ramLimit?: number;
 }
 
@@ -235,8 +237,10 @@ class LayerApplier {
     if (!budget) return;
     budget.used += Math.ceil(size / 4096) * 4096;
     if (budget.used > budget.limit) {
-      throw new ArkError('IMAGE_TOO_LARGE', `layer ${this.#options.layer}, entry '${printable(entry)}': the image unpacks to more than ${formatBytes(budget.limit)}`, {
-        hint: 'a layer that expands this much is hostile or a mistake; if the image is really this big, raise --max-size (or --disk-size)',
+      throw new ArkError('IMAGE_TOO_LARGE', `layer ${this.#options.layer}, entry '${printable(entry)}': the image unpacks to more than ${formatBytes(budget.limit)}${budget.limitReason ? ` (${budget.limitReason})` : ''}`, {
+        hint: budget.limitReason
+          ? 'a layer that expands this much is hostile or a mistake; if the image is really this big, free some space or build it elsewhere'
+          : 'a layer that expands this much is hostile or a mistake; if the image is really this big, raise --max-size (or --disk-size)',
         exitCode: ExitCode.badInput,
       });
     }

@@ -1,4 +1,4 @@
-import { spawn } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { chmodSync, chownSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -108,6 +108,18 @@ t.test('a layer that expands past --max-size (or --disk-size) stops the build', 
     t.notMatch(result.stderr, /internal error/);
     nothingLeft(t, out);
   }
+  await t.test('without either, no more than OUTDIR has free (less 1 GiB)', { skip: process.getuid?.() !== 0 && 'needs root to mount a small file system' }, async (t) => {
+    const small = join(work, 'small-fs');
+    mkdirSync(small);
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=1100m', 'hb-small-fs', small]);
+    t.teardown(() => execFileSync('umount', [small]));
+    const out = join(small, 'bp');
+    const result = await runTool('builder', 'ark-builder', [`oci:${bomb}:latest`, out], env);
+    t.equal(result.code, 3, result.stderr);
+    t.match(result.stderr, /the image unpacks to more than \d+(\.\d)? MiB \(what .*small-fs\/bp has free, less 1 GiB\)/);
+    t.match(result.stderr, /free some space or build it elsewhere/);
+    nothingLeft(t, out);
+  });
 });
 
 t.test('SIGINT and SIGTERM mid-build remove the staging directory, every .partial and the OUTDIR', async (t) => {
