@@ -19,7 +19,7 @@ if [ "$(id -u)" != 0 ]; then
 fi
 
 debs=(
-  qemu-system-x86 qemu-utils e2fsprogs busybox-static tini cpio kmod util-linux
+  qemu-system-x86 qemu-utils e2fsprogs squashfs-tools busybox-static tini cpio kmod util-linux
   iproute2 nftables ca-certificates curl xz-utils zstd
   docker-registry skopeo umoci
   nbdkit libnbd-bin fuse3 gnutls-bin

@@ -17,6 +17,8 @@ interface GuestConfig {
 }
 
 const busybox = '/.ark/bin/busybox';
+/** @ark/blueprint's guestConfigPath (the guest has no copy of that package): /init mounts it there from the initramfs */
+const guestConfigPath = '/.ark/config/run.json';
 
 function log(message: string): void {
   process.stderr.write(`ark-agent: ${message}\n`);
@@ -27,7 +29,7 @@ function log(message: string): void {
  * the agent port, answers the host's requests, reports the exit code and
  * powers the VM off once the host has read everything.
  */
-export async function runAgent(configPath = '/.ark/config.json'): Promise<never> {
+export async function runAgent(configPath = guestConfigPath): Promise<never> {
   const config = JSON.parse(readFileSync(configPath, 'utf8')) as GuestConfig;
   const device = await findGuestPort(guestPorts.agent);
   if (!device) {

@@ -32,6 +32,8 @@ export interface BlueprintConfig {
   hooks: GuestHooks;
   kernel: { version: string; cmdline: string };
   disk: { sizeBytes: number; filesystem: 'ext4' };
+  /** the guest runtime's read-only disk (`ark.arkruntime`); absent in blueprints that carried it on their disk */
+  runtime?: { digest: string; filesystem: 'squashfs' };
   createdAt: string;
 }
 
@@ -41,8 +43,17 @@ export const blueprintFiles = {
   disk: 'ark.arkdisk',
   kernel: 'ark.arkkernel',
   initramfs: 'ark.arkinitramfs',
+  runtime: 'ark.arkruntime',
 } as const;
 
-/** Where the guest runtime lives on the disk; the agent reads its copy of the run config there. */
+/** Where /init mounts the guest runtime's read-only disk. */
 export const guestRuntimeDir = '/.ark';
-export const guestConfigPath = '/.ark/config.json';
+/** The run config ({ run, hooks }) as the agent reads it: /init copies it from the initramfs to a root-only tmpfs. */
+export const guestConfigPath = '/.ark/config/run.json';
+
+/**
+ * virtio-blk serial numbers: /init finds the disks by them, not by probe
+ * order (virtio-mmio slots need not come in the order they were given).
+ */
+export const rootDiskSerial = 'ark-root';
+export const runtimeDiskSerial = 'ark-runtime';

@@ -9,6 +9,8 @@ export interface Blueprint {
   diskPath: string;
   kernelPath: string;
   initramfsPath: string;
+  /** the guest runtime's disk, attached read-only; undefined for blueprints that carry the runtime on their disk */
+  runtimePath: string | undefined;
 }
 
 /** Reads and checks a blueprint directory; every failure says which file is wrong. */
@@ -31,8 +33,11 @@ export async function readBlueprint(dir: string): Promise<Blueprint> {
     diskPath: join(dir, blueprintFiles.disk),
     kernelPath: join(dir, blueprintFiles.kernel),
     initramfsPath: join(dir, blueprintFiles.initramfs),
+    runtimePath: config.runtime ? join(dir, blueprintFiles.runtime) : undefined,
   };
-  for (const [what, path] of [['disk', blueprint.diskPath], ['kernel', blueprint.kernelPath], ['initramfs', blueprint.initramfsPath]] as const) {
+  const files: Array<[string, string]> = [['disk', blueprint.diskPath], ['kernel', blueprint.kernelPath], ['initramfs', blueprint.initramfsPath]];
+  if (blueprint.runtimePath) files.push(['guest runtime', blueprint.runtimePath]);
+  for (const [what, path] of files) {
     const info = await stat(path).catch(() => undefined);
     if (!info?.isFile() || info.size === 0) {
       throw new ArkError('BLUEPRINT_INCOMPLETE', `the blueprint in ${dir} has no ${what} (${path} is missing or empty)`, {

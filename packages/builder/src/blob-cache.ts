@@ -1,5 +1,7 @@
 import { createHash } from 'node:crypto';
 import { createWriteStream, existsSync, mkdirSync, renameSync, rmSync, statSync } from 'node:fs';
+import { Transform } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
 import { ArkError, ExitCode } from '@ark/cli';
@@ -44,16 +46,25 @@ export class BlobCache {
     mkdirSync(join(this.dir, 'sha256'), { recursive: true });
     const temp = `${final}.${process.pid}.partial`;
     const hash = createHash('sha256');
-    const out = createWriteStream(temp);
     let bytes = 0;
-    try {
-      for await (const chunk of chunks) {
+    const counted = new Transform({
+      transform(chunk: Buffer, _encoding, callback) {
         hash.update(chunk);
         bytes += chunk.length;
+        // stop at the declared size: a source that sends more never fills the disk
+        if (options.size !== undefined && bytes > options.size) {
+          return callback(new ArkError('DIGEST_MISMATCH', `${options.what} is larger than its declared ${options.size} bytes`, {
+            hint: 'the registry or file served different content than its manifest declares',
+            exitCode: ExitCode.badInput,
+          }));
+        }
         options.onBytes?.(chunk.length);
-        if (!out.write(chunk)) await new Promise<void>((resolve) => out.once('drain', () => resolve()));
-      }
-      await new Promise<void>((resolve, reject) => out.end((error?: Error | null) => (error ? reject(error) : resolve())));
+        callback(null, chunk);
+      },
+    });
+    const out = createWriteStream(temp);
+    try {
+      await pipeline(chunks, counted, out);
       const actual = `sha256:${hash.digest('hex')}`;
       if (actual !== digest || (options.size !== undefined && bytes !== options.size)) {
         throw new ArkError('DIGEST_MISMATCH', `${options.what} does not match its digest: expected ${digest} (${options.size ?? '?'} bytes), got ${actual} (${bytes} bytes)`, {
@@ -64,7 +75,8 @@ export class BlobCache {
       renameSync(temp, final);
       return final;
     } catch (error) {
-      out.destroy();
+      // the file may still be opening: remove it once the stream has let go of it
+      if (!out.closed) await new Promise<void>((resolve) => out.once('close', () => resolve()));
       rmSync(temp, { force: true });
       throw error;
     }

@@ -1,17 +1,18 @@
+import { constants as fsConstants, mkdirSync, renameSync, rmdirSync, rmSync, statfsSync, writeFileSync } from 'node:fs';
 import { copyFile } from 'node:fs/promises';
-import { existsSync, mkdirSync, renameSync, rmSync, statfsSync, writeFileSync } from 'node:fs';
-import { join, resolve } from 'node:path';
+import { join } from 'node:path';
 import { blueprintFiles, type BlueprintConfig, type GuestHooks, type RunConfig } from '@ark/blueprint';
-import { ArkError, ExitCode, createOwnedDir } from '@ark/cli';
+import { ArkError, ExitCode, createOwnedDir, formatBytes } from '@ark/cli';
 import { BlobCache } from './blob-cache.ts';
 import { defaultDiskSize, measureTree, writeExt4Image } from './disk-image.ts';
 import { findGuestKernel, guestModules, resolveModules } from './guest-kernel.ts';
-import { installGuestRuntime } from './guest-runtime.ts';
 import { parseImageReference } from './image-reference.ts';
-import { resolveImage, verifyDigest } from './image-source.ts';
+import { resolveImage, verifyDigest, type ResolvedImage } from './image-source.ts';
 import { writeInitramfs } from './initramfs.ts';
-import { applyLayer } from './layer-applier.ts';
+import { StagingFullError, applyLayer, type UnpackBudget } from './layer-applier.ts';
 import type { ImageConfig } from './oci-types.ts';
+import { prepareOutputDir } from './output-dir.ts';
+import { ensureRuntimeImage } from './runtime-image.ts';
 
 export interface BuildOptions {
   image: string;
@@ -19,11 +20,17 @@ export interface BuildOptions {
   insecure?: boolean;
   /** bytes; default: the content plus headroom */
   diskSize?: number;
+  /** bytes the image may unpack to; default: diskSize, else defaultMaxSize */
+  maxSize?: number;
+  /** bytes the image may take while staged in RAM before it moves to disk; default: half of what /dev/shm has free */
+  ramStagingBytes?: number;
   kernel?: string;
   modules?: string;
   hooks?: Partial<GuestHooks>;
   cache?: BlobCache;
   onEvent?: (event: BuildEvent) => void;
+  /** aborting stops the build; everything it wrote is removed */
+  signal?: AbortSignal;
 }
 
 export type BuildEvent =
@@ -36,7 +43,7 @@ export type BuildEvent =
 export interface BuildResult {
   outDir: string;
   config: BlueprintConfig;
-  files: { config: string; disk: string; kernel: string; initramfs: string };
+  files: { config: string; disk: string; kernel: string; initramfs: string; runtime: string };
   contentBytes: number;
   /** bytes that came from a registry; 0 when every layer was cached */
   downloadedBytes: number;
@@ -44,53 +51,79 @@ export interface BuildResult {
 
 export const defaultCmdline = 'console=ttyS0 panic=-1 quiet loglevel=3';
 
-/** OCI image → blueprint directory. Outputs appear only when complete; ark.json is written last. */
+/** What an image may unpack to when neither --max-size nor --disk-size says (and OUTDIR's file system has the room). */
+export const defaultMaxSize = 32 * 1024 ** 3;
+
+/**
+ * OCI image → blueprint directory. Outputs appear only when complete; ark.json
+ * is written last. The builder writes nothing of ark's into the image: the
+ * guest runtime is a disk of its own and the run config is in the initramfs.
+ * A failed or aborted build removes its staging directory, every partial file
+ * and OUTDIR if it created it.
+ */
 export async function buildBlueprint(options: BuildOptions): Promise<BuildResult> {
+  if (options.image === '') throw new ArkError('USAGE', 'the image is an empty string', { hint: 'pass an image, e.g. oci:DIR:TAG or NAME:TAG', exitCode: ExitCode.usage });
   const reference = parseImageReference(options.image);
-  const outDir = resolve(options.outDir);
   const kernel = findGuestKernel(options.kernel, options.modules);
   const modules = resolveModules(kernel.modulesDir, guestModules);
-  mkdirSync(outDir, { recursive: true });
+  const output = prepareOutputDir(options.outDir);
+  const outDir = output.path;
   const emit = options.onEvent ?? (() => {});
-  const image = await resolveImage(reference, {
-    insecure: options.insecure,
-    cache: options.cache ?? new BlobCache(),
-    onEvent: (e) => emit(e.kind === 'resolved' ? e : { kind: 'download', bytes: e.bytes, total: e.total }),
-  });
-
-  const staging = createOwnedDir(stagingParent(outDir, image.layers.reduce((sum, layer) => sum + layer.size, 0)), '.ark-staging-');
   const files = {
     config: join(outDir, blueprintFiles.config),
     disk: join(outDir, blueprintFiles.disk),
     kernel: join(outDir, blueprintFiles.kernel),
     initramfs: join(outDir, blueprintFiles.initramfs),
+    runtime: join(outDir, blueprintFiles.runtime),
   };
   const temp = (path: string) => `${path}.partial`;
-  // the kernel and initramfs do not depend on the image: they are written while the layers apply
-  const bootFiles = Promise.all([copyFile(kernel.kernelPath, temp(files.kernel)), writeInitramfs(temp(files.initramfs), modules)]);
-  bootFiles.catch(() => {});
+  let staging: string | undefined;
+  let background: Promise<unknown> = Promise.resolve();
+  let built = false;
   try {
-    const root = join(staging, 'rootfs');
-    mkdirSync(root, { mode: 0o755 });
-    const preserveOwnership = process.getuid?.() === 0;
-    if (!preserveOwnership) emit({ kind: 'warning', message: 'not running as root: file ownership in the image is not kept (every file belongs to root in the guest)' });
-    for (const [index, layer] of image.layers.entries()) {
-      emit({ kind: 'layer', index, count: image.layers.length, digest: layer.digest });
-      const stats = await applyLayer(root, layer.open(), {
-        layer: layer.digest,
-        preserveOwnership,
-        verifyUncompressed: layer.diffId ? () => verifyDigest(layer.diffId!, `layer ${layer.digest}`) : undefined,
-      });
-      for (const skipped of stats.skipped) emit({ kind: 'warning', message: `layer ${index + 1}: skipped ${skipped}` });
-    }
-
+    const image = await resolveImage(reference, {
+      insecure: options.insecure,
+      cache: options.cache ?? new BlobCache(),
+      signal: options.signal,
+      onEvent: (e) => emit(e.kind === 'resolved' ? e : { kind: 'download', bytes: e.bytes, total: e.total }),
+    });
     const run = runConfigFrom(image.config);
     const hooks: GuestHooks = { beforeSuspend: null, afterResume: null, readyTcpPort: null, readyCommand: null, ...options.hooks };
-    emit({ kind: 'step', step: 'runtime' });
-    installGuestRuntime(root, { run, hooks });
+    // the kernel, initramfs and runtime do not depend on the layers: they are written while the layers apply
+    const bootFiles = Promise.all([
+      copyFile(kernel.kernelPath, temp(files.kernel)),
+      writeInitramfs(temp(files.initramfs), modules, { run, hooks }, undefined, options.signal),
+      ensureRuntimeImage({ uncachedPath: temp(files.runtime), signal: options.signal }).then(async (runtime) => {
+        if (runtime.cached) await copyFile(runtime.path, temp(files.runtime), fsConstants.COPYFILE_FICLONE);
+        return runtime;
+      }),
+    ]);
+    background = bootFiles;
+    bootFiles.catch(() => {});
+
+    const { limit, limitReason } = unpackLimit(outDir, options);
+    let plan = stagingPlan(outDir, image.layers.reduce((sum, layer) => sum + layer.size, 0), limit, options.ramStagingBytes);
+    const preserveOwnership = process.getuid?.() === 0;
+    if (!preserveOwnership) emit({ kind: 'warning', message: 'not running as root: file ownership in the image is not kept (every file belongs to root in the guest)' });
+    let root: string;
+    for (;;) {
+      staging = createOwnedDir(plan.parent, '.ark-staging-');
+      root = join(staging, 'rootfs');
+      mkdirSync(root, { mode: 0o755 });
+      try {
+        await applyLayers(root, image, { used: 0, limit, limitReason, ramLimit: plan.ramLimit }, preserveOwnership, emit, options.signal);
+        break;
+      } catch (error) {
+        if (!(error instanceof StagingFullError)) throw error;
+        // the layers expand to more than RAM should take: start again on disk
+        emit({ kind: 'warning', message: `the image unpacks to more than ${formatBytes(plan.ramLimit ?? 0)}: staging it on disk instead of in RAM` });
+        rmSync(staging, { recursive: true, force: true });
+        plan = { parent: outDir };
+      }
+    }
 
     emit({ kind: 'step', step: 'disk' });
-    const content = await measureTree(root);
+    const content = await measureTree(root, options.signal);
     const diskSize = options.diskSize ?? defaultDiskSize(content.bytes);
     if (diskSize < content.bytes) {
       throw new ArkError('DISK_TOO_SMALL', `--disk-size ${diskSize} bytes is smaller than the image content (${content.bytes} bytes)`, {
@@ -98,10 +131,11 @@ export async function buildBlueprint(options: BuildOptions): Promise<BuildResult
         exitCode: ExitCode.usage,
       });
     }
-    await writeExt4Image(root, temp(files.disk), diskSize, content.inodes);
+    await writeExt4Image(root, temp(files.disk), diskSize, content.inodes, options.signal);
+    rmSync(staging, { recursive: true, force: true });
 
-    await bootFiles;
-
+    emit({ kind: 'step', step: 'runtime' });
+    const [, , runtime] = await bootFiles;
     const config: BlueprintConfig = {
       arkVersion: 1,
       image: { reference: reference.text, digest: image.manifestDigest, configDigest: image.configDigest },
@@ -109,36 +143,77 @@ export async function buildBlueprint(options: BuildOptions): Promise<BuildResult
       hooks,
       kernel: { version: kernel.version, cmdline: defaultCmdline },
       disk: { sizeBytes: diskSize, filesystem: 'ext4' },
+      runtime: { digest: runtime.digest, filesystem: 'squashfs' },
       createdAt: new Date().toISOString(),
     };
+    options.signal?.throwIfAborted();
     // a directory holding ark.json is a blueprint: it appears after everything else
     rmSync(files.config, { force: true });
-    for (const path of [files.disk, files.kernel, files.initramfs]) renameSync(temp(path), path);
+    for (const path of [files.disk, files.kernel, files.initramfs, files.runtime]) renameSync(temp(path), path);
     writeFileSync(temp(files.config), `${JSON.stringify(config, null, 2)}\n`);
     renameSync(temp(files.config), files.config);
+    built = true;
     return { outDir, config, files, contentBytes: content.bytes, downloadedBytes: image.downloadedBytes() };
   } finally {
-    await bootFiles.catch(() => {});
-    rmSync(staging, { recursive: true, force: true });
-    for (const path of Object.values(files)) if (existsSync(temp(path))) rmSync(temp(path), { force: true });
+    await background.catch(() => {});
+    if (staging) rmSync(staging, { recursive: true, force: true });
+    for (const path of Object.values(files)) rmSync(temp(path), { force: true });
+    if (!built && output.created) {
+      try {
+        rmdirSync(outDir);
+      } catch {
+        // someone else put files there meanwhile: theirs stay
+      }
+    }
+  }
+}
+
+async function applyLayers(root: string, image: ResolvedImage, budget: UnpackBudget, preserveOwnership: boolean, emit: (event: BuildEvent) => void, signal: AbortSignal | undefined): Promise<void> {
+  for (const [index, layer] of image.layers.entries()) {
+    signal?.throwIfAborted();
+    emit({ kind: 'layer', index, count: image.layers.length, digest: layer.digest });
+    const stats = await applyLayer(root, layer.open(), {
+      layer: layer.digest,
+      preserveOwnership,
+      verifyUncompressed: layer.diffId ? () => verifyDigest(layer.diffId!, `layer ${layer.digest}`) : undefined,
+      budget,
+      signal,
+    });
+    for (const skipped of stats.skipped) emit({ kind: 'warning', message: `layer ${index + 1}: skipped ${skipped}` });
   }
 }
 
 /**
- * Where the image is unpacked before mkfs reads it: RAM (/dev/shm) when it has
- * room, as those files live for a second and writing them to disk costs more
- * than the whole build; else beside the output. ARK_STAGING_DIR overrides.
+ * What the image may unpack to: --max-size, else --disk-size, else 32 GiB but
+ * no more than OUTDIR's file system has free (less 1 GiB), which the disk
+ * image needs too: a small layer that expands without end never fills the host.
  */
-export function stagingParent(outDir: string, compressedBytes: number): string {
-  if (process.env.ARK_STAGING_DIR) return process.env.ARK_STAGING_DIR;
+function unpackLimit(outDir: string, options: BuildOptions): { limit: number; limitReason?: string } {
+  const given = options.maxSize ?? options.diskSize;
+  if (given !== undefined) return { limit: given };
+  const info = statfsSync(outDir);
+  const room = Math.max(0, info.bavail * info.bsize - 1024 ** 3);
+  return room < defaultMaxSize ? { limit: room, limitReason: `what ${outDir} has free, less 1 GiB` } : { limit: defaultMaxSize };
+}
+
+/**
+ * Where the image is unpacked before mkfs reads it: RAM (/dev/shm), as those
+ * files live for a second and writing them to disk costs more than the whole
+ * build, but only up to half of what /dev/shm has free: the bytes are counted
+ * as they unpack (`ramLimit`) and a bigger image starts again beside the
+ * output. ARK_STAGING_DIR overrides.
+ */
+export function stagingPlan(outDir: string, compressedBytes: number, limit: number, ramBytes?: number): { parent: string; ramLimit?: number } {
+  if (process.env.ARK_STAGING_DIR) return { parent: process.env.ARK_STAGING_DIR };
   try {
     const shm = statfsSync('/dev/shm');
-    // layers unpack to a few times their compressed size; the guest runtime adds about 200 MiB
-    if (shm.type === tmpfsMagic && shm.bavail * shm.bsize > compressedBytes * 5 + 1024 * 1048576) return '/dev/shm';
+    const ram = Math.min(ramBytes ?? Infinity, Math.floor((shm.bavail * shm.bsize) / 2));
+    // layers unpack to a few times their compressed size: not worth starting in RAM when even that does not fit
+    if (shm.type === tmpfsMagic && ram > compressedBytes * 3) return { parent: '/dev/shm', ramLimit: ram < limit ? ram : undefined };
   } catch {
     // no /dev/shm
   }
-  return outDir;
+  return { parent: outDir };
 }
 
 const tmpfsMagic = 0x01021994;

@@ -1,5 +1,5 @@
 import { cac } from 'cac';
-import { ArkError, ExitCode, ProgressBar, colour, formatBytes, runCli } from '@ark/cli';
+import { ArkError, ExitCode, ExitError, ProgressBar, colour, formatBytes, runCli, stopSignals } from '@ark/cli';
 import { buildBlueprint, type BuildEvent } from './build-blueprint.ts';
 import { parseSize } from './disk-image.ts';
 
@@ -9,6 +9,7 @@ export async function main(argv: string[]): Promise<void> {
     .command('<image> <outdir>', 'Turn an OCI image into a blueprint: ark.arkdisk, ark.arkkernel, ark.arkinitramfs, ark.json')
     .option('--insecure', 'Allow plain HTTP to a registry that is not on loopback')
     .option('--disk-size <size>', 'Disk size (e.g. 2G); default: the content plus headroom')
+    .option('--max-size <size>', 'Stop when the image unpacks to more than this (default: the disk size, else 32G)')
     .option('--kernel <file>', 'Guest kernel (bzImage) instead of the default Debian cloud kernel')
     .option('--modules <dir>', "The kernel's lib/modules/VERSION directory (with --kernel)")
     .option('--before-suspend <cmd>', 'Command the agent runs before a snapshot')
@@ -28,11 +29,15 @@ export async function main(argv: string[]): Promise<void> {
       }
       const bar = new ProgressBar();
       const started = Date.now();
+      // Ctrl-C and SIGTERM stop the build, which then removes what it wrote
+      using stop = stopSignals();
       const result = await buildBlueprint({
-        image,
-        outDir,
+        image: String(image),
+        outDir: String(outDir),
         insecure: options.insecure === true,
         diskSize: options.diskSize === undefined ? undefined : parseSize(String(options.diskSize)),
+        maxSize: options.maxSize === undefined ? undefined : parseSize(String(options.maxSize)),
+        signal: stop.signal,
         kernel: options.kernel as string | undefined,
         modules: options.modules as string | undefined,
         hooks: {
@@ -42,6 +47,11 @@ export async function main(argv: string[]): Promise<void> {
           readyCommand: (options.readyCmd as string | undefined) ?? null,
         },
         onEvent: (event) => report(event, bar),
+      }).catch((error: unknown) => {
+        if (!stop.signal.aborted) throw error;
+        bar.clear();
+        process.stderr.write(`ark-builder: ${String(stop.signal.reason)}: stopped; nothing was written\n`);
+        throw new ExitError(stop.signal.reason === 'SIGINT' ? ExitCode.interrupted : ExitCode.terminated);
       }).finally(() => bar.clear());
       const seconds = ((Date.now() - started) / 1000).toFixed(1);
       process.stderr.write(`${colour.green('built')} ${result.outDir} (${formatBytes(result.contentBytes)} of content, disk ${formatBytes(result.config.disk.sizeBytes)}) in ${seconds} s\n`);

@@ -7,10 +7,10 @@ const run = promisify(execFile);
 const MiB = 1024 * 1024;
 
 /** Bytes and inodes a directory tree uses, as du counts them. */
-export async function measureTree(dir: string): Promise<{ bytes: number; inodes: number }> {
+export async function measureTree(dir: string, signal?: AbortSignal): Promise<{ bytes: number; inodes: number }> {
   const [{ stdout: bytes }, { stdout: inodes }] = await Promise.all([
-    run('du', ['-s', '--block-size=1', dir]),
-    run('du', ['-s', '--inodes', dir]),
+    run('du', ['-s', '--block-size=1', dir], { signal }),
+    run('du', ['-s', '--inodes', dir], { signal }),
   ]);
   return { bytes: Number(bytes.split('\t')[0]), inodes: Number(inodes.split('\t')[0]) };
 }
@@ -29,7 +29,7 @@ export function parseSize(text: string): number {
 }
 
 /** Builds an ext4 image from a directory without mounting it (mkfs.ext4 -d); the file stays sparse. */
-export async function writeExt4Image(dir: string, outPath: string, sizeBytes: number, inodes: number): Promise<void> {
+export async function writeExt4Image(dir: string, outPath: string, sizeBytes: number, inodes: number, signal?: AbortSignal): Promise<void> {
   rmSync(outPath, { force: true });
   try {
     await run('mkfs.ext4', [
@@ -38,8 +38,12 @@ export async function writeExt4Image(dir: string, outPath: string, sizeBytes: nu
       '-N', String(Math.max(inodes * 2 + 4096, 16384)),
       '-E', 'lazy_itable_init=1,lazy_journal_init=1',
       outPath, `${Math.floor(sizeBytes / 1024)}k`,
-    ], { maxBuffer: 16 * MiB });
+    ], { maxBuffer: 16 * MiB, signal });
   } catch (error) {
+    if (signal?.aborted) {
+      rmSync(outPath, { force: true });
+      throw error;
+    }
     const stderr = String((error as { stderr?: string }).stderr ?? error);
     rmSync(outPath, { force: true });
     throw new ArkError('MKFS_FAILED', `mkfs.ext4 could not build the disk: ${stderr.trim().split('\n').at(-1)}`, {

@@ -9,12 +9,12 @@ export interface GuestKernel {
   version: string;
 }
 
-/** The virtio drivers a microvm guest needs (virtio-mmio bus, disk, serial ports, network, entropy). */
-export const guestModules = ['virtio_mmio', 'virtio_blk', 'virtio_console', 'virtio_net', 'virtio-rng'];
+/** The virtio drivers a microvm guest needs (virtio-mmio bus, disk, serial ports, network, entropy) and the guest runtime's file system. */
+export const guestModules = ['virtio_mmio', 'virtio_blk', 'virtio_console', 'virtio_net', 'virtio-rng', 'squashfs'];
 
 /** The default kernel is Debian's cloud kernel that bootstrap unpacks into the cache. */
 export function findGuestKernel(kernel?: string, modules?: string): GuestKernel {
-  const defaultDir = join(arkCacheDir(), 'kernel', 'current');
+  const defaultDir = defaultKernelDir();
   const kernelPath = kernel ?? join(defaultDir, 'vmlinuz');
   const modulesDir = modules ?? join(defaultDir, 'modules');
   if (!existsSync(kernelPath) || !statSync(kernelPath).isFile()) {
@@ -31,6 +31,18 @@ export function findGuestKernel(kernel?: string, modules?: string): GuestKernel 
   }
   return { kernelPath, modulesDir, version: basename(realpathSync(modulesDir)) };
 }
+
+/**
+ * bootstrap installs the kernel in the machine's cache, /var/cache/ark: users
+ * other than root, whose own cache is elsewhere, use it from there.
+ */
+function defaultKernelDir(): string {
+  const own = join(arkCacheDir(), 'kernel', 'current');
+  const machine = join(machineCacheDir, 'kernel', 'current');
+  return existsSync(join(own, 'vmlinuz')) || !existsSync(join(machine, 'vmlinuz')) ? own : machine;
+}
+
+const machineCacheDir = '/var/cache/ark';
 
 /**
  * The module files to load, dependencies first, resolved through modules.dep.

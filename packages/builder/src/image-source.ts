@@ -5,7 +5,7 @@ import { PassThrough, Transform, type Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { createGunzip } from 'node:zlib';
 import tar from 'tar-stream';
-import { ArkError, ExitCode } from '@ark/cli';
+import { ArkError, ExitCode, printable } from '@ark/cli';
 import { BlobCache, parseDigest } from './blob-cache.ts';
 import { readDockerCredentials } from './docker-credentials.ts';
 import type { ImageReference } from './image-reference.ts';
@@ -34,6 +34,8 @@ export interface ResolvedImage {
 export interface ResolveOptions {
   insecure?: boolean;
   cache?: BlobCache;
+  /** aborting stops downloads */
+  signal?: AbortSignal;
   onEvent?: (e: { kind: 'download'; digest: string; bytes: number; total: number } | { kind: 'resolved'; layers: number; bytes: number }) => void;
 }
 
@@ -54,6 +56,7 @@ async function resolveFromRegistry(reference: Extract<ImageReference, { kind: 'r
     insecure: options.insecure,
     credentials: readDockerCredentials(reference.registry),
     cache,
+    signal: options.signal,
   });
   let fetched = await client.getManifest(reference.digest ?? reference.tag ?? 'latest');
   let document = parseJson<ImageIndex | ImageManifest>(fetched.body, `the manifest of ${reference.text}`);
@@ -105,7 +108,9 @@ function resolveFromOciLayout(dir: string, tag: string | undefined): ResolvedIma
     });
   }
   const blob = (digest: string) => join(dir, 'blobs', 'sha256', parseDigest(digest).hex);
-  const index = parseJson<ImageIndex>(readFileSync(join(dir, 'index.json')), `${dir}/index.json`);
+  const indexPath = join(dir, 'index.json');
+  const index = parseJson<ImageIndex>(readVerified(indexPath, undefined, { what: `${dir}/index.json` }), indexPath);
+  if (!Array.isArray(index?.manifests)) throw new ArkError('BAD_MANIFEST', `${indexPath} lists no manifests`, { hint: 'the image layout is damaged; copy it again', exitCode: ExitCode.badInput });
   let entry: Descriptor | undefined;
   if (tag) {
     entry = index.manifests.find((m) => m.annotations?.['org.opencontainers.image.ref.name'] === tag);
@@ -115,19 +120,26 @@ function resolveFromOciLayout(dir: string, tag: string | undefined): ResolvedIma
     if (!entry) throw new ArkError('AMBIGUOUS_IMAGE', `${dir} holds several images`, { hint: `name one: oci:${dir}:TAG`, exitCode: ExitCode.usage });
   }
   let manifestDigest = entry.digest;
-  let document = parseJson<ImageIndex | ImageManifest>(readVerified(blob(entry.digest), entry.digest), `manifest ${entry.digest}`);
+  let document = parseJson<ImageIndex | ImageManifest>(readVerified(blob(entry.digest), entry), `manifest ${entry.digest}`);
   if (isIndex(document)) {
     const chosen = pickPlatform(document);
     if (!chosen) throw noPlatform(dir, document);
     manifestDigest = chosen.digest;
-    document = parseJson<ImageManifest>(readVerified(blob(chosen.digest), chosen.digest), `manifest ${chosen.digest}`);
+    document = parseJson<ImageManifest>(readVerified(blob(chosen.digest), chosen), `manifest ${chosen.digest}`);
   }
   const manifest = checkManifest(document as ImageManifest, dir);
+  for (const layer of manifest.layers) {
+    const info = statSync(blob(layer.digest), { throwIfNoEntry: false });
+    if (!info?.isFile()) throw blobMissing(layer.digest, blob(layer.digest));
+    if (info.size !== layer.size) {
+      throw new ArkError('SIZE_MISMATCH', `layer ${layer.digest} in ${dir} has ${info.size} bytes, its manifest says ${layer.size}`, { hint: 'the image layout is damaged; copy it again', exitCode: ExitCode.badInput });
+    }
+  }
   return {
     downloadedBytes: () => 0,
     manifestDigest,
     configDigest: manifest.config.digest,
-    config: parseJson<ImageConfig>(readVerified(blob(manifest.config.digest), manifest.config.digest), 'the image config'),
+    config: parseJson<ImageConfig>(readVerified(blob(manifest.config.digest), manifest.config, { limit: maxConfigBytes }), 'the image config'),
     layers: manifest.layers.map((layer) => ({
       digest: layer.digest,
       size: layer.size,
@@ -160,6 +172,9 @@ async function resolveFromDockerArchive(file: string, cache: BlobCache): Promise
   }
   const manifest = parseJson<Array<{ Config: string; Layers: string[] }>>(readFileSync(at('manifest.json')), `manifest.json in ${file}`)[0];
   if (!manifest) throw new ArkError('NOT_A_DOCKER_ARCHIVE', `${file} has an empty manifest.json`, { exitCode: ExitCode.badInput });
+  if (typeof manifest.Config !== 'string' || !Array.isArray(manifest.Layers) || !manifest.Layers.every((layer) => typeof layer === 'string') || !existsSync(at(manifest.Config))) {
+    throw new ArkError('NOT_A_DOCKER_ARCHIVE', `${file}: manifest.json names no config or layers that the archive holds`, { hint: 'the archive is damaged; save it again', exitCode: ExitCode.badInput });
+  }
   const configBytes = readFileSync(at(manifest.Config));
   const configDigest = `sha256:${createHash('sha256').update(configBytes).digest('hex')}`;
   const config = parseJson<ImageConfig>(configBytes, `the config in ${file}`);
@@ -172,7 +187,8 @@ async function resolveFromDockerArchive(file: string, cache: BlobCache): Promise
     layers: manifest.Layers.map((name, i) => {
       const path = at(name);
       const digest = diffIds[i];
-      if (!digest || !existsSync(path)) throw new ArkError('NOT_A_DOCKER_ARCHIVE', `${file}: layer ${name} is missing or has no diff_id`, { exitCode: ExitCode.badInput });
+      if (!digest || !existsSync(path)) throw new ArkError('NOT_A_DOCKER_ARCHIVE', `${file}: layer ${printable(name)} is missing or has no diff_id`, { exitCode: ExitCode.badInput });
+      if (statSync(path).size === 0) throw new ArkError('EMPTY_LAYER', `${file}: layer ${printable(name)} is 0 bytes, which is no tar (an empty layer has 1024)`, { hint: 'the archive is damaged; save it again', exitCode: ExitCode.badInput });
       return {
         digest,
         size: statSync(path).size,
@@ -222,17 +238,34 @@ export function verifyDigest(digest: string, what: string): Transform {
   });
 }
 
-function readVerified(path: string, digest: string): Buffer {
-  let bytes: Buffer;
-  try {
-    bytes = readFileSync(path);
-  } catch {
-    throw new ArkError('BLOB_MISSING', `blob ${digest} is missing (${path})`, { hint: 'the image layout is incomplete; copy it again', exitCode: ExitCode.badInput });
+/**
+ * A small blob (index, manifest, config), read whole: it must exist, be no
+ * larger than `limit`, have its descriptor's size and hash to its digest.
+ */
+function readVerified(path: string, descriptor: Pick<Descriptor, 'digest' | 'size'> | undefined, options: { limit?: number; what?: string } = {}): Buffer {
+  const what = options.what ?? `blob ${descriptor?.digest}`;
+  const limit = options.limit ?? maxManifestBytes;
+  const info = statSync(path, { throwIfNoEntry: false });
+  if (!info?.isFile()) throw descriptor ? blobMissing(descriptor.digest, path) : new ArkError('BLOB_MISSING', `${what} is missing`, { hint: 'the image layout is incomplete; copy it again', exitCode: ExitCode.badInput });
+  if (info.size > limit) throw new ArkError('TOO_LARGE', `${what} is ${info.size} bytes, more than the ${limit / 1048576} MiB it may have`, { hint: 'the image layout is damaged or hostile', exitCode: ExitCode.badInput });
+  if (descriptor && typeof descriptor.size === 'number' && info.size !== descriptor.size) {
+    throw new ArkError('SIZE_MISMATCH', `${what} has ${info.size} bytes, its descriptor says ${descriptor.size}`, { hint: 'the image layout is damaged; copy it again', exitCode: ExitCode.badInput });
   }
-  const actual = `sha256:${createHash('sha256').update(bytes).digest('hex')}`;
-  if (actual !== digest) throw new ArkError('DIGEST_MISMATCH', `blob ${digest} is corrupted (${path} hashes to ${actual})`, { hint: 'copy the image again', exitCode: ExitCode.badInput });
+  const bytes = readFileSync(path);
+  if (descriptor) {
+    const actual = `sha256:${createHash('sha256').update(bytes).digest('hex')}`;
+    if (actual !== descriptor.digest) throw new ArkError('DIGEST_MISMATCH', `blob ${descriptor.digest} is corrupted (${path} hashes to ${actual})`, { hint: 'copy the image again', exitCode: ExitCode.badInput });
+  }
   return bytes;
 }
+
+function blobMissing(digest: string, path: string): ArkError {
+  return new ArkError('BLOB_MISSING', `blob ${digest} is missing (${path})`, { hint: 'the image layout is incomplete; copy it again', exitCode: ExitCode.badInput });
+}
+
+/** The distribution spec's limit for a manifest; an image config gets more room (its history can be long). */
+const maxManifestBytes = 4 * 1024 * 1024;
+const maxConfigBytes = 64 * 1024 * 1024;
 
 async function hashFile(path: string): Promise<string> {
   const hash = createHash('sha256');
@@ -244,6 +277,17 @@ function checkManifest(manifest: ImageManifest, what: string): ImageManifest {
   if (!manifest?.config?.digest || !Array.isArray(manifest.layers)) {
     throw new ArkError('BAD_MANIFEST', `${what}: the manifest has no config or layers (schema 1 manifests are not supported)`, { exitCode: ExitCode.badInput });
   }
+  for (const descriptor of [manifest.config, ...manifest.layers]) {
+    parseDigest(descriptor?.digest);
+    if (!Number.isSafeInteger(descriptor.size) || descriptor.size < 0) {
+      throw new ArkError('BAD_MANIFEST', `${what}: blob ${descriptor.digest} has no valid size (${JSON.stringify(descriptor.size)})`, { hint: 'the manifest is damaged', exitCode: ExitCode.badInput });
+    }
+  }
+  if (manifest.config.size > maxConfigBytes) {
+    throw new ArkError('TOO_LARGE', `${what}: the image config is ${manifest.config.size} bytes, more than ${maxConfigBytes / 1048576} MiB`, { hint: 'the manifest is damaged or hostile', exitCode: ExitCode.badInput });
+  }
+  const empty = manifest.layers.find((layer) => layer.size === 0);
+  if (empty) throw new ArkError('EMPTY_LAYER', `${what}: layer ${empty.digest} is 0 bytes, which is no tar (an empty layer has 1024)`, { hint: 'the image is damaged; rebuild it', exitCode: ExitCode.badInput });
   return manifest;
 }
 

@@ -1,12 +1,14 @@
-export { buildBlueprint, defaultCmdline, runConfigFrom } from './build-blueprint.ts';
+export { buildBlueprint, defaultCmdline, defaultMaxSize, runConfigFrom } from './build-blueprint.ts';
 export type { BuildEvent, BuildOptions, BuildResult } from './build-blueprint.ts';
 export { parseImageReference, isLoopbackRegistry } from './image-reference.ts';
 export type { ImageReference } from './image-reference.ts';
-export { applyLayer } from './layer-applier.ts';
-export type { ApplyLayerOptions, LayerStats } from './layer-applier.ts';
+export { StagingFullError, applyLayer } from './layer-applier.ts';
+export type { ApplyLayerOptions, LayerStats, UnpackBudget } from './layer-applier.ts';
 export { BlobCache, arkCacheDir } from './blob-cache.ts';
 export { RegistryClient, parseChallenge } from './registry-client.ts';
 export { resolveImage } from './image-source.ts';
 export { readDockerCredentials } from './docker-credentials.ts';
 export { findGuestKernel, resolveModules, guestModules } from './guest-kernel.ts';
 export { parseSize } from './disk-image.ts';
+export { defaultRuntimeSources, ensureRuntimeImage } from './runtime-image.ts';
+export type { GuestRuntimeSources, RuntimeImage } from './runtime-image.ts';

@@ -1,11 +1,11 @@
 import { execFileSync } from 'node:child_process';
-import { closeSync, constants, fchmodSync, fchownSync, futimesSync, linkSync, lchownSync, lstatSync, lutimesSync, mkdirSync, openSync, readdirSync, readlinkSync, rmSync, chmodSync, chownSync, symlinkSync, utimesSync, writeSync } from 'node:fs';
-import { join } from 'node:path';
+import { closeSync, constants, fchmodSync, fchownSync, futimesSync, linkSync, lchownSync, lstatSync, lutimesSync, mkdirSync, openSync, readdirSync, readlinkSync, rmSync, chmodSync, chownSync, symlinkSync, writeSync } from 'node:fs';
+import { dirname, join, relative } from 'node:path';
 import { Readable, type Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { createGunzip, createZstdDecompress } from 'node:zlib';
 import tar, { type Header } from 'tar-stream';
-import { ArkError, ExitCode } from '@ark/cli';
+import { ArkError, ExitCode, formatBytes, printable } from '@ark/cli';
 
 export interface LayerStats {
   entries: number;
@@ -21,6 +21,29 @@ export interface ApplyLayerOptions {
   preserveOwnership: boolean;
   /** checked against the uncompressed tar, where the source gives that digest */
   verifyUncompressed?: () => Transform;
+  /** the bytes every layer of the image may unpack to, shared by its layers */
+  budget?: UnpackBudget;
+  /** aborting stops the layer where it is */
+  signal?: AbortSignal;
+}
+
+/**
+ * Bytes of file data unpacked so far (each file rounded up to 4 KiB), against
+ * the image's limit and, while staging in RAM, what RAM may take.
+ */
+export interface UnpackBudget {
+  used: number;
+  limit: number;
+  /** why the limit is what it is, when it is not the user's --max-size or --disk-size */
+  limitReason?: string;
+  ramLimit?: number;
+}
+
+/** The image does not fit the RAM budget: the caller stages it on disk instead. */
+export class StagingFullError extends Error {
+  constructor() {
+    super('the image does not fit in the RAM staging budget');
+  }
 }
 
 const maxSymlinkHops = 40;
@@ -54,9 +77,12 @@ export async function applyLayer(root: string, input: Readable, options: ApplyLa
   });
   stages.push(extract);
   try {
-    await (pipeline as (...streams: unknown[]) => Promise<void>)(...stages);
+    await (pipeline as (...streams: unknown[]) => Promise<void>)(...stages, { signal: options.signal });
   } catch (error) {
-    if (error instanceof ArkError) throw error;
+    if (error instanceof ArkError || error instanceof StagingFullError || options.signal?.aborted) throw error;
+    if ((error as NodeJS.ErrnoException).code === 'ENOSPC') {
+      throw new ArkError('NO_SPACE', `no space left to unpack layer ${options.layer} (staging in ${dirname(root)})`, { hint: 'free some space, or point ARK_STAGING_DIR at a file system with room', exitCode: ExitCode.failure });
+    }
     throw new ArkError('BAD_LAYER', `layer ${options.layer} is not a readable tar: ${(error as Error).message}`, { hint: 'the image is damaged; rebuild or re-pull it', exitCode: ExitCode.badInput });
   }
   applier.finish();
@@ -98,7 +124,9 @@ class LayerApplier {
       return drain(body, next);
     }
     if (base.startsWith(whiteoutPrefix)) {
-      this.#remove(join(parent, base.slice(whiteoutPrefix.length)));
+      const hidden = base.slice(whiteoutPrefix.length);
+      if (hidden === '' || hidden === '.' || hidden === '..') throw this.#hostile(header.name, `whiteout of '${hidden}' (it would remove a directory above the entry)`);
+      this.#remove(join(parent, hidden));
       return drain(body, next);
     }
 
@@ -117,12 +145,17 @@ class LayerApplier {
       }
       case 'file':
       case 'contiguous-file': {
+        this.#charge(header.size ?? 0, header.name);
         if (existing) this.#remove(target, existing.isFile());
         const fd = openSync(target, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, mode & 0o777);
         this.stats.files++;
         body.on('data', (chunk: Buffer) => {
-          writeSync(fd, chunk);
-          this.stats.bytes += chunk.length;
+          try {
+            writeSync(fd, chunk);
+            this.stats.bytes += chunk.length;
+          } catch (error) {
+            body.destroy(error as Error);
+          }
         });
         body.on('error', (error) => {
           closeSync(fd);
@@ -157,8 +190,8 @@ class LayerApplier {
         if (linkBase === undefined) throw this.#hostile(header.name, 'hard link to the root directory');
         const source = join(this.#resolveDirectory(linkComponents, header.name), linkBase);
         const sourceInfo = lstatSync(source, { throwIfNoEntry: false });
-        if (!sourceInfo) throw this.#hostile(header.name, `hard link to '${header.linkname}', which does not exist`);
-        if (sourceInfo.isDirectory()) throw this.#hostile(header.name, `hard link to the directory '${header.linkname}'`);
+        if (!sourceInfo) throw this.#hostile(header.name, `hard link to '${printable(header.linkname ?? '')}', which does not exist`);
+        if (sourceInfo.isDirectory()) throw this.#hostile(header.name, `hard link to the directory '${printable(header.linkname ?? '')}'`);
         if (source === target) return drain(body, next);
         if (existing) this.#remove(target, existing.isFile());
         linkSync(source, target);
@@ -172,20 +205,52 @@ class LayerApplier {
       }
       default:
         // device nodes belong to the guest's devtmpfs, not to the image
-        this.stats.skipped.push(`${header.name} (${header.type})`);
+        this.stats.skipped.push(`${printable(header.name)} (${header.type})`);
         return drain(body, next);
     }
   }
 
-  /** Directory mtimes last: creating their children changed them. */
+  /**
+   * Directory mtimes last: creating their children changed them. A later entry
+   * may have replaced a recorded directory, or one above it, by a symlink to
+   * anywhere: only a path that is still real directories all the way down from
+   * root gets its time, and lutimes never follows the last component.
+   */
   finish(): void {
-    for (const [path, mtime] of this.#directoryTimes.reverse()) utimesSync(path, mtime, mtime);
+    for (const [path, mtime] of this.#directoryTimes.reverse()) {
+      if (this.#isRealDirectory(path)) lutimesSync(path, mtime, mtime);
+    }
+  }
+
+  #isRealDirectory(path: string): boolean {
+    let current = this.#root;
+    for (const component of relative(this.#root, path).split('/').filter(Boolean)) {
+      current = join(current, component);
+      if (!lstatSync(current, { throwIfNoEntry: false })?.isDirectory()) return false;
+    }
+    return true;
+  }
+
+  /** Counts a file's bytes before any is written: a layer that would expand past the limit stops here. */
+  #charge(size: number, entry: string): void {
+    const budget = this.#options.budget;
+    if (!budget) return;
+    budget.used += Math.ceil(size / 4096) * 4096;
+    if (budget.used > budget.limit) {
+      throw new ArkError('IMAGE_TOO_LARGE', `layer ${this.#options.layer}, entry '${printable(entry)}': the image unpacks to more than ${formatBytes(budget.limit)}${budget.limitReason ? ` (${budget.limitReason})` : ''}`, {
+        hint: budget.limitReason
+          ? 'a layer that expands this much is hostile or a mistake; if the image is really this big, free some space or build it elsewhere'
+          : 'a layer that expands this much is hostile or a mistake; if the image is really this big, raise --max-size (or --disk-size)',
+        exitCode: ExitCode.badInput,
+      });
+    }
+    if (budget.ramLimit !== undefined && budget.used > budget.ramLimit) throw new StagingFullError();
   }
 
   #entryComponents(name: string, entry: string): string[] {
-    if (name.startsWith('/')) throw this.#hostile(entry, `absolute path '${name}'`);
+    if (name.startsWith('/')) throw this.#hostile(entry, `absolute path '${printable(name)}'`);
     const components = name.split('/').filter((c) => c !== '' && c !== '.');
-    if (components.includes('..')) throw this.#hostile(entry, `path '${name}' climbs out with '..'`);
+    if (components.includes('..')) throw this.#hostile(entry, `path '${printable(name)}' climbs out with '..'`);
     if (name.includes('\0')) throw this.#hostile(entry, 'NUL byte in the name');
     return components;
   }
@@ -229,7 +294,7 @@ class LayerApplier {
       } else if (info.isDirectory()) {
         resolved.push(component);
       } else {
-        throw this.#hostile(entry, `'${[...resolved, component].join('/')}' is not a directory`);
+        throw this.#hostile(entry, `'${printable([...resolved, component].join('/'))}' is not a directory`);
       }
     }
     return join(this.#root, ...resolved);
@@ -241,7 +306,7 @@ class LayerApplier {
   }
 
   #hostile(entry: string, why: string): ArkError {
-    return new ArkError('HOSTILE_LAYER', `layer ${this.#options.layer}, entry '${entry}': ${why}; nothing was written outside the staging directory`, {
+    return new ArkError('HOSTILE_LAYER', `layer ${this.#options.layer}, entry '${printable(entry)}': ${why}; nothing was written outside the staging directory`, {
       hint: 'this image is malformed or malicious; do not use it',
       exitCode: ExitCode.badInput,
     });

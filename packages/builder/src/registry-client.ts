@@ -10,7 +10,12 @@ export interface RegistryClientOptions {
   insecure?: boolean;
   credentials?: Credentials;
   cache?: BlobCache;
+  /** aborting stops every request and download (a partial blob is removed) */
+  signal?: AbortSignal;
 }
+
+/** The distribution spec's own limit for a manifest. */
+const maxManifestBytes = 4 * 1024 * 1024;
 
 export interface FetchedManifest {
   digest: string;
@@ -28,6 +33,7 @@ export class RegistryClient {
   readonly #base: string;
   readonly #credentials: Credentials | undefined;
   readonly #cache: BlobCache;
+  readonly #signal: AbortSignal | undefined;
   #authorization: string | undefined;
   /** bytes that came over the network (cache hits count nothing) */
   downloadedBytes = 0;
@@ -39,12 +45,12 @@ export class RegistryClient {
     this.#base = `${plain ? 'http' : 'https'}://${registry}/v2/${repository}`;
     this.#credentials = options.credentials;
     this.#cache = options.cache ?? new BlobCache();
+    this.#signal = options.signal;
   }
 
   async getManifest(reference: string, expectedDigest?: string): Promise<FetchedManifest> {
     const response = await this.#request(`${this.#base}/manifests/${reference}`, { accept: acceptManifests });
-    const body = Buffer.from(await response.arrayBuffer());
-    if (body.length > 4 * 1024 * 1024) throw this.#error(`the manifest ${reference} is larger than 4 MiB`);
+    const body = await this.#readLimited(response, maxManifestBytes, `the manifest ${reference}`);
     const digest = `sha256:${createHash('sha256').update(body).digest('hex')}`;
     const wanted = expectedDigest ?? (reference.startsWith('sha256:') ? reference : undefined);
     if (wanted && wanted !== digest) {
@@ -81,8 +87,9 @@ export class RegistryClient {
       if (this.#authorization) allHeaders.authorization = this.#authorization;
       let response: Response;
       try {
-        response = await fetch(url, { headers: allHeaders, redirect: 'follow' });
+        response = await fetch(url, { headers: allHeaders, redirect: 'follow', signal: this.#signal });
       } catch (error) {
+        if (this.#signal?.aborted) throw error;
         const cause = (error as { cause?: { code?: string; message?: string } }).cause;
         throw new ArkError('REGISTRY_UNREACHABLE', `cannot reach ${this.registry}: ${cause?.code ?? cause?.message ?? String(error)}`, {
           hint: isLoopbackRegistry(this.registry) || url.startsWith('http:') ? 'is the registry running?' : 'check the name and your network; for a plain-HTTP registry pass --insecure',
@@ -125,7 +132,8 @@ export class RegistryClient {
     const tokenUrl = new URL(params.realm);
     if (params.service) tokenUrl.searchParams.set('service', params.service);
     tokenUrl.searchParams.set('scope', params.scope ?? `repository:${this.repository}:pull`);
-    const response = await fetch(tokenUrl, { headers: basic ? { authorization: basic } : {} }).catch((error: unknown) => {
+    const response = await fetch(tokenUrl, { headers: basic ? { authorization: basic } : {}, signal: this.#signal }).catch((error: unknown) => {
+      if (this.#signal?.aborted) throw error;
       throw new ArkError('REGISTRY_UNREACHABLE', `cannot reach the token service ${tokenUrl.host}: ${String(error)}`, { exitCode: ExitCode.network });
     });
     if (!response.ok) {
@@ -134,10 +142,40 @@ export class RegistryClient {
         exitCode: ExitCode.network,
       });
     }
-    const body = (await response.json()) as { token?: string; access_token?: string };
+    let body: { token?: string; access_token?: string };
+    try {
+      body = JSON.parse((await this.#readLimited(response, maxManifestBytes, 'the token')).toString('utf8')) as typeof body;
+    } catch (error) {
+      if (error instanceof ArkError) throw error;
+      throw this.#error('the token service answered with something other than JSON');
+    }
     const token = body.token ?? body.access_token;
     if (!token) throw this.#error('the token service answered without a token');
     return `Bearer ${token}`;
+  }
+
+  /** The body, refused as soon as it passes `limit` bytes (a hostile server could send without end). */
+  async #readLimited(response: Response, limit: number, what: string): Promise<Buffer> {
+    const tooLarge = () => new ArkError('TOO_LARGE', `${this.registry}/${this.repository}: ${what} is larger than ${limit / 1048576} MiB`, {
+      hint: 'the registry sent more than any image needs; it is broken or hostile',
+      exitCode: ExitCode.badInput,
+    });
+    if (Number(response.headers.get('content-length') ?? 0) > limit) {
+      await response.body?.cancel();
+      throw tooLarge();
+    }
+    const chunks: Buffer[] = [];
+    let bytes = 0;
+    if (!response.body) return Buffer.alloc(0);
+    for await (const chunk of response.body as unknown as AsyncIterable<Uint8Array>) {
+      bytes += chunk.length;
+      if (bytes > limit) {
+        await response.body.cancel().catch(() => {});
+        throw tooLarge();
+      }
+      chunks.push(Buffer.from(chunk));
+    }
+    return Buffer.concat(chunks);
   }
 
   #error(message: string): ArkError {

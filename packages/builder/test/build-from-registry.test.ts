@@ -36,12 +36,13 @@ t.test('pulls from a registry, verifies, applies and writes a blueprint; a secon
   t.equal(summary.run.user, 'tester:staff');
   t.equal(summary.run.workingDir, '/work/dir');
   t.ok(summary.run.env.includes('GREETING=hello world'));
-  t.same(readdirSync(out).sort(), ['ark.arkdisk', 'ark.arkinitramfs', 'ark.arkkernel', 'ark.json'], 'only the four outputs, no staging left');
+  t.same(readdirSync(out).sort(), ['ark.arkdisk', 'ark.arkinitramfs', 'ark.arkkernel', 'ark.arkruntime', 'ark.json'], 'only the five outputs, no staging left');
   const config = JSON.parse(readFileSync(join(out, 'ark.json'), 'utf8'));
   t.match(config.kernel.cmdline, /console=ttyS0/);
   t.same(ext4List(join(out, 'ark.arkdisk'), '/b'), ['new'], 'opaque whiteout applied on the disk');
   t.notOk(ext4List(join(out, 'ark.arkdisk'), '/a').includes('gone'), 'whiteout applied on the disk');
-  t.ok(ext4List(join(out, 'ark.arkdisk'), '/.ark/bin').includes('node'), 'guest runtime installed');
+  t.notOk(ext4List(join(out, 'ark.arkdisk'), '/').includes('.ark'), 'nothing of ark\'s on the image\'s disk');
+  t.match(config.runtime, { filesystem: 'squashfs', digest: /^sha256:/ }, 'the guest runtime is its own disk');
   t.match(first.stderr, /applying layer 3\/3/, 'progress on stderr');
 
   const second = await runTool('builder', 'ark-builder', [`docker://${registry.address}/ark/probe:v1`, join(work, 'bp-again'), '--json', ...kernelArgs], env);

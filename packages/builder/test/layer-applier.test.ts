@@ -4,7 +4,8 @@ import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { gzipSync, zstdCompressSync } from 'node:zlib';
 import t, { type Test } from 'tap';
-import { applyLayer } from '@ark/builder';
+import { StagingFullError, applyLayer } from '@ark/builder';
+import { printable } from '@ark/cli';
 import { tarLayer, type LayerEntry } from '@ark/test-images';
 
 const root = (t: Test) => {
@@ -96,6 +97,9 @@ const hostile: Array<[string, LayerEntry[], RegExp]> = [
     { name: 'up', type: 'symlink', linkname: '..' },
     { name: 'passwd', type: 'link', linkname: 'up/outside' },
   ], /symlink that points outside/],
+  ['a whiteout of the layer\'s root (.wh..)', [{ name: 'a/keep', content: 'x' }, { name: '.wh..' }], /whiteout of '\.'/],
+  ['a whiteout of .. (a/.wh...)', [{ name: 'a/keep', content: 'x' }, { name: 'a/.wh...' }], /whiteout of '\.\.'/],
+  ['a whiteout of an empty name (a/.wh.)', [{ name: 'a/keep', content: 'x' }, { name: 'a/.wh.' }], /whiteout of ''/],
   ['a symlink loop', [
     { name: 'loop', type: 'symlink', linkname: 'loop' },
     { name: 'loop/x', content: 'x' },
@@ -129,4 +133,25 @@ t.test('a corrupt layer is an error that names it', async (t) => {
   const { rootfs } = root(t);
   const bad = gzipSync(Buffer.from('this is not a tar archive at all, just text'.repeat(20)));
   await t.rejects(applyLayer(rootfs, Readable.from([bad]), { layer: 'sha256:corrupt', preserveOwnership: true }), { code: 'BAD_LAYER', message: /sha256:corrupt/ });
+});
+
+t.test('names with control characters are escaped in messages', async (t) => {
+  const { rootfs } = root(t);
+  const name = '/\x1b[2J\x1b[1;1Hfake: all good\r\n\x07\x9b';
+  const error = await apply(rootfs, [{ name, content: 'x' }]).catch((e: Error) => e);
+  t.match(error, { code: 'HOSTILE_LAYER' });
+  t.notMatch((error as Error).message, /[\x00-\x1f\x7f-\x9f]/, 'no control character reaches the message');
+  t.match((error as Error).message, /\\x1b\[2J\\x1b\[1;1Hfake: all good\\x0d\\x0a\\x07\\x9b/, 'each is written as \\xNN');
+  t.equal(printable('a\\b'), 'a\\x5cb', 'a backslash is escaped too, so an escape cannot be faked');
+});
+
+t.test('a layer that expands past the limit stops before writing the file', async (t) => {
+  const { rootfs } = root(t);
+  const budget = { used: 0, limit: 1024 * 1024 };
+  const layer = gzipSync(await tarLayer([{ name: 'small', content: 'x' }, { name: 'zeros', content: Buffer.alloc(2 * 1024 * 1024) }]));
+  await t.rejects(applyLayer(rootfs, Readable.from([layer]), { layer: 'sha256:bomb', preserveOwnership: true, budget }), { code: 'IMAGE_TOO_LARGE', message: /sha256:bomb, entry 'zeros': the image unpacks to more than 1\.0 MiB/ });
+  t.notOk(existsSync(join(rootfs, 'zeros')), 'the big file was never created');
+  const ram = { used: 0, limit: 1024 ** 3, ramLimit: 1024 * 1024 };
+  const error = await applyLayer(root(t).rootfs, Readable.from([layer]), { layer: 'sha256:big', preserveOwnership: true, budget: ram }).catch((e: unknown) => e);
+  t.ok(error instanceof StagingFullError, 'past the RAM budget the caller is told to stage on disk');
 });

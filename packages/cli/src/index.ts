@@ -8,3 +8,4 @@ export { colour, wantsColour } from './terminal.ts';
 export { stopSignals, whenStopped } from './stop-signals.ts';
 export type { StopSignal } from './stop-signals.ts';
 export { createOwnedDir } from './owned-dir.ts';
+export { printable } from './printable.ts';

@@ -10,7 +10,7 @@ export const memberAlignment = 4096;
 export const zeroBlockSize = 4096;
 
 /** Member names, in the order they appear after the index. */
-export const memberNames = ['ark.json', 'kernel', 'initramfs', 'disk', 'state', 'memory'] as const;
+export const memberNames = ['ark.json', 'kernel', 'initramfs', 'disk', 'runtime', 'state', 'memory'] as const;
 export type MemberName = (typeof memberNames)[number];
 
 export const indexMemberName = 'index.json';

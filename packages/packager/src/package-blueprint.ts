@@ -1,6 +1,6 @@
 import { rmSync } from 'node:fs';
 import { join, resolve } from 'node:path';
-import { readBlueprint } from '@ark/blueprint';
+import { readBlueprint, rootDiskSerial, runtimeDiskSerial } from '@ark/blueprint';
 import { ArkError, ExitCode } from '@ark/cli';
 import { writePackage, type PackageIndex } from '@ark/package-format';
 import { GuestVm, VmNetwork, createWorkDir, guestNameservers, networkKernelArguments, sparseCopy, vmStoppedError, type PackageConfig } from '@ark/runner';
@@ -55,7 +55,11 @@ export async function packageBlueprint(blueprintDir: string, outPath: string, op
       kernelPath: blueprint.kernelPath,
       initramfsPath: blueprint.initramfsPath,
       cmdline: network ? `${blueprint.config.kernel.cmdline} ${networkKernelArguments(guestNameservers(options.network?.nameservers, emit))}` : blueprint.config.kernel.cmdline,
-      disks: [{ id: 'root', path: files.disk }],
+      disks: [
+        { id: 'root', path: files.disk, serial: rootDiskSerial },
+        // read-only in place: the package gets a copy of the file as it is
+        ...(blueprint.runtimePath ? [{ id: 'runtime', path: blueprint.runtimePath, readOnly: true, serial: runtimeDiskSerial }] : []),
+      ],
       cpus: options.cpus,
       memoryMiB: options.memoryMiB,
       memoryFile: files.memory,
@@ -95,6 +99,7 @@ export async function packageBlueprint(blueprintDir: string, outPath: string, op
       { name: 'kernel', path: blueprint.kernelPath },
       { name: 'initramfs', path: blueprint.initramfsPath },
       { name: 'disk', path: files.disk },
+      ...(blueprint.runtimePath ? [{ name: 'runtime' as const, path: blueprint.runtimePath }] : []),
       { name: 'state', path: files.state },
       { name: 'memory', path: files.memory },
     ]);

@@ -16,7 +16,7 @@ const packagedAt = Date.now();
 t.test('the package: a sparse tar with the index first; stdout has only the result', async (t) => {
   const summary = JSON.parse(packagerStdout);
   t.equal(summary.package, pkg);
-  t.same(execFileSync('tar', ['tf', pkg], { encoding: 'utf8' }).trim().split('\n'), ['index.json', 'ark.json', 'kernel', 'initramfs', 'disk', 'state', 'memory']);
+  t.same(execFileSync('tar', ['tf', pkg], { encoding: 'utf8' }).trim().split('\n'), ['index.json', 'ark.json', 'kernel', 'initramfs', 'disk', 'runtime', 'state', 'memory']);
   t.ok(summary.bytesOnDisk < summary.bytes / 2, `sparse: ${summary.bytesOnDisk} bytes on disk of ${summary.bytes}`);
   const index = ArkPackage.open(pkg).index;
   t.ok(index.members.every((m) => m.offset % 4096 === 0), 'members 4 KiB aligned');
@@ -140,6 +140,7 @@ t.test('a package without a snapshot cold-boots from its disk; a flush gives it 
     { name: 'kernel', path: join(blueprint, 'ark.arkkernel') },
     { name: 'initramfs', path: join(blueprint, 'ark.arkinitramfs') },
     { name: 'disk', path: join(blueprint, 'ark.arkdisk') },
+    { name: 'runtime', path: join(blueprint, 'ark.arkruntime') },
   ]);
   const boot = startTool('runner', 'ark-runner', [cold]);
   const booted = finished(boot);

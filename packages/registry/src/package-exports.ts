@@ -9,6 +9,7 @@ const memberDescriptions: Record<string, string> = {
   kernel: 'guest kernel',
   initramfs: 'initramfs',
   disk: 'root filesystem (ext4)',
+  runtime: 'guest runtime (squashfs, read-only)',
   state: 'device state',
   memory: 'guest memory',
 };

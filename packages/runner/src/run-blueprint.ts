@@ -1,4 +1,4 @@
-import { readBlueprint } from '@ark/blueprint';
+import { readBlueprint, rootDiskSerial, runtimeDiskSerial } from '@ark/blueprint';
 import { ExitCode } from '@ark/cli';
 import { GuestVm, vmStoppedError } from './guest-vm.ts';
 import { guestNameservers } from './nameservers.ts';
@@ -43,7 +43,10 @@ export async function runBlueprint(dir: string, options: RunOptions): Promise<Ru
       kernelPath: blueprint.kernelPath,
       initramfsPath: blueprint.initramfsPath,
       cmdline: network ? `${blueprint.config.kernel.cmdline} ${networkKernelArguments(guestNameservers(options.network?.nameservers, options.onEvent))}` : blueprint.config.kernel.cmdline,
-      disks: [{ id: 'root', path: blueprint.diskPath, ephemeral: true }],
+      disks: [
+        { id: 'root', path: blueprint.diskPath, ephemeral: true, serial: rootDiskSerial },
+        ...(blueprint.runtimePath ? [{ id: 'runtime', path: blueprint.runtimePath, readOnly: true, serial: runtimeDiskSerial }] : []),
+      ],
       cpus: options.cpus,
       memoryMiB: options.memoryMiB,
       network: network?.device,

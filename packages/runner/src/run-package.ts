@@ -1,6 +1,7 @@
 import { execFileSync } from 'node:child_process';
 import { rmSync, truncateSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
+import { rootDiskSerial, runtimeDiskSerial } from '@ark/blueprint';
 import { ArkError, ExitCode } from '@ark/cli';
 import { ArkPackage, writePackage } from '@ark/package-format';
 import { GuestVm, vmStoppedError } from './guest-vm.ts';
@@ -46,8 +47,10 @@ export async function runPackage(path: string, options: RunPackageOptions): Prom
   let guest: GuestVm | undefined;
   try {
     work = createWorkDir(out);
-    const files = { kernel: join(work, 'kernel'), initramfs: join(work, 'initramfs'), disk: join(work, 'disk'), memory: join(work, 'memory'), state: join(work, 'state') };
-    for (const name of ['kernel', 'initramfs', 'disk'] as const) pkg.extractMember(name, files[name]);
+    const files = { kernel: join(work, 'kernel'), initramfs: join(work, 'initramfs'), disk: join(work, 'disk'), runtime: join(work, 'runtime'), memory: join(work, 'memory'), state: join(work, 'state') };
+    // packages built before the guest runtime had its own disk carry it on theirs
+    const withRuntime = pkg.has('runtime');
+    for (const name of ['kernel', 'initramfs', 'disk', ...(withRuntime ? ['runtime' as const] : [])] as const) pkg.extractMember(name, files[name]);
     const vm = snapshot
       ? { cpus: config.vm.cpus, memoryMiB: config.vm.memoryMiB, network: network !== undefined }
       : { cpus: options.cpus ?? config.vm?.cpus ?? 1, memoryMiB: options.memoryMiB ?? config.vm?.memoryMiB ?? 512, network: network !== undefined };
@@ -63,7 +66,10 @@ export async function runPackage(path: string, options: RunPackageOptions): Prom
       initramfsPath: files.initramfs,
       // a resume ignores the command line: the guest is already running, its network configured
       cmdline: network && !snapshot ? `${config.kernel.cmdline} ${networkKernelArguments(guestNameservers(options.network?.nameservers, options.onPackageEvent))}` : config.kernel.cmdline,
-      disks: [{ id: 'root', path: files.disk }],
+      disks: [
+        { id: 'root', path: files.disk, serial: rootDiskSerial },
+        ...(withRuntime ? [{ id: 'runtime', path: files.runtime, readOnly: true, serial: runtimeDiskSerial }] : []),
+      ],
       cpus: vm.cpus,
       memoryMiB: vm.memoryMiB,
       memoryFile: files.memory,
@@ -100,6 +106,7 @@ export async function runPackage(path: string, options: RunPackageOptions): Prom
       { name: 'kernel', path: files.kernel },
       { name: 'initramfs', path: files.initramfs },
       { name: 'disk', path: files.disk },
+      ...(withRuntime ? [{ name: 'runtime' as const, path: files.runtime }] : []),
       { name: 'state', path: files.state },
       { name: 'memory', path: files.memory },
     ]);

@@ -156,7 +156,8 @@ export function qemuArguments(spec: VmSpec): string[] {
     const options = [`id=${disk.id}`, `file=${disk.path}`, 'format=raw', 'if=none', 'cache=unsafe', 'aio=threads'];
     if (disk.readOnly) options.push('readonly=on');
     if (disk.ephemeral) options.push('snapshot=on');
-    args.push('-drive', options.join(','), '-device', `virtio-blk-device,drive=${disk.id}`);
+    if (disk.serial !== undefined && !/^[\w.-]{1,20}$/.test(disk.serial)) throw new Error(`disk serial '${disk.serial}' is not 1 to 20 letters, digits, '.', '_' or '-'`);
+    args.push('-drive', options.join(','), '-device', `virtio-blk-device,drive=${disk.id}${disk.serial ? `,serial=${disk.serial}` : ''}`);
   }
   spec.ports.forEach((name, index) => {
     args.push('-chardev', `socket,id=port${index},path=${join(spec.runtimeDir, `${name}.sock`)},server=on,wait=off`);

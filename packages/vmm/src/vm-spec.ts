@@ -6,6 +6,8 @@ export interface DiskSpec {
   readOnly?: boolean;
   /** writes go to a throw-away overlay; the file stays as it was */
   ephemeral?: boolean;
+  /** the virtio-blk serial number (up to 20 characters): how the guest tells its disks apart */
+  serial?: string;
 }
 
 /** What to run; the same for every monitor behind the Vm interface. */
