@@ -1,4 +1,4 @@
-import { execFileSync, spawn, spawnSync } from 'node:child_process';
+import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { connect } from 'node:net';
 import { randomUUID } from 'node:crypto';
 import { readFileSync } from 'node:fs';
@@ -38,6 +38,7 @@ export async function runAgent(configPath = '/.ark/config.json'): Promise<never>
   const send = (message: AgentMessage) => channel.write(encodeMessage(message));
   const gate = new OutputGate();
   let exitAcked: (() => void) | undefined;
+  let workload: ChildProcess | undefined;
 
   const handle = async (request: AgentRequest) => {
     switch (request.kind) {
@@ -58,6 +59,17 @@ export async function runAgent(configPath = '/.ark/config.json'): Promise<never>
         await send(error ? { kind: 'reply', id: request.id, ok: false, error } : { kind: 'reply', id: request.id, ok: true, guestTimeMs: Date.now() });
         gate.open();
         return;
+      }
+      case 'cancel-suspend': {
+        setClock(request.hostTimeMs);
+        const error = runHook(config.hooks.afterResume);
+        await send(error ? { kind: 'reply', id: request.id, ok: false, error } : { kind: 'reply', id: request.id, ok: true, guestTimeMs: Date.now() });
+        gate.open();
+        return;
+      }
+      case 'signal': {
+        const error = signalWorkload(workload, request.signal);
+        return send(error ? { kind: 'reply', id: request.id, ok: false, error } : { kind: 'reply', id: request.id, ok: true, guestTimeMs: Date.now() });
       }
       case 'set-clock':
         setClock(request.hostTimeMs);
@@ -83,34 +95,31 @@ export async function runAgent(configPath = '/.ark/config.json'): Promise<never>
   void channel.readLoop((chunk) => decoder.push(chunk));
   await send({ kind: 'hello', bootId: randomUUID() });
 
-  let code: number;
-  let signal: string | null = null;
+  let exit: Extract<AgentMessage, { kind: 'exit' }>;
   try {
     const user = resolveUser(config.run.user);
     const child = startWorkload(config.run, user);
+    // a command that cannot be executed reports 'error' instead of 'spawn'
+    const failed = await new Promise<Error | undefined>((resolve) => {
+      child.once('spawn', () => resolve(undefined));
+      child.once('error', resolve);
+    });
+    if (failed) throw failed;
+    workload = child;
+    const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => child.once('exit', (c, s) => resolve({ code: c, signal: s })));
     const outputs = [forward(child.stdout!, FrameType.stdout, channel, gate), forward(child.stderr!, FrameType.stderr, channel, gate)];
-    const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve, reject) => {
-      child.once('error', reject);
-      child.once('exit', (c, s) => resolve({ code: c, signal: s }));
-    });
-    await new Promise<void>((resolve, reject) => {
-      child.once('spawn', resolve);
-      child.once('error', reject);
-    });
     await send({ kind: 'started', pid: child.pid ?? 0 });
     void reportLivenessWhenReady(config.hooks, () => child.exitCode !== null || child.signalCode !== null);
     const result = await exited;
-    await Promise.all(outputs);
-    signal = result.signal;
-    code = result.code ?? 128 + signalNumber(result.signal);
+    await Promise.allSettled(outputs);
+    exit = { kind: 'exit', code: result.code ?? 128 + signalNumber(result.signal), signal: result.signal };
   } catch (error) {
-    const err = error as NodeJS.ErrnoException & { exitCode?: number };
-    code = err.exitCode ?? (err.code === 'ENOENT' ? 127 : 126);
-    await channel.write(encodeFrame(FrameType.stderr, Buffer.from(`ark: cannot start the workload: ${err.message}\n`)));
+    exit = { kind: 'exit', ...startFailure(error as NodeJS.ErrnoException & { exitCode?: number }), signal: null };
+    log(`cannot start the workload: ${exit.startError}`);
   }
   const acked = new Promise<void>((resolve) => (exitAcked = resolve));
   await gate.pass();
-  await send({ kind: 'exit', code, signal });
+  await send(exit);
   // the host answers once it has read everything before the exit message
   await Promise.race([acked, sleep(10_000)]);
   return powerOff();
@@ -169,6 +178,27 @@ function setClock(hostTimeMs: number): void {
   setTimeout(() => {
     spawnSync(busybox, ['date', '-u', '-s', `@${Math.round((hostTimeMs + (performance.now() - received)) / 1000)}`], { stdio: 'ignore' });
   }, untilBoundary);
+}
+
+/** Sends `signal` (a name, with or without SIG, or a number) to the workload; an error message if it cannot. */
+function signalWorkload(workload: ChildProcess | undefined, signal: string): string | undefined {
+  if (!workload || workload.exitCode !== null || workload.signalCode !== null) return 'the workload is not running';
+  const name = /^\d+$/.test(signal) ? Number(signal) : (signal.startsWith('SIG') ? signal : `SIG${signal}`).toUpperCase();
+  try {
+    workload.kill(name as NodeJS.Signals | number);
+    return undefined;
+  } catch (error) {
+    return `cannot send ${signal} to the workload: ${(error as Error).message}`;
+  }
+}
+
+/** The exit status and message for a workload that could not be started, as a shell and docker give them. */
+function startFailure(error: NodeJS.ErrnoException & { exitCode?: number }): { code: number; startError: string } {
+  const file = error.path ?? '';
+  if (error.code === 'ENOENT') return { code: 127, startError: `exec "${file}": no such file or directory` };
+  if (error.code === 'EACCES') return { code: 126, startError: `exec "${file}": permission denied (not an executable file)` };
+  if (error.code === 'ENOEXEC') return { code: 126, startError: `exec "${file}": exec format error (not a program for this machine, or a script without #!)` };
+  return { code: error.exitCode ?? 126, startError: error.message };
 }
 
 function signalNumber(signal: NodeJS.Signals | null): number {

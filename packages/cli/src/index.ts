@@ -3,6 +3,6 @@ export { ExitCode } from './exit-codes.ts';
 export { runCli, reportError } from './run-cli.ts';
 export { ProgressBar, formatBytes } from './progress-bar.ts';
 export { colour, wantsColour } from './terminal.ts';
-export { stopSignals, whenStopped } from './stop-signals.ts';
-export type { StopSignal } from './stop-signals.ts';
+export { stopSignals, stoppedExitCode, whenStopped } from './stop-signals.ts';
+export type { StopRequests, StopSignal } from './stop-signals.ts';
 export { createOwnedDir } from './owned-dir.ts';

@@ -10,6 +10,8 @@ import { colour } from './terminal.ts';
  */
 export async function runCli(cli: CAC, argv: string[] = process.argv): Promise<void> {
   const name = cli.name;
+  // a reader that went away (`… | head`) is not a bug: the command ends as a shell's would, without a stack
+  for (const stream of [process.stdout, process.stderr]) stream.on('error', ignoreBrokenPipe);
   try {
     cli.parse(argv, { run: false });
     if (cli.options.help || cli.options.version) return;
@@ -24,6 +26,10 @@ export async function runCli(cli: CAC, argv: string[] = process.argv): Promise<v
   } catch (error) {
     process.exitCode = reportError(name, error);
   }
+}
+
+function ignoreBrokenPipe(error: NodeJS.ErrnoException): void {
+  if (error.code !== 'EPIPE' && error.code !== 'ERR_STREAM_DESTROYED') throw error;
 }
 
 export function reportError(name: string, error: unknown): number {
