@@ -1,0 +1,78 @@
+import { execFileSync, spawn } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import t from 'tap';
+import { alive, finished, qemuUnder, startTool, toolPath } from '@ark/test-images';
+import { counterPackage, counts, firstGap, waitForCounts } from './harness.ts';
+
+// Stop requests that reach the whole process group or come from a terminal
+// flush like `kill -INT PID` does: QEMU is in a session of its own.
+const work = mkdtempSync(join(tmpdir(), 'ark-flush-signals-test-'));
+t.teardown(() => rmSync(work, { recursive: true, force: true }));
+const { pkg, packagerCounts } = await counterPackage(work);
+const seen = [...packagerCounts];
+
+t.test('SIGINT to the process group of a runner under setsid flushes', async (t) => {
+  // detached: the runner leads a new session and process group, as under setsid
+  const child = spawn(process.execPath, [toolPath('runner', 'ark-runner'), pkg], { detached: true, env: { ...process.env, NO_COLOR: '1' }, stdio: ['ignore', 'pipe', 'pipe'] });
+  const done = finished(child);
+  await waitForCounts(child, 2);
+  const qemu = qemuUnder(child.pid!);
+  t.equal(qemu.length, 1);
+  process.kill(-child.pid!, 'SIGINT');
+  const result = await done;
+  t.equal(result.code, 0, `flushed (stderr: ${result.stderr})`);
+  t.match(result.stderr, /snapshot written to/);
+  t.notMatch(result.stderr, /internal error/);
+  t.notOk(qemu.some(alive), 'QEMU is gone');
+  seen.push(...counts(result.stdout));
+});
+
+t.test('SIGHUP (the terminal closed) flushes like SIGTERM', async (t) => {
+  const child = startTool('runner', 'ark-runner', [pkg]);
+  const done = finished(child);
+  await waitForCounts(child, 2);
+  child.kill('SIGHUP');
+  const result = await done;
+  t.equal(result.code, 0, `flushed (stderr: ${result.stderr})`);
+  t.match(result.stderr, /snapshot written to/);
+  seen.push(...counts(result.stdout));
+});
+
+t.test('Ctrl-C in a real terminal flushes; a second one says the flush is being finished', async (t) => {
+  const session = `hr-flush-${process.pid}`;
+  const pane = () => execFileSync('tmux', ['capture-pane', '-p', '-J', '-S', '-2000', '-t', session], { encoding: 'utf8' });
+  const waitForPane = async (pattern: RegExp, what: string) => {
+    for (let i = 0; i < 1200; i++) {
+      if (pattern.test(pane())) return;
+      await sleep(50);
+    }
+    throw new Error(`no ${what} in the terminal:\n${pane()}`);
+  };
+  const command = `NO_COLOR=1 '${process.execPath}' '${toolPath('runner', 'ark-runner')}' '${pkg}'; echo "EXIT=$?"; sleep 600`;
+  execFileSync('tmux', ['new-session', '-d', '-s', session, '-x', '250', '-y', '50', command]);
+  t.teardown(() => execFileSync('tmux', ['kill-session', '-t', session], { stdio: 'ignore' }));
+  await waitForPane(/^\d+ [\d.]+\n(?:.*\n)*\d+ [\d.]+$/m, 'two counter lines');
+  execFileSync('tmux', ['send-keys', '-t', session, 'C-c']);
+  await waitForPane(/suspending and writing the snapshot/, 'flush');
+  execFileSync('tmux', ['send-keys', '-t', session, 'C-c']);
+  await waitForPane(/EXIT=\d+/, 'exit status');
+  const text = pane();
+  t.match(text, /EXIT=0/, `the runner flushed and exited 0:\n${text}`);
+  t.match(text, /snapshot written to/);
+  t.match(text, /the flush is being finished/, 'the second Ctrl-C was answered');
+  t.notMatch(text, /internal error/);
+  seen.push(...counts(text));
+});
+
+t.test('every run resumed where the one before stopped', async (t) => {
+  const child = startTool('runner', 'ark-runner', [pkg, '--no-persist']);
+  const done = finished(child);
+  await waitForCounts(child, 2);
+  child.kill('SIGINT');
+  seen.push(...counts((await done).stdout));
+  const gap = firstGap(seen);
+  t.equal(gap, -1, gap < 0 ? `counted ${seen[0]}…${seen.at(-1)} over four runs` : `break at ${seen[gap - 1]} → ${seen[gap]}`);
+});
