@@ -1,6 +1,7 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
 import t from 'tap';
 import { alive, baseEntries, finished, qemuUnder, runTool, startTool, writeOciLayout, type ImageSpec } from '@ark/test-images';
 
@@ -78,5 +79,17 @@ t.test('a workload that ignores its stop signal is powered off after --stop-time
   t.equal(result.code, 137, `powered off: 128 + SIGKILL, as docker reports it (stderr: ${result.stderr})`);
   t.ok(seconds >= 2 && seconds < 15, `after the 2 s grace period (${seconds.toFixed(1)} s)`);
   t.match(result.stderr, /did not exit within 2 s of SIGTERM/);
+  // a second stop request does not wait out the grace period
+  const again = startTool('runner', 'ark-runner', [stubborn, '--stop-timeout', '120']);
+  const againDone = finished(again);
+  await waitForStdout(again, 'started');
+  const stopped = Date.now();
+  again.kill('SIGINT');
+  await sleep(1000);
+  again.kill('SIGINT');
+  const forced = await againDone;
+  t.equal(forced.code, 137, `powered off (stderr: ${forced.stderr})`);
+  t.ok(Date.now() - stopped < 20_000, 'at the second Ctrl-C, not after 120 s');
+  t.match(forced.stderr, /powering the VM off: SIGINT again/);
   t.equal((await runTool('runner', 'ark-runner', [stubborn, '--stop-timeout', 'soon'])).code, 2, 'a bad --stop-timeout is a usage error');
 });
