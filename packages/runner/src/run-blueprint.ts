@@ -19,8 +19,8 @@ export interface RunOptions {
    * image's StopSignal and `stopTimeoutMs` to exit, then the VM is powered off
    */
   signal?: AbortSignal;
-  /** resolves at the stop request after the first `seen` ones (e.g. StopRequests.after): a second one powers off at once */
-  nextStop?: (seen: number) => Promise<StopSignal>;
+  /** resolves at the next stop request from the time of the call (a blueprint: a second one powers off at once; a package: retries a failed flush) */
+  nextStop?: () => Promise<StopSignal>;
   /** default defaultStopTimeoutMs */
   stopTimeoutMs?: number;
   /** run the VM in a network namespace (eth0 in the guest), publishing ports for as long as it runs */
@@ -89,6 +89,8 @@ export async function runBlueprint(dir: string, options: RunOptions): Promise<Ru
  */
 async function stopWorkload(guest: GuestVm, stopSignal: string, reason: StopSignal, options: RunOptions): Promise<{ exitCode: number }> {
   const timeoutMs = options.stopTimeoutMs ?? defaultStopTimeoutMs;
+  // a request from now on, even while the signal is on its way
+  const again = options.nextStop?.() ?? new Promise<never>(() => {});
   options.onEvent?.({ kind: 'stopping', reason, stopSignal, timeoutMs });
   const refused = await guest.signalWorkload(stopSignal);
   if (refused !== undefined) {
@@ -101,7 +103,7 @@ async function stopWorkload(guest: GuestVm, stopSignal: string, reason: StopSign
     guest.workloadExit.then((exit) => ({ kind: 'exit' as const, code: exit.code })),
     guest.vm.exited.then(() => ({ kind: 'vm-stopped' as const })),
     sleep(timeoutMs, undefined, { signal: waiting.signal }).then(() => ({ kind: 'timeout' as const }), () => ({ kind: 'timeout' as const })),
-    (options.nextStop?.(1) ?? new Promise<never>(() => {})).then((again) => ({ kind: 'again' as const, again })),
+    again.then((signal) => ({ kind: 'again' as const, signal })),
   ]);
   waiting.abort();
   if (ended.kind === 'exit') {
@@ -109,7 +111,7 @@ async function stopWorkload(guest: GuestVm, stopSignal: string, reason: StopSign
     return { exitCode: ended.code };
   }
   if (ended.kind === 'vm-stopped') return { exitCode: stoppedExitCode(reason) };
-  options.onEvent?.({ kind: 'powering-off', why: ended.kind === 'timeout' ? `the workload did not exit within ${timeoutMs / 1000} s of ${stopSignal}` : `${ended.again} again` });
+  options.onEvent?.({ kind: 'powering-off', why: ended.kind === 'timeout' ? `the workload did not exit within ${timeoutMs / 1000} s of ${stopSignal}` : `${ended.signal} again` });
   await guest.vm.quit();
   return { exitCode: 128 + 9 };
 }

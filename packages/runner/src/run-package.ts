@@ -50,7 +50,6 @@ export async function runPackage(path: string, options: RunPackageOptions): Prom
   const snapshot = pkg.has('state') && pkg.has('memory');
   if (snapshot) checkSnapshot(path, config, options);
   const target = options.noPersist ? undefined : writeTarget(path, options);
-  let lock: PackageLock | undefined = target?.lock;
   let network: VmNetwork | undefined;
   let work: string | undefined;
   let guest: GuestVm | undefined;
@@ -93,7 +92,7 @@ export async function runPackage(path: string, options: RunPackageOptions): Prom
     }
     const running = guest;
     let stop: AbortSignal | Promise<StopSignal> | undefined = options.signal;
-    for (let requests = 1; ; requests++) {
+    for (;;) {
       const outcome = await running.nextOutcome(stop);
       if (outcome.kind === 'exit') {
         if (outcome.exit.startError !== undefined) throw workloadStartError({ ...outcome.exit, startError: outcome.exit.startError });
@@ -107,14 +106,13 @@ export async function runPackage(path: string, options: RunPackageOptions): Prom
       }
       const written = await flush(running, files, { ...config, vm, vmm: installedVmm() }, target.out, options);
       if (written) return { exitCode: ExitCode.ok, interrupted: outcome.signal };
-      stop = options.nextStop?.(requests) ?? new Promise(() => {});
+      stop = options.nextStop?.() ?? new Promise(() => {});
     }
   } finally {
     await guest?.dispose();
     await network?.close();
     if (work) rmSync(work, { recursive: true, force: true });
-    lock?.release();
-    lock = undefined;
+    target?.lock.release();
   }
 }
 

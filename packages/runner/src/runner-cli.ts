@@ -56,7 +56,7 @@ export async function main(argv: string[]): Promise<void> {
           if (event.kind === 'flush-failed') phase = 'running';
           reportPackageEvent(event);
         };
-        const io = { signal: stop.signal, nextStop: (seen: number) => stop.after(seen), network, onEvent, onStdout: (chunk: Buffer) => process.stdout.write(chunk), onStderr: (chunk: Buffer) => process.stderr.write(chunk) };
+        const io = { signal: stop.signal, nextStop: () => stop.after(stop.count), network, onEvent, onStdout: (chunk: Buffer) => process.stdout.write(chunk), onStderr: (chunk: Buffer) => process.stderr.write(chunk) };
         const result = isPackage
           ? await runPackage(path, { ...io, cpus, memoryMiB, out: options.out, noPersist: options.persist === false, onPackageEvent })
           : await runBlueprint(path, { ...io, cpus: cpus ?? defaults.cpus, memoryMiB: memoryMiB ?? defaults.memoryMiB, stopTimeoutMs: stopTimeout === undefined ? undefined : stopTimeout * 1000 });
