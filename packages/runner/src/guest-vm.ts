@@ -114,12 +114,18 @@ export class GuestVm {
   /**
    * After a suspend whose snapshot could not be kept: runs the paused VM on
    * and has the agent let the workload's output through again (and run its
-   * after-resume command, undoing before-suspend).
+   * after-resume command, undoing before-suspend). Rejects if QEMU is gone;
+   * an agent that does not answer is a hookError.
    */
   async cancelSuspend(): Promise<{ hookError?: string }> {
+    // throws when QEMU is gone: then there is nothing to run on
     await this.vm.qmp.execute('cont');
-    const reply = await this.agent.request({ kind: 'cancel-suspend', hostTimeMs: Date.now() }, 60_000);
-    return reply.ok ? {} : { hookError: reply.error };
+    try {
+      const reply = await this.agent.request({ kind: 'cancel-suspend', hostTimeMs: Date.now() }, 60_000);
+      return reply.ok ? {} : { hookError: reply.error };
+    } catch (error) {
+      return { hookError: (error as Error).message };
+    }
   }
 
   /** Sends `signal` to the workload; resolves with why it could not (it is not running yet or any more). */

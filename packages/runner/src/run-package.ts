@@ -138,11 +138,15 @@ async function flush(guest: GuestVm, files: Record<'kernel' | 'initramfs' | 'dis
     options.onPackageEvent?.({ kind: 'flushed', path: out, ms: Date.now() - flushStarted });
     return true;
   } catch (error) {
-    // a VM that died under us cannot run on: that is the run's end, not a failed write
-    if (guest.vm.process.exitCode !== null || guest.vm.process.signalCode !== null) throw error;
     const failure = describeWriteFailure(error as NodeJS.ErrnoException, out);
     // before-suspend held the workload's output back and the VM may be paused: both go on
-    const { hookError } = await guest.cancelSuspend().catch((cancel: Error) => ({ hookError: cancel.message }));
+    let hookError: string | undefined;
+    try {
+      ({ hookError } = await guest.cancelSuspend());
+    } catch {
+      // QEMU died under the flush: that ends the run, it is not a failed write
+      throw vmStoppedError(guest, await guest.waitForExit(5000));
+    }
     if (hookError) options.onPackageEvent?.({ kind: 'warning', message: `after-resume: ${hookError}` });
     options.onPackageEvent?.({ kind: 'flush-failed', ...failure });
     return false;
