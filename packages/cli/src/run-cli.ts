@@ -1,6 +1,7 @@
 import type { CAC } from 'cac';
 import { ArkError, ExitError } from './ark-error.ts';
 import { ExitCode } from './exit-codes.ts';
+import { isGoneOutput } from './gone-output.ts';
 import { colour } from './terminal.ts';
 
 /**
@@ -10,7 +11,7 @@ import { colour } from './terminal.ts';
  */
 export async function runCli(cli: CAC, argv: string[] = process.argv): Promise<void> {
   const name = cli.name;
-  // a reader that went away (`… | head`) is not a bug: the command ends as a shell's would, without a stack
+  // a reader that went away (`… | head`, a closed terminal) is not a bug: the command ends as a shell's would, without a stack
   for (const stream of [process.stdout, process.stderr]) stream.on('error', ignoreBrokenPipe);
   try {
     cli.parse(argv, { run: false });
@@ -29,7 +30,7 @@ export async function runCli(cli: CAC, argv: string[] = process.argv): Promise<v
 }
 
 function ignoreBrokenPipe(error: NodeJS.ErrnoException): void {
-  if (error.code !== 'EPIPE' && error.code !== 'ERR_STREAM_DESTROYED') throw error;
+  if (!isGoneOutput(error)) throw error;
 }
 
 export function reportError(name: string, error: unknown): number {

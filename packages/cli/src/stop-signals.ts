@@ -1,4 +1,5 @@
 import { ExitCode } from './exit-codes.ts';
+import { isGoneOutput } from './gone-output.ts';
 
 /** Why a command is asked to stop: a signal, or 'SIGPIPE' when the reader of its stdout or stderr went away. */
 export type StopSignal = 'SIGINT' | 'SIGTERM' | 'SIGHUP' | 'SIGPIPE';
@@ -16,8 +17,8 @@ export interface StopRequests extends Disposable {
 }
 
 /**
- * SIGINT, SIGTERM and SIGHUP (the terminal closed), and EPIPE on stdout or
- * stderr, as stop requests, for commands that stop cleanly. Without these a
+ * SIGINT, SIGTERM and SIGHUP (the terminal closed), and EPIPE or EIO on
+ * stdout or stderr (their reader or terminal is gone), as stop requests, for commands that stop cleanly. Without these a
  * closed pipe would crash the process with a stack. `onRepeat` hears every
  * request after the first (e.g. to say that a flush is being finished).
  * Dispose to restore default handling.
@@ -40,7 +41,7 @@ export function stopSignals(options: { onRepeat?: (signal: StopSignal, count: nu
   let pipeBroken = false;
   const onStreamError = (error: NodeJS.ErrnoException) => {
     // later writes to the closed stream fail too: one request is enough
-    if ((error.code === 'EPIPE' || error.code === 'ERR_STREAM_DESTROYED') && !pipeBroken) {
+    if (isGoneOutput(error) && !pipeBroken) {
       pipeBroken = true;
       request('SIGPIPE');
     }

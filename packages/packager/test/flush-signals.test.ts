@@ -1,11 +1,11 @@
 import { execFileSync, spawn } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import t from 'tap';
 import { alive, finished, qemuUnder, startTool, toolPath } from '@ark/test-images';
-import { counterPackage, counts, firstGap, waitForCounts } from './harness.ts';
+import { counterPackage, counts, firstGap, sha256File, waitForCounts } from './harness.ts';
 
 // Stop requests that reach the whole process group or come from a terminal
 // flush like `kill -INT PID` does: QEMU is in a session of its own.
@@ -75,4 +75,34 @@ t.test('every run resumed where the one before stopped', async (t) => {
   seen.push(...counts((await done).stdout));
   const gap = firstGap(seen);
   t.equal(gap, -1, gap < 0 ? `counted ${seen[0]}…${seen.at(-1)} over four runs` : `break at ${seen[gap - 1]} → ${seen[gap]}`);
+});
+
+t.test('closing the terminal (SIGHUP, then writes that fail with EIO) flushes', async (t) => {
+  const session = `hr-close-${process.pid}`;
+  const pidFile = join(work, 'closed-pid');
+  const pane = () => execFileSync('tmux', ['capture-pane', '-p', '-J', '-S', '-2000', '-t', session], { encoding: 'utf8' });
+  // the shell writes its PID and becomes the runner
+  const command = `echo $$ > '${pidFile}'; NO_COLOR=1 exec '${process.execPath}' '${toolPath('runner', 'ark-runner')}' '${pkg}'`;
+  execFileSync('tmux', ['new-session', '-d', '-s', session, '-x', '250', '-y', '50', command]);
+  let text = '';
+  for (let i = 0; i < 1200 && counts(text).length < 2; i++) {
+    await sleep(50);
+    text = pane();
+  }
+  t.ok(counts(text).length >= 2, 'the runner ran in the terminal');
+  const pid = Number(readFileSync(pidFile, 'utf8'));
+  const before = sha256File(pkg);
+  execFileSync('tmux', ['kill-session', '-t', session]);
+  for (let i = 0; i < 1200 && alive(pid); i++) await sleep(50);
+  t.notOk(alive(pid), 'the runner finished');
+  t.not(sha256File(pkg), before, 'it wrote the snapshot');
+  t.same(readdirSync(work).filter((name) => /^\.counter\.ark\.(work|partial|lock)-/.test(name)), [], 'and left nothing beside the package');
+  // what the terminal showed before it closed; the rest is in the package
+  const shown = counts(text);
+  const resumed = startTool('runner', 'ark-runner', [pkg, '--no-persist']);
+  const resumedDone = finished(resumed);
+  await waitForCounts(resumed, 1);
+  resumed.kill('SIGINT');
+  const next = counts((await resumedDone).stdout)[0]!;
+  t.ok(next > shown.at(-1)!, `the next run goes on from the closed terminal's session (${shown.at(-1)} shown, resumed at ${next})`);
 });

@@ -131,7 +131,7 @@ export class GuestVm {
   /** Sends `signal` to the workload; resolves with why it could not (it is not running yet or any more). */
   async signalWorkload(signal: string): Promise<string | undefined> {
     try {
-      const reply = await this.agent.request({ kind: 'signal', signal }, 10_000);
+      const reply = await this.agent.request({ kind: 'signal', signal }, 5000);
       return reply.ok ? undefined : reply.error;
     } catch (error) {
       return (error as Error).message;

@@ -1,4 +1,4 @@
-import { readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { readFileSync, readdirSync, realpathSync, rmSync, writeFileSync } from 'node:fs';
 import { basename, dirname, join, resolve } from 'node:path';
 import { ArkError, ExitCode } from '@ark/cli';
 
@@ -24,8 +24,9 @@ export interface PackageLock extends Disposable {
  * when the directory cannot be written.
  */
 export function lockPackage(packagePath: string, tool: string): PackageLock {
-  const path = resolve(packagePath);
-  const dir = dirname(path);
+  // one directory reached through two paths (a symlink) is one directory
+  const dir = realDirectory(dirname(resolve(packagePath)));
+  const path = join(dir, basename(packagePath));
   const prefix = `.${basename(path)}.lock-`;
   const own = join(dir, `${prefix}${process.pid}-${processStartTime(process.pid)}`);
   try {
@@ -55,6 +56,14 @@ export function lockPackage(packagePath: string, tool: string): PackageLock {
     rmSync(join(dir, entry), { force: true });
   }
   return { path, release, [Symbol.dispose]: release };
+}
+
+function realDirectory(dir: string): string {
+  try {
+    return realpathSync(dir);
+  } catch {
+    return dir;
+  }
 }
 
 function lockFileError(path: string, error: NodeJS.ErrnoException): ArkError {
