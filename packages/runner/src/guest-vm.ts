@@ -218,7 +218,7 @@ async function connectWithRetry(path: string, timeoutMs: number): Promise<Socket
 /** A workload that could not be started: one line, exit 127 (not found) or 126 (not executable), as docker does. */
 export function workloadStartError(exit: WorkloadExit & { startError: string }): ArkError {
   return new ArkError('WORKLOAD_START_FAILED', `cannot start the workload: ${exit.startError}`, {
-    hint: "check the image's Entrypoint and Cmd (run.entrypoint and run.cmd in ark.json) and that the file is executable in the image",
+    hint: "check the image's Entrypoint, Cmd and User (run.entrypoint, run.cmd and run.user in ark.json), and that the program is an executable file in the image",
     exitCode: exit.code === ExitCode.commandNotFound ? ExitCode.commandNotFound : ExitCode.cannotExecute,
   });
 }

@@ -36,7 +36,7 @@ t.test('a workload that cannot start: 127 (not found) or 126 (not executable) in
   t.equal(notFound.code, 127, `exit 127 (stderr: ${notFound.stderr})`);
   t.ok(seconds < 30, `within 30 s (${seconds.toFixed(1)} s)`);
   t.match(notFound.stderr, /ark-runner: cannot start the workload: exec "\/no\/such\/program": no such file or directory/);
-  t.match(notFound.stderr, /hint: check the image's Entrypoint and Cmd/);
+  t.match(notFound.stderr, /hint: check the image's Entrypoint, Cmd and User/);
   t.notMatch(notFound.stderr, /internal error|\n\s+at /);
 
   const plain = await blueprint('plain', { Entrypoint: ['/data.txt'] }, [{ name: 'data.txt', content: 'not a program\n', mode: 0o644 }]);
