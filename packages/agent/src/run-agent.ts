@@ -9,7 +9,7 @@ import { findGuestPort } from './guest-port.ts';
 import { OutputGate } from './output-gate.ts';
 import { PortChannel } from './port-channel.ts';
 import { resolveUser } from './user-lookup.ts';
-import { startWorkload, type WorkloadSpec } from './workload.ts';
+import { signalWorkload, startFailure, startWorkload, type WorkloadSpec } from './workload.ts';
 
 interface GuestConfig {
   run: WorkloadSpec & { user: string };
@@ -178,27 +178,6 @@ function setClock(hostTimeMs: number): void {
   setTimeout(() => {
     spawnSync(busybox, ['date', '-u', '-s', `@${Math.round((hostTimeMs + (performance.now() - received)) / 1000)}`], { stdio: 'ignore' });
   }, untilBoundary);
-}
-
-/** Sends `signal` (a name, with or without SIG, or a number) to the workload; an error message if it cannot. */
-function signalWorkload(workload: ChildProcess | undefined, signal: string): string | undefined {
-  if (!workload || workload.exitCode !== null || workload.signalCode !== null) return 'the workload is not running';
-  const name = /^\d+$/.test(signal) ? Number(signal) : (signal.startsWith('SIG') ? signal : `SIG${signal}`).toUpperCase();
-  try {
-    workload.kill(name as NodeJS.Signals | number);
-    return undefined;
-  } catch (error) {
-    return `cannot send ${signal} to the workload: ${(error as Error).message}`;
-  }
-}
-
-/** The exit status and message for a workload that could not be started, as a shell and docker give them. */
-function startFailure(error: NodeJS.ErrnoException & { exitCode?: number }): { code: number; startError: string } {
-  const file = error.path ?? '';
-  if (error.code === 'ENOENT') return { code: 127, startError: `exec "${file}": no such file or directory` };
-  if (error.code === 'EACCES') return { code: 126, startError: `exec "${file}": permission denied (not an executable file)` };
-  if (error.code === 'ENOEXEC') return { code: 126, startError: `exec "${file}": exec format error (not a program for this machine, or a script without #!)` };
-  return { code: error.exitCode ?? 126, startError: error.message };
 }
 
 function signalNumber(signal: NodeJS.Signals | null): number {
