@@ -5,4 +5,4 @@ export { ProgressBar, formatBytes } from './progress-bar.ts';
 export { colour, wantsColour } from './terminal.ts';
 export { stopSignals, stoppedExitCode, whenStopped } from './stop-signals.ts';
 export type { StopRequests, StopSignal } from './stop-signals.ts';
-export { createOwnedDir } from './owned-dir.ts';
+export { createOwnedDir, removeStaleEntries } from './owned-dir.ts';

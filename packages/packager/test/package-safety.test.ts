@@ -44,6 +44,8 @@ t.test('a flush that cannot be written loses nothing: the VM runs on, and a retr
   });
   const before = sha256File(pkg);
   const out = join(full, 'moved.ark');
+  // what a runner killed while writing here would have left
+  writeFileSync(join(full, '.moved.ark.partial-4194303'), 'half a package');
   const child = startTool('runner', 'ark-runner', [pkg, '--out', out]);
   const done = finished(child);
   let stderr = '';
@@ -61,7 +63,7 @@ t.test('a flush that cannot be written loses nothing: the VM runs on, and a retr
   await sleep(3000);
   t.ok(counts(stdout).length > countsAtFailure + 3, `the workload goes on after the failed flush (${countsAtFailure} → ${counts(stdout).length} lines)`);
   t.ok(alive(child.pid!) && qemu.every(alive), 'the runner and its VM still run');
-  t.same(readdirSync(full).filter((name) => !name.includes('.lock-')), [], 'no partial package left on the full file system');
+  t.same(readdirSync(full).filter((name) => !name.includes('.lock-')), [], "no partial package left on the full file system, the dead runner's neither");
   t.equal(sha256File(pkg), before, 'the package run is unchanged');
 
   execFileSync('mount', ['-o', 'remount,size=2g', full]);

@@ -1,8 +1,8 @@
 import { execFileSync } from 'node:child_process';
 import { rmSync, truncateSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { dirname, join } from 'node:path';
-import { ArkError, ExitCode, createOwnedDir, stoppedExitCode, type StopSignal } from '@ark/cli';
+import { basename, dirname, join } from 'node:path';
+import { ArkError, ExitCode, createOwnedDir, removeStaleEntries, stoppedExitCode, type StopSignal } from '@ark/cli';
 import { ArkPackage } from '@ark/package-format';
 import { installedVmm, vmmCompatible } from '@ark/vmm';
 import { GuestVm, vmStoppedError, workloadStartError } from './guest-vm.ts';
@@ -170,7 +170,10 @@ function describeWriteFailure(error: NodeJS.ErrnoException, out: string): { mess
 function writeTarget(path: string, options: RunPackageOptions): { out: string; lock: PackageLock } | undefined {
   const out = checkOutputPath(options.out ?? path);
   try {
-    return { out, lock: lockPackage(out, 'ark-runner') };
+    const lock = lockPackage(out, 'ark-runner');
+    // partial packages that runners killed while writing here left behind
+    removeStaleEntries(dirname(out), [`.${basename(out)}.partial-`]);
+    return { out, lock };
   } catch (error) {
     if (!(error instanceof ArkError) || error.code !== 'READ_ONLY_FS' || options.out !== undefined) throw error;
     options.onPackageEvent?.({ kind: 'warning', message: `${path} cannot be written (${error.message.split(': ').at(-1)}): Ctrl-C will discard the VM; to keep its state, run it with --out FILE on a writable file system` });
