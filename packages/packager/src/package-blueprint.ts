@@ -42,7 +42,7 @@ export async function packageBlueprint(blueprintDir: string, outPath: string, op
   const blueprint = await readBlueprint(blueprintDir);
   // everything that would stop the write is found before the boot
   const out = checkOutputPath(outPath);
-  using _lock = lockPackage(out, 'ark-packager');
+  using _lock = lockPackage(out, 'ark-packager', 'package to another OUT.ark');
   const vmm = installedVmm();
   const emit = options.onEvent ?? (() => {});
   const network = options.network && (await VmNetwork.attach({ namespace: options.network.namespace }));

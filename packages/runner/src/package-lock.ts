@@ -20,10 +20,11 @@ export interface PackageLock extends Disposable {
  * second of two is refused (two that start at the same instant may both be:
  * never both admitted).
  *
- * Throws ArkError PACKAGE_BUSY (exit 6) naming the holder, or READ_ONLY_FS
- * when the directory cannot be written.
+ * Throws ArkError PACKAGE_BUSY (exit 6) naming the holder (its hint ends with
+ * `otherwise`, what this tool can do instead), or READ_ONLY_FS when the
+ * directory cannot be written.
  */
-export function lockPackage(packagePath: string, tool: string): PackageLock {
+export function lockPackage(packagePath: string, tool: string, otherwise = 'write another file'): PackageLock {
   // one directory reached through two paths (a symlink) is one directory
   const dir = realDirectory(dirname(resolve(packagePath)));
   const path = join(dir, basename(packagePath));
@@ -49,7 +50,7 @@ export function lockPackage(packagePath: string, tool: string): PackageLock {
       release();
       const holder = readHolder(join(dir, entry));
       throw new ArkError('PACKAGE_BUSY', `${packagePath} is in use: ${holder} (PID ${pid}) is running or writing it`, {
-        hint: `wait for it to finish, or stop it (Ctrl-C in its terminal, or kill -INT ${pid}); to run a copy meanwhile use --no-persist or --out OTHER.ark`,
+        hint: `wait for it to finish, or stop it (Ctrl-C in its terminal, or kill -INT ${pid}), or ${otherwise}`,
         exitCode: ExitCode.busy,
       });
     }

@@ -170,7 +170,7 @@ function describeWriteFailure(error: NodeJS.ErrnoException, out: string): { mess
 function writeTarget(path: string, options: RunPackageOptions): { out: string; lock: PackageLock } | undefined {
   const out = checkOutputPath(options.out ?? path);
   try {
-    const lock = lockPackage(out, 'ark-runner');
+    const lock = lockPackage(out, 'ark-runner', 'run a copy meanwhile with --out OTHER.ark (or --no-persist)');
     // partial packages that runners killed while writing here left behind
     removeStaleEntries(dirname(out), [`.${basename(out)}.partial-`]);
     return { out, lock };
