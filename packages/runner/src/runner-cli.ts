@@ -42,21 +42,17 @@ export async function main(argv: string[]): Promise<void> {
         throw new ArkError('USAGE', '--out and --no-persist exclude each other', { hint: 'pick one', exitCode: ExitCode.usage });
       }
       const network = networkOptions(options);
-      let phase: 'running' | 'stopping' | 'flushing' = 'running';
+      // a package's flush cannot be interrupted without losing the session: a repeated request is answered, not obeyed
+      let flushing = false;
       using stop = stopSignals({ onRepeat: (signal) => {
-        if (phase === 'flushing') process.stderr.write(`ark-runner: ${signal}: the snapshot is still being written; the flush is being finished (the VM ends once it is written)\n`);
+        if (flushing) process.stderr.write(`ark-runner: ${signal}: the snapshot is still being written; the flush is being finished (the VM ends once it is written)\n`);
       } });
       {
-        const onEvent = (event: RunEvent) => {
-          if (event.kind === 'stopping') phase = 'stopping';
-          reportRunEvent(event);
-        };
         const onPackageEvent = (event: PackageRunEvent) => {
-          if (event.kind === 'flushing') phase = 'flushing';
-          if (event.kind === 'flush-failed') phase = 'running';
+          if (event.kind === 'flushing' || event.kind === 'flush-failed') flushing = event.kind === 'flushing';
           reportPackageEvent(event);
         };
-        const io = { signal: stop.signal, nextStop: () => stop.after(stop.count), network, onEvent, onStdout: (chunk: Buffer) => process.stdout.write(chunk), onStderr: (chunk: Buffer) => process.stderr.write(chunk) };
+        const io = { signal: stop.signal, nextStop: () => stop.after(stop.count), network, onEvent: reportRunEvent, onStdout: (chunk: Buffer) => process.stdout.write(chunk), onStderr: (chunk: Buffer) => process.stderr.write(chunk) };
         const result = isPackage
           ? await runPackage(path, { ...io, cpus, memoryMiB, out: options.out, noPersist: options.persist === false, onPackageEvent })
           : await runBlueprint(path, { ...io, cpus: cpus ?? defaults.cpus, memoryMiB: memoryMiB ?? defaults.memoryMiB, stopTimeoutMs: stopTimeout === undefined ? undefined : stopTimeout * 1000 });
