@@ -25,6 +25,7 @@ debs=(
   nbdkit libnbd-bin fuse3 gnutls-bin
   redis-server redis-tools openssl
   gcc libc6-dev
+  tmux
 )
 missing=()
 for p in "${debs[@]}"; do

@@ -1,4 +1,4 @@
-import { execFileSync, spawn, spawnSync } from 'node:child_process';
+import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { connect } from 'node:net';
 import { randomUUID } from 'node:crypto';
 import { readFileSync } from 'node:fs';
@@ -9,7 +9,7 @@ import { findGuestPort } from './guest-port.ts';
 import { OutputGate } from './output-gate.ts';
 import { PortChannel } from './port-channel.ts';
 import { resolveUser } from './user-lookup.ts';
-import { startWorkload, type WorkloadSpec } from './workload.ts';
+import { signalWorkload, startFailure, startWorkload, type WorkloadSpec } from './workload.ts';
 
 interface GuestConfig {
   run: WorkloadSpec & { user: string };
@@ -40,6 +40,7 @@ export async function runAgent(configPath = guestConfigPath): Promise<never> {
   const send = (message: AgentMessage) => channel.write(encodeMessage(message));
   const gate = new OutputGate();
   let exitAcked: (() => void) | undefined;
+  let workload: ChildProcess | undefined;
 
   const handle = async (request: AgentRequest) => {
     switch (request.kind) {
@@ -60,6 +61,17 @@ export async function runAgent(configPath = guestConfigPath): Promise<never> {
         await send(error ? { kind: 'reply', id: request.id, ok: false, error } : { kind: 'reply', id: request.id, ok: true, guestTimeMs: Date.now() });
         gate.open();
         return;
+      }
+      case 'cancel-suspend': {
+        setClock(request.hostTimeMs);
+        const error = runHook(config.hooks.afterResume);
+        await send(error ? { kind: 'reply', id: request.id, ok: false, error } : { kind: 'reply', id: request.id, ok: true, guestTimeMs: Date.now() });
+        gate.open();
+        return;
+      }
+      case 'signal': {
+        const error = signalWorkload(workload, request.signal);
+        return send(error ? { kind: 'reply', id: request.id, ok: false, error } : { kind: 'reply', id: request.id, ok: true, guestTimeMs: Date.now() });
       }
       case 'set-clock':
         setClock(request.hostTimeMs);
@@ -85,34 +97,31 @@ export async function runAgent(configPath = guestConfigPath): Promise<never> {
   void channel.readLoop((chunk) => decoder.push(chunk));
   await send({ kind: 'hello', bootId: randomUUID() });
 
-  let code: number;
-  let signal: string | null = null;
+  let exit: Extract<AgentMessage, { kind: 'exit' }>;
   try {
     const user = resolveUser(config.run.user);
     const child = startWorkload(config.run, user);
+    // a command that cannot be executed reports 'error' instead of 'spawn'
+    const failed = await new Promise<Error | undefined>((resolve) => {
+      child.once('spawn', () => resolve(undefined));
+      child.once('error', resolve);
+    });
+    if (failed) throw failed;
+    workload = child;
+    const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => child.once('exit', (c, s) => resolve({ code: c, signal: s })));
     const outputs = [forward(child.stdout!, FrameType.stdout, channel, gate), forward(child.stderr!, FrameType.stderr, channel, gate)];
-    const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve, reject) => {
-      child.once('error', reject);
-      child.once('exit', (c, s) => resolve({ code: c, signal: s }));
-    });
-    await new Promise<void>((resolve, reject) => {
-      child.once('spawn', resolve);
-      child.once('error', reject);
-    });
     await send({ kind: 'started', pid: child.pid ?? 0 });
     void reportLivenessWhenReady(config.hooks, () => child.exitCode !== null || child.signalCode !== null);
     const result = await exited;
-    await Promise.all(outputs);
-    signal = result.signal;
-    code = result.code ?? 128 + signalNumber(result.signal);
+    await Promise.allSettled(outputs);
+    exit = { kind: 'exit', code: result.code ?? 128 + signalNumber(result.signal), signal: result.signal };
   } catch (error) {
-    const err = error as NodeJS.ErrnoException & { exitCode?: number };
-    code = err.exitCode ?? (err.code === 'ENOENT' ? 127 : 126);
-    await channel.write(encodeFrame(FrameType.stderr, Buffer.from(`ark: cannot start the workload: ${err.message}\n`)));
+    exit = { kind: 'exit', ...startFailure(error as NodeJS.ErrnoException & { exitCode?: number }), signal: null };
+    log(`cannot start the workload: ${exit.startError}`);
   }
   const acked = new Promise<void>((resolve) => (exitAcked = resolve));
   await gate.pass();
-  await send({ kind: 'exit', code, signal });
+  await send(exit);
   // the host answers once it has read everything before the exit message
   await Promise.race([acked, sleep(10_000)]);
   return powerOff();

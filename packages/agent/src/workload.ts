@@ -46,3 +46,25 @@ function lookPath(file: string, path: string): string | undefined {
   }
   return undefined;
 }
+
+/** Sends `signal` (a name, with or without SIG, or a number) to the workload; an error message if it cannot. */
+export function signalWorkload(workload: ChildProcess | undefined, signal: string): string | undefined {
+  if (!workload || workload.exitCode !== null || workload.signalCode !== null) return 'the workload is not running';
+  const upper = signal.toUpperCase();
+  const name = /^\d+$/.test(signal) ? Number(signal) : upper.startsWith('SIG') ? upper : `SIG${upper}`;
+  try {
+    workload.kill(name as NodeJS.Signals | number);
+    return undefined;
+  } catch (error) {
+    return `cannot send ${signal} to the workload: ${(error as Error).message}`;
+  }
+}
+
+/** The exit status and message for a workload that could not be started, as a shell and docker give them. */
+export function startFailure(error: NodeJS.ErrnoException & { exitCode?: number }): { code: number; startError: string } {
+  const file = error.path ?? '';
+  if (error.code === 'ENOENT') return { code: 127, startError: `exec "${file}": no such file or directory` };
+  if (error.code === 'EACCES') return { code: 126, startError: `exec "${file}": permission denied (not an executable file)` };
+  if (error.code === 'ENOEXEC') return { code: 126, startError: `exec "${file}": exec format error (not a program for this machine, or a script without #!)` };
+  return { code: error.exitCode ?? 126, startError: error.message };
+}

@@ -7,13 +7,18 @@ import { join } from 'node:path';
  * SIGKILL could not clean up) are removed first.
  */
 export function createOwnedDir(parent: string, prefix: string, stalePrefixes: string[] = [prefix]): string {
+  removeStaleEntries(parent, stalePrefixes);
+  return mkdtempSync(join(parent, `${prefix}${process.pid}-`));
+}
+
+/** Removes the entries of `parent` named with one of `prefixes` followed by the pid of a process that is gone. */
+export function removeStaleEntries(parent: string, prefixes: string[]): void {
   for (const entry of readdirSync(parent)) {
-    const stale = stalePrefixes.find((p) => entry.startsWith(p));
+    const stale = prefixes.find((p) => entry.startsWith(p));
     if (stale === undefined) continue;
     const pid = Number(/^(\d+)(?:-|$)/.exec(entry.slice(stale.length))?.[1]);
     if (Number.isInteger(pid) && pid !== process.pid && !isAlive(pid)) rmSync(join(parent, entry), { recursive: true, force: true });
   }
-  return mkdtempSync(join(parent, `${prefix}${process.pid}-`));
 }
 
 function isAlive(pid: number): boolean {

@@ -2,6 +2,7 @@ import type { CAC } from 'cac';
 import { ArkError, ExitError } from './ark-error.ts';
 import { ExitCode } from './exit-codes.ts';
 import { checkIntegerOptions, type IntegerOptions } from './integer-options.ts';
+import { isGoneOutput } from './gone-output.ts';
 import { colour } from './terminal.ts';
 
 /**
@@ -12,6 +13,8 @@ import { colour } from './terminal.ts';
  */
 export async function runCli(cli: CAC, argv: string[] = process.argv, options: { integerOptions?: IntegerOptions } = {}): Promise<void> {
   const name = cli.name;
+  // a reader that went away (`… | head`, a closed terminal) is not a bug: the command ends as a shell's would, without a stack
+  for (const stream of [process.stdout, process.stderr]) stream.on('error', ignoreBrokenPipe);
   try {
     if (options.integerOptions) checkIntegerOptions(name, argv.slice(2), options.integerOptions);
     cli.parse(argv, { run: false });
@@ -27,6 +30,10 @@ export async function runCli(cli: CAC, argv: string[] = process.argv, options: {
   } catch (error) {
     process.exitCode = reportError(name, error);
   }
+}
+
+function ignoreBrokenPipe(error: NodeJS.ErrnoException): void {
+  if (!isGoneOutput(error)) throw error;
 }
 
 export function reportError(name: string, error: unknown): number {

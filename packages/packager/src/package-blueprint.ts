@@ -1,9 +1,9 @@
 import { rmSync } from 'node:fs';
-import { join, resolve } from 'node:path';
+import { join } from 'node:path';
 import { readBlueprint, rootDiskSerial, runtimeDiskSerial } from '@ark/blueprint';
-import { ArkError, ExitCode } from '@ark/cli';
-import { writePackage, type PackageIndex } from '@ark/package-format';
-import { GuestVm, VmNetwork, createWorkDir, guestNameservers, networkKernelArguments, sparseCopy, vmStoppedError, type PackageConfig } from '@ark/runner';
+import { ArkError, ExitCode, stoppedExitCode, type StopSignal } from '@ark/cli';
+import type { PackageIndex } from '@ark/package-format';
+import { GuestVm, VmNetwork, checkOutputPath, installedVmm, writePackageInWorker, createWorkDir, guestNameservers, lockPackage, networkKernelArguments, sparseCopy, vmStoppedError, workloadStartError, type PackageConfig } from '@ark/runner';
 
 export interface PackageOptions {
   cpus: number;
@@ -40,7 +40,10 @@ export interface PackageResult {
  */
 export async function packageBlueprint(blueprintDir: string, outPath: string, options: PackageOptions): Promise<PackageResult> {
   const blueprint = await readBlueprint(blueprintDir);
-  const out = resolve(outPath);
+  // everything that would stop the write is found before the boot
+  const out = checkOutputPath(outPath);
+  using _lock = lockPackage(out, 'ark-packager', 'package to another OUT.ark');
+  const vmm = installedVmm();
   const emit = options.onEvent ?? (() => {});
   const network = options.network && (await VmNetwork.attach({ namespace: options.network.namespace }));
   let work: string | undefined;
@@ -69,7 +72,7 @@ export async function packageBlueprint(blueprintDir: string, outPath: string, op
     });
     const running = guest;
     const aborted = new Promise<never>((_, reject) => {
-      const fail = () => reject(new ArkError('INTERRUPTED', 'interrupted before the package was written; nothing was written', { exitCode: options.signal?.reason === 'SIGTERM' ? ExitCode.terminated : ExitCode.interrupted }));
+      const fail = () => reject(new ArkError('INTERRUPTED', 'interrupted before the package was written; nothing was written', { exitCode: stoppedExitCode(options.signal?.reason as StopSignal) }));
       if (options.signal?.aborted) fail();
       options.signal?.addEventListener('abort', fail, { once: true });
     });
@@ -77,6 +80,7 @@ export async function packageBlueprint(blueprintDir: string, outPath: string, op
     await Promise.race([
       running.waitForLiveness(options.livenessTimeoutMs),
       running.workloadExit.then((exit) => {
+        if (exit.startError !== undefined) throw workloadStartError({ ...exit, startError: exit.startError });
         throw new ArkError('WORKLOAD_EXITED', `the workload exited (code ${exit.code}) before it was ready; there is nothing to snapshot`, {
           hint: 'package a workload that keeps running (a server), or check its output above',
           exitCode: ExitCode.failure,
@@ -93,8 +97,8 @@ export async function packageBlueprint(blueprintDir: string, outPath: string, op
     if (hookError) emit({ kind: 'warning', message: `before-suspend: ${hookError}` });
     emit({ kind: 'snapshotted', ms: Date.now() - snapStarted });
     const writeStarted = Date.now();
-    const config: PackageConfig = { ...blueprint.config, vm: { cpus: options.cpus, memoryMiB: options.memoryMiB, network: network !== undefined } };
-    const index = writePackage(out, [
+    const config: PackageConfig = { ...blueprint.config, vm: { cpus: options.cpus, memoryMiB: options.memoryMiB, network: network !== undefined }, vmm };
+    const index = await writePackageInWorker(out, [
       { name: 'ark.json', bytes: Buffer.from(`${JSON.stringify(config, null, 2)}\n`) },
       { name: 'kernel', path: blueprint.kernelPath },
       { name: 'initramfs', path: blueprint.initramfsPath },
@@ -102,7 +106,12 @@ export async function packageBlueprint(blueprintDir: string, outPath: string, op
       ...(blueprint.runtimePath ? [{ name: 'runtime' as const, path: blueprint.runtimePath }] : []),
       { name: 'state', path: files.state },
       { name: 'memory', path: files.memory },
-    ]);
+    ]).catch((error: NodeJS.ErrnoException) => {
+      throw new ArkError('WRITE_FAILED', `cannot write ${out}: ${error.code === 'ENOSPC' ? 'no space left on the device' : error.message}; nothing was written`, {
+        hint: 'free space there, or choose another path, and package again',
+        exitCode: ExitCode.failure,
+      });
+    });
     emit({ kind: 'written', ms: Date.now() - writeStarted });
     return { path: out, index };
   } finally {

@@ -1,7 +1,7 @@
 import { cac } from 'cac';
 import { statSync } from 'node:fs';
 import { ArkError, ExitCode, colour, formatBytes, runCli, stopSignals } from '@ark/cli';
-import { validateNameservers } from '@ark/runner';
+import { checkInputPath, checkOutputPath, validateNameservers } from '@ark/runner';
 import { packageBlueprint, type PackagerEvent } from './package-blueprint.ts';
 
 export async function main(argv: string[]): Promise<void> {
@@ -10,7 +10,7 @@ export async function main(argv: string[]): Promise<void> {
     .command('<blueprint> <out>', 'Boot a blueprint, wait for liveness, snapshot it and write one .ark package')
     .option('--liveness-timeout <seconds>', 'How long to wait for the workload to be ready', { default: 300 })
     .option('--cpus <n>', 'Virtual CPUs of the VM (a resume keeps them)', { default: 1 })
-    .option('--memory <MiB>', 'Guest memory in MiB (a resume keeps it)', { default: 512 })
+    .option('--memory <MiB>', 'Guest memory in MiB, 128 to 1048576 (a resume keeps it)', { default: 512 })
     .option('--netns <name>', 'Boot in this network namespace (from ark-network-setup); the package then resumes only with --netns')
     .option('--dns <address>', "A nameserver for the guest's /etc/resolv.conf (repeatable; default the host's; needs --netns)", { type: [String] })
     .option('--json', 'Print a JSON summary on stdout')
@@ -22,7 +22,9 @@ export async function main(argv: string[]): Promise<void> {
       const memoryMiB = Number(options.memory);
       if (!(timeout > 0)) throw usage(`--liveness-timeout ${String(options.livenessTimeout)} is not a number of seconds`);
       if (!Number.isInteger(cpus) || cpus < 1 || cpus > 64) throw usage(`--cpus ${String(options.cpus)} is not a whole number from 1 to 64`);
-      if (!Number.isInteger(memoryMiB) || memoryMiB < 128) throw usage(`--memory ${String(options.memory)} is not a whole number of MiB, at least 128`);
+      if (!Number.isInteger(memoryMiB) || memoryMiB < 128 || memoryMiB > 1 << 20) throw usage(`--memory ${String(options.memory)} is not a whole number from 128 to 1048576 (MiB)`);
+      checkInputPath(String(blueprint), 'the blueprint');
+      checkOutputPath(String(out));
       if (options.netns === undefined && options.dns !== undefined) throw usage('--dns needs --netns: the VM has no network without a namespace');
       // cac reads a name of digits as a number
       const namespace = typeof options.netns === 'number' ? String(options.netns) : options.netns;

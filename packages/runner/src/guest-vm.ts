@@ -13,7 +13,8 @@ export type GuestVmOptions = Omit<VmSpec, 'ports' | 'runtimeDir' | 'accelerator'
   onStderr: (chunk: Buffer) => void;
 };
 
-export type WorkloadExit = { code: number; signal: string | null };
+/** `startError`: the workload never started (code 127: not found, 126: not executable) */
+export type WorkloadExit = { code: number; signal: string | null; startError?: string };
 
 /** What ends a run: the workload exits, the VM stops under it, or we are told to stop. */
 export type RunOutcome = { kind: 'exit'; exit: WorkloadExit } | { kind: 'vm-stopped'; exit: VmExit } | { kind: 'interrupted'; signal: StopSignal };
@@ -111,6 +112,33 @@ export class GuestVm {
   }
 
   /**
+   * After a suspend whose snapshot could not be kept: runs the paused VM on
+   * and has the agent let the workload's output through again (and run its
+   * after-resume command, undoing before-suspend). Rejects if QEMU is gone;
+   * an agent that does not answer is a hookError.
+   */
+  async cancelSuspend(): Promise<{ hookError?: string }> {
+    // throws when QEMU is gone: then there is nothing to run on
+    await this.vm.qmp.execute('cont');
+    try {
+      const reply = await this.agent.request({ kind: 'cancel-suspend', hostTimeMs: Date.now() }, 60_000);
+      return reply.ok ? {} : { hookError: reply.error };
+    } catch (error) {
+      return { hookError: (error as Error).message };
+    }
+  }
+
+  /** Sends `signal` to the workload; resolves with why it could not (it is not running yet or any more). */
+  async signalWorkload(signal: string): Promise<string | undefined> {
+    try {
+      const reply = await this.agent.request({ kind: 'signal', signal }, 5000);
+      return reply.ok ? undefined : reply.error;
+    } catch (error) {
+      return (error as Error).message;
+    }
+  }
+
+  /**
    * Loads a snapshot into this VM (started with incoming 'defer'), runs it,
    * and tells the agent it was resumed (the guest sets its clock from ours).
    */
@@ -127,12 +155,12 @@ export class GuestVm {
     return reply.ok ? {} : { hookError: reply.error };
   }
 
-  /** Waits for whichever comes first: the workload's exit, the VM stopping, or `signal` aborting. */
-  nextOutcome(signal: AbortSignal | undefined): Promise<RunOutcome> {
+  /** Waits for whichever comes first: the workload's exit, the VM stopping, or a stop request (`stop` aborting or resolving). */
+  nextOutcome(stop: AbortSignal | Promise<StopSignal> | undefined): Promise<RunOutcome> {
     return Promise.race([
       this.workloadExit.then((exit): RunOutcome => ({ kind: 'exit', exit })),
       this.vm.exited.then((exit): RunOutcome => ({ kind: 'vm-stopped', exit })),
-      whenStopped(signal).then((stop): RunOutcome => ({ kind: 'interrupted', signal: stop })),
+      (stop instanceof Promise ? stop : whenStopped(stop)).then((signal): RunOutcome => ({ kind: 'interrupted', signal })),
     ]);
   }
 
@@ -165,7 +193,7 @@ export class GuestVm {
     agent.on('message', (message: AgentMessage) => {
       if (message.kind === 'exit') {
         agent.acknowledgeExit();
-        this.#resolveExit({ code: message.code, signal: message.signal });
+        this.#resolveExit({ code: message.code, signal: message.signal, startError: message.startError });
       }
     });
   }
@@ -185,6 +213,14 @@ async function connectWithRetry(path: string, timeoutMs: number): Promise<Socket
       await sleep(20);
     }
   }
+}
+
+/** A workload that could not be started: one line, exit 127 (not found) or 126 (not executable), as docker does. */
+export function workloadStartError(exit: WorkloadExit & { startError: string }): ArkError {
+  return new ArkError('WORKLOAD_START_FAILED', `cannot start the workload: ${exit.startError}`, {
+    hint: "check the image's Entrypoint, Cmd and User (run.entrypoint, run.cmd and run.user in ark.json), and that the program is an executable file in the image",
+    exitCode: exit.code === ExitCode.commandNotFound ? ExitCode.commandNotFound : ExitCode.cannotExecute,
+  });
 }
 
 export function vmStoppedError(vm: GuestVm, exit: VmExit): ArkError {

@@ -1,10 +1,14 @@
-export { GuestVm, vmStoppedError } from './guest-vm.ts';
+export { GuestVm, vmStoppedError, workloadStartError } from './guest-vm.ts';
 export type { GuestVmOptions, RunOutcome, WorkloadExit } from './guest-vm.ts';
-export { runBlueprint } from './run-blueprint.ts';
+export { defaultStopTimeoutMs, runBlueprint } from './run-blueprint.ts';
 export type { RunEvent, RunOptions, RunResult } from './run-blueprint.ts';
 export { runPackage, sparseCopy } from './run-package.ts';
 export type { PackageRunEvent, RunPackageOptions } from './run-package.ts';
 export type { PackageConfig } from './package-config.ts';
+export { lockPackage, processStartTime } from './package-lock.ts';
+export type { PackageLock } from './package-lock.ts';
+export { checkInputPath, checkOutputPath } from './output-path.ts';
+export { writePackageInWorker } from './write-package-async.ts';
 export { createWorkDir } from './work-dir.ts';
 export { VmNetwork, checkNamespace, networkKernelArguments } from './vm-network.ts';
 export type { PublishedPortEvent, VmNetworkOptions } from './vm-network.ts';
@@ -12,3 +16,5 @@ export { describePublished, parsePublishSpec, publishSyntax } from './publish-sp
 export type { PublishSpec } from './publish-spec.ts';
 export { guestNameservers, hostNameservers, parseResolvConf, validateNameservers } from './nameservers.ts';
 export type { GuestNameservers } from './nameservers.ts';
+// the packager records the monitor in the packages it writes, as a flush does
+export { installedVmm } from '@ark/vmm';

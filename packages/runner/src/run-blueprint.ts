@@ -1,8 +1,12 @@
+import { setTimeout as sleep } from 'node:timers/promises';
 import { readBlueprint, rootDiskSerial, runtimeDiskSerial } from '@ark/blueprint';
-import { ExitCode } from '@ark/cli';
-import { GuestVm, vmStoppedError } from './guest-vm.ts';
+import { stoppedExitCode, type StopSignal } from '@ark/cli';
+import { GuestVm, vmStoppedError, workloadStartError } from './guest-vm.ts';
 import { guestNameservers } from './nameservers.ts';
 import { VmNetwork, networkKernelArguments, type PublishedPortEvent, type VmNetworkOptions } from './vm-network.ts';
+
+/** How long a stopped workload has to exit before the VM is powered off, as `docker stop` waits. */
+export const defaultStopTimeoutMs = 10_000;
 
 export interface RunOptions {
   cpus: number;
@@ -10,8 +14,15 @@ export interface RunOptions {
   onStdout: (chunk: Buffer) => void;
   onStderr: (chunk: Buffer) => void;
   onEvent?: (event: RunEvent) => void;
-  /** aborting stops the VM; the result then carries the signal's exit code */
+  /**
+   * aborting (its reason a StopSignal) stops the run: the workload gets the
+   * image's StopSignal and `stopTimeoutMs` to exit, then the VM is powered off
+   */
   signal?: AbortSignal;
+  /** resolves at the next stop request from the time of the call (a blueprint: a second one powers off at once; a package: retries a failed flush) */
+  nextStop?: () => Promise<StopSignal>;
+  /** default defaultStopTimeoutMs */
+  stopTimeoutMs?: number;
   /** run the VM in a network namespace (eth0 in the guest), publishing ports for as long as it runs */
   network?: VmNetworkOptions;
 }
@@ -19,14 +30,17 @@ export interface RunOptions {
 export type RunEvent =
   | { kind: 'booting'; accelerator?: string }
   | { kind: 'started'; pid: number }
-  | { kind: 'stopping'; reason: string }
+  /** `reason` asked to stop; the workload was sent `stopSignal` and has `timeoutMs` */
+  | { kind: 'stopping'; reason: StopSignal; stopSignal: string; timeoutMs: number }
+  /** the VM is powered off without waiting (any more) for the workload */
+  | { kind: 'powering-off'; why: string }
   | PublishedPortEvent
   | { kind: 'warning'; message: string };
 
 export interface RunResult {
   exitCode: number;
-  /** set when the run was interrupted rather than the workload exiting */
-  interrupted?: 'SIGINT' | 'SIGTERM';
+  /** set when the run was asked to stop rather than the workload exiting on its own */
+  interrupted?: StopSignal;
 }
 
 /**
@@ -58,17 +72,49 @@ export async function runBlueprint(dir: string, options: RunOptions): Promise<Ru
     });
     const outcome = await guest.nextOutcome(options.signal);
     if (outcome.kind === 'exit') {
+      if (outcome.exit.startError !== undefined) throw workloadStartError({ ...outcome.exit, startError: outcome.exit.startError });
       await guest.waitForExit(15_000);
       return { exitCode: outcome.exit.code };
     }
-    if (outcome.kind === 'interrupted') {
-      options.onEvent?.({ kind: 'stopping', reason: outcome.signal });
-      await guest.vm.quit();
-      return { exitCode: outcome.signal === 'SIGINT' ? ExitCode.interrupted : ExitCode.terminated, interrupted: outcome.signal };
-    }
-    throw vmStoppedError(guest, outcome.exit);
+    if (outcome.kind === 'vm-stopped') throw vmStoppedError(guest, outcome.exit);
+    return { ...(await stopWorkload(guest, blueprint.config.run.stopSignal || 'SIGTERM', outcome.signal, options)), interrupted: outcome.signal };
   } finally {
     await guest?.dispose();
     await network?.close();
   }
+}
+
+/**
+ * `docker stop`: the workload gets the image's stop signal and the grace
+ * period to exit (its code is then the result); after that, or at another
+ * stop request, the VM is powered off (128 + SIGKILL, as docker reports a
+ * killed container).
+ */
+async function stopWorkload(guest: GuestVm, stopSignal: string, reason: StopSignal, options: RunOptions): Promise<{ exitCode: number }> {
+  const timeoutMs = options.stopTimeoutMs ?? defaultStopTimeoutMs;
+  // a request from now on, even while the signal is on its way
+  const again = options.nextStop?.() ?? new Promise<never>(() => {});
+  options.onEvent?.({ kind: 'stopping', reason, stopSignal, timeoutMs });
+  const refused = await guest.signalWorkload(stopSignal);
+  if (refused !== undefined) {
+    options.onEvent?.({ kind: 'powering-off', why: `${stopSignal} could not be sent: ${refused}` });
+    await guest.vm.quit();
+    return { exitCode: stoppedExitCode(reason) };
+  }
+  const waiting = new AbortController();
+  const ended = await Promise.race([
+    guest.workloadExit.then((exit) => ({ kind: 'exit' as const, code: exit.code })),
+    guest.vm.exited.then(() => ({ kind: 'vm-stopped' as const })),
+    sleep(timeoutMs, undefined, { signal: waiting.signal }).then(() => ({ kind: 'timeout' as const }), () => ({ kind: 'timeout' as const })),
+    again.then((signal) => ({ kind: 'again' as const, signal })),
+  ]);
+  waiting.abort();
+  if (ended.kind === 'exit') {
+    await guest.waitForExit(15_000);
+    return { exitCode: ended.code };
+  }
+  if (ended.kind === 'vm-stopped') return { exitCode: stoppedExitCode(reason) };
+  options.onEvent?.({ kind: 'powering-off', why: ended.kind === 'timeout' ? `the workload did not exit within ${timeoutMs / 1000} s of ${stopSignal}` : `${ended.signal} again` });
+  await guest.vm.quit();
+  return { exitCode: 128 + 9 };
 }

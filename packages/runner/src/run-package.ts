@@ -1,22 +1,27 @@
 import { execFileSync } from 'node:child_process';
 import { rmSync, truncateSync, writeFileSync } from 'node:fs';
-import { join, resolve } from 'node:path';
+import { tmpdir } from 'node:os';
+import { basename, dirname, join } from 'node:path';
 import { rootDiskSerial, runtimeDiskSerial } from '@ark/blueprint';
-import { ArkError, ExitCode } from '@ark/cli';
-import { ArkPackage, writePackage } from '@ark/package-format';
-import { GuestVm, vmStoppedError } from './guest-vm.ts';
+import { ArkError, ExitCode, createOwnedDir, removeStaleEntries, stoppedExitCode, type StopSignal } from '@ark/cli';
+import { ArkPackage } from '@ark/package-format';
+import { installedVmm, vmmCompatible } from '@ark/vmm';
+import { GuestVm, vmStoppedError, workloadStartError } from './guest-vm.ts';
 import { guestNameservers } from './nameservers.ts';
+import { checkOutputPath } from './output-path.ts';
 import type { PackageConfig } from './package-config.ts';
+import { lockPackage, type PackageLock } from './package-lock.ts';
 import type { RunOptions, RunResult } from './run-blueprint.ts';
 import { VmNetwork, networkKernelArguments } from './vm-network.ts';
 import { createWorkDir } from './work-dir.ts';
+import { writePackageInWorker } from './write-package-async.ts';
 
-export interface RunPackageOptions extends Omit<RunOptions, 'cpus' | 'memoryMiB'> {
+export interface RunPackageOptions extends Omit<RunOptions, 'cpus' | 'memoryMiB' | 'stopTimeoutMs'> {
   /** where a flush writes the package (default: over the one that was run) */
   out?: string;
   /** on SIGINT/SIGTERM discard the VM instead of writing the package back */
   noPersist?: boolean;
-  /** cold boots only: the snapshot fixes the VM's shape */
+  /** cold boots only (a snapshot fixes the VM's shape: giving them for one is an error); default the package's, else 1 and 512 */
   cpus?: number;
   memoryMiB?: number;
   onPackageEvent?: (event: PackageRunEvent) => void;
@@ -27,30 +32,36 @@ export type PackageRunEvent =
   | { kind: 'cold-boot' }
   | { kind: 'flushing' }
   | { kind: 'flushed'; path: string; ms: number }
+  /** the snapshot could not be written: the package is as it was, the VM runs on, another stop request tries again */
+  | { kind: 'flush-failed'; message: string; hint: string }
   | { kind: 'warning'; message: string };
 
 /**
  * Resumes a package (or cold-boots one without a snapshot) and runs it. If the
- * workload exits, that is the result and the package is unchanged. SIGINT or
- * SIGTERM flush it: before-suspend, pause, snapshot, and the package written
+ * workload exits, that is the result and the package is unchanged. A stop
+ * request flushes it: before-suspend, pause, snapshot, and the package written
  * back atomically with the disk as the guest left it, consistent with memory.
+ * Only a written package ends the VM: when the write fails (a full disk), the
+ * VM runs on and the next stop request tries again.
  */
 export async function runPackage(path: string, options: RunPackageOptions): Promise<RunResult> {
   const started = Date.now();
   const pkg = ArkPackage.open(path);
   const config = JSON.parse(pkg.readMember('ark.json').toString('utf8')) as PackageConfig;
   const snapshot = pkg.has('state') && pkg.has('memory');
-  if (snapshot) checkSnapshotNetwork(path, config, options);
-  const network = options.network && (await VmNetwork.attach(options.network, options.onEvent));
-  const out = resolve(options.out ?? path);
+  if (snapshot) checkSnapshot(path, config, options);
+  const target = options.noPersist ? undefined : writeTarget(path, options);
+  let network: VmNetwork | undefined;
   let work: string | undefined;
   let guest: GuestVm | undefined;
   try {
-    work = createWorkDir(out);
-    const files = { kernel: join(work, 'kernel'), initramfs: join(work, 'initramfs'), disk: join(work, 'disk'), runtime: join(work, 'runtime'), memory: join(work, 'memory'), state: join(work, 'state') };
+    network = options.network && (await VmNetwork.attach(options.network, options.onEvent));
+    work = workDirFor(path);
     // packages built before the guest runtime had its own disk carry it on theirs
-    const withRuntime = pkg.has('runtime');
-    for (const name of ['kernel', 'initramfs', 'disk', ...(withRuntime ? ['runtime' as const] : [])] as const) pkg.extractMember(name, files[name]);
+    const runtime = pkg.has('runtime') ? join(work, 'runtime') : undefined;
+    const files: WorkFiles = { kernel: join(work, 'kernel'), initramfs: join(work, 'initramfs'), disk: join(work, 'disk'), runtime, memory: join(work, 'memory'), state: join(work, 'state') };
+    for (const name of ['kernel', 'initramfs', 'disk'] as const) pkg.extractMember(name, files[name]);
+    if (runtime) pkg.extractMember('runtime', runtime);
     const vm = snapshot
       ? { cpus: config.vm.cpus, memoryMiB: config.vm.memoryMiB, network: network !== undefined }
       : { cpus: options.cpus ?? config.vm?.cpus ?? 1, memoryMiB: options.memoryMiB ?? config.vm?.memoryMiB ?? 512, network: network !== undefined };
@@ -68,7 +79,7 @@ export async function runPackage(path: string, options: RunPackageOptions): Prom
       cmdline: network && !snapshot ? `${config.kernel.cmdline} ${networkKernelArguments(guestNameservers(options.network?.nameservers, options.onPackageEvent))}` : config.kernel.cmdline,
       disks: [
         { id: 'root', path: files.disk, serial: rootDiskSerial },
-        ...(withRuntime ? [{ id: 'runtime', path: files.runtime, readOnly: true, serial: runtimeDiskSerial }] : []),
+        ...(runtime ? [{ id: 'runtime', path: runtime, readOnly: true, serial: runtimeDiskSerial }] : []),
       ],
       cpus: vm.cpus,
       memoryMiB: vm.memoryMiB,
@@ -87,43 +98,133 @@ export async function runPackage(path: string, options: RunPackageOptions): Prom
       options.onPackageEvent?.({ kind: 'cold-boot' });
     }
     const running = guest;
-    const outcome = await running.nextOutcome(options.signal);
-    if (outcome.kind === 'exit') {
-      await running.waitForExit(15_000);
-      return { exitCode: outcome.exit.code };
+    let stop: AbortSignal | Promise<StopSignal> | undefined = options.signal;
+    for (;;) {
+      const outcome = await running.nextOutcome(stop);
+      if (outcome.kind === 'exit') {
+        if (outcome.exit.startError !== undefined) throw workloadStartError({ ...outcome.exit, startError: outcome.exit.startError });
+        await running.waitForExit(15_000);
+        return { exitCode: outcome.exit.code };
+      }
+      if (outcome.kind === 'vm-stopped') throw vmStoppedError(running, outcome.exit);
+      if (!target) {
+        await running.vm.kill();
+        return { exitCode: stoppedExitCode(outcome.signal), interrupted: outcome.signal };
+      }
+      const written = await flush(running, files, { ...config, vm, vmm: installedVmm() }, target.out, options);
+      if (written) return { exitCode: ExitCode.ok, interrupted: outcome.signal };
+      stop = options.nextStop?.() ?? new Promise(() => {});
     }
-    if (outcome.kind === 'vm-stopped') throw vmStoppedError(running, outcome.exit);
-    if (options.noPersist) {
-      await running.vm.kill();
-      return { exitCode: outcome.signal === 'SIGINT' ? ExitCode.interrupted : ExitCode.terminated, interrupted: outcome.signal };
-    }
-    options.onPackageEvent?.({ kind: 'flushing' });
-    const flushStarted = Date.now();
-    const { hookError } = await running.suspend(files.state);
-    if (hookError) options.onPackageEvent?.({ kind: 'warning', message: `before-suspend: ${hookError}` });
-    writePackage(out, [
-      { name: 'ark.json', bytes: Buffer.from(`${JSON.stringify({ ...config, vm }, null, 2)}\n`) },
-      { name: 'kernel', path: files.kernel },
-      { name: 'initramfs', path: files.initramfs },
-      { name: 'disk', path: files.disk },
-      ...(withRuntime ? [{ name: 'runtime' as const, path: files.runtime }] : []),
-      { name: 'state', path: files.state },
-      { name: 'memory', path: files.memory },
-    ]);
-    options.onPackageEvent?.({ kind: 'flushed', path: out, ms: Date.now() - flushStarted });
-    return { exitCode: ExitCode.ok, interrupted: outcome.signal };
   } finally {
     await guest?.dispose();
     await network?.close();
     if (work) rmSync(work, { recursive: true, force: true });
+    target?.lock.release();
   }
 }
 
 /**
- * A snapshot holds the VM's device set: one taken with a network device loads
- * only into a VM with one, and one taken without into a VM without.
+ * One flush: before-suspend, pause, device state, and the package written.
+ * On failure the package is as it was; the VM runs on (its output let through
+ * again) and this says what failed and how to retry. Resolves whether written.
  */
-function checkSnapshotNetwork(path: string, config: PackageConfig, options: RunPackageOptions): void {
+/** The members a run works on, extracted into its work directory. */
+type WorkFiles = Record<'kernel' | 'initramfs' | 'disk' | 'memory' | 'state', string> & { runtime: string | undefined };
+
+async function flush(guest: GuestVm, files: WorkFiles, config: PackageConfig, out: string, options: RunPackageOptions): Promise<boolean> {
+  options.onPackageEvent?.({ kind: 'flushing' });
+  const flushStarted = Date.now();
+  try {
+    const { hookError } = await guest.suspend(files.state);
+    if (hookError) options.onPackageEvent?.({ kind: 'warning', message: `before-suspend: ${hookError}` });
+    await writePackageInWorker(out, [
+      { name: 'ark.json', bytes: Buffer.from(`${JSON.stringify(config, null, 2)}\n`) },
+      { name: 'kernel', path: files.kernel },
+      { name: 'initramfs', path: files.initramfs },
+      { name: 'disk', path: files.disk },
+      ...(files.runtime ? [{ name: 'runtime' as const, path: files.runtime }] : []),
+      { name: 'state', path: files.state },
+      { name: 'memory', path: files.memory },
+    ]);
+    options.onPackageEvent?.({ kind: 'flushed', path: out, ms: Date.now() - flushStarted });
+    return true;
+  } catch (error) {
+    const failure = describeWriteFailure(error as NodeJS.ErrnoException, out);
+    // before-suspend held the workload's output back and the VM may be paused: both go on
+    let hookError: string | undefined;
+    try {
+      ({ hookError } = await guest.cancelSuspend());
+    } catch {
+      // QEMU died under the flush: that ends the run, it is not a failed write
+      throw vmStoppedError(guest, await guest.waitForExit(5000));
+    }
+    if (hookError) options.onPackageEvent?.({ kind: 'warning', message: `after-resume: ${hookError}` });
+    options.onPackageEvent?.({ kind: 'flush-failed', ...failure });
+    return false;
+  }
+}
+
+function describeWriteFailure(error: NodeJS.ErrnoException, out: string): { message: string; hint: string } {
+  const retry = 'the VM runs on; press Ctrl-C (or send SIGINT/SIGTERM) again to retry the flush';
+  const reasons: Record<string, [string, string]> = {
+    ENOSPC: ['no space left on the device', `free space on the file system of ${dirname(out)}, then ${retry}`],
+    EDQUOT: ['the disk quota is exhausted', `free space, then ${retry}`],
+    EROFS: ['the file system is read-only', `make it writable, then ${retry}`],
+    EACCES: ['permission denied', `make ${dirname(out)} writable, then ${retry}`],
+    EIO: ['an I/O error', retry],
+  };
+  const [why, hint] = (error.code && reasons[error.code]) || [error.message, retry];
+  return { message: `the snapshot could not be written to ${out} (${why}); the package is unchanged`, hint };
+}
+
+/** Where a flush writes, checked and locked before anything boots; a read-only package without --out cannot be written back. */
+function writeTarget(path: string, options: RunPackageOptions): { out: string; lock: PackageLock } | undefined {
+  const out = checkOutputPath(options.out ?? path);
+  try {
+    const lock = lockPackage(out, 'ark-runner', 'run a copy meanwhile with --out OTHER.ark (or --no-persist)');
+    // partial packages that runners killed while writing here left behind
+    removeStaleEntries(dirname(out), [`.${basename(out)}.partial-`]);
+    return { out, lock };
+  } catch (error) {
+    if (!(error instanceof ArkError) || error.code !== 'READ_ONLY_FS' || options.out !== undefined) throw error;
+    options.onPackageEvent?.({ kind: 'warning', message: `${path} cannot be written (${error.message.split(': ').at(-1)}): Ctrl-C will discard the VM; to keep its state, run it with --out FILE on a writable file system` });
+    return undefined;
+  }
+}
+
+/** Beside the package when its directory is writable (leftovers of killed runs are removed there), else in the temporary directory. */
+function workDirFor(path: string): string {
+  try {
+    return createWorkDir(path);
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code;
+    if (code !== 'EROFS' && code !== 'EACCES' && code !== 'EPERM') throw error;
+    return createOwnedDir(tmpdir(), 'ark-work-');
+  }
+}
+
+/**
+ * What a snapshot fixes, checked before booting: its monitor (device state
+ * loads only into a compatible QEMU), its VM shape (--cpus, --memory), its
+ * network device and its nameservers.
+ */
+function checkSnapshot(path: string, config: PackageConfig, options: RunPackageOptions): void {
+  if (config.vmm) {
+    const here = installedVmm();
+    if (!vmmCompatible(config.vmm, here)) {
+      throw new ArkError('VMM_MISMATCH', `${path} was snapshotted by QEMU ${config.vmm.version}; this host has QEMU ${here.version}, which cannot load its device state`, {
+        hint: `cold-boot it with this QEMU: package its blueprint again (ark-packager BLUEPRINT OUT.ark), or run it on a host with QEMU ${config.vmm.version.split('.').slice(0, 2).join('.')}`,
+        exitCode: ExitCode.badInput,
+      });
+    }
+  }
+  const fixed = [options.cpus !== undefined && '--cpus', options.memoryMiB !== undefined && '--memory'].filter(Boolean);
+  if (fixed.length > 0) {
+    throw new ArkError('SNAPSHOT_FIXED', `${fixed.join(' and ')} cannot change a snapshot: ${path} resumes with the ${config.vm.cpus} CPU(s) and ${config.vm.memoryMiB} MiB it was packaged with`, {
+      hint: `leave out ${fixed.join(' and ')}, or package the blueprint again with ark-packager ${fixed.join(' N ')} N`,
+      exitCode: ExitCode.usage,
+    });
+  }
   const packagedWithNetwork = config.vm?.network === true;
   if (packagedWithNetwork && !options.network) {
     throw new ArkError('NETNS_REQUIRED', `${path} was packaged with networking: its snapshot has a network device and resumes only in a network namespace`, {

@@ -216,7 +216,7 @@ t.test('ports go when the VM dies; after a SIGKILL the next publication of the p
   await waitForStderr(again, /published/);
   t.equal(publishRules(null).split('\n').filter((line) => line.includes(`dport ${port}`)).length, 2, 'publishing the port again replaced them');
   again.kill('SIGINT');
-  t.equal((await againDone).code, 130);
+  t.equal((await againDone).code, 143, "SIGINT stops the workload with its image's StopSignal (SIGTERM)");
   t.equal(publishRules(null), '', 'and its own rules go when it exits');
   t.equal(publishRules(ns0.namespace).split('\n').length, 1, 'the dead one\'s namespace rule stays until a teardown (harmless: it duplicates what a new publication adds)');
 });

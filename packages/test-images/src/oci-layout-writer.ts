@@ -26,6 +26,7 @@ export interface ImageSpec {
     User?: string;
     ExposedPorts?: Record<string, object>;
     Labels?: Record<string, string>;
+    StopSignal?: string;
   };
   tag?: string;
 }

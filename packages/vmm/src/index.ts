@@ -5,3 +5,5 @@ export type { QmpEvent } from './qmp-client.ts';
 export { QemuVm, qemuArguments } from './qemu-vm.ts';
 export type { DiskSpec, VmExit, VmSpec } from './vm-spec.ts';
 export { tcgClockArguments } from './guest-clock.ts';
+export { installedVmm, parseQemuVersion, vmmCompatible } from './qemu-version.ts';
+export type { VmmIdentity } from './qemu-version.ts';

@@ -5,9 +5,8 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { ArkError, ExitCode } from '@ark/cli';
 import { tcgClockArguments } from './guest-clock.ts';
 import { QmpClient } from './qmp-client.ts';
+import { qemuBinary } from './qemu-version.ts';
 import type { VmExit, VmSpec } from './vm-spec.ts';
-
-const qemuBinary = 'qemu-system-x86_64';
 
 /** One QEMU process (`-M microvm`) and its QMP connection. */
 export class QemuVm {
@@ -27,7 +26,9 @@ export class QemuVm {
 
   /**
    * Starts QEMU. It is tied to this process: the kernel kills it when we die,
-   * even by SIGKILL (setpriv --pdeathsig).
+   * even by SIGKILL (setpriv --pdeathsig). It runs in a session of its own, so
+   * that signals for our process group (a terminal's Ctrl-C, `kill -INT -PGID`,
+   * `timeout`) reach only us: we decide when QEMU stops (after a flush).
    */
   static async start(spec: VmSpec): Promise<QemuVm> {
     const qemu = findOnPath(qemuBinary);
@@ -44,7 +45,7 @@ export class QemuVm {
       argv = ['netns', 'exec', spec.network.namespace, command, ...argv];
       command = 'ip';
     }
-    const child = spawn(command, argv, { stdio: ['ignore', 'ignore', 'pipe'] });
+    const child = spawn(command, argv, { stdio: ['ignore', 'ignore', 'pipe'], detached: true });
     let stderr = '';
     child.stderr?.setEncoding('utf8');
     child.stderr?.on('data', (chunk: string) => {
