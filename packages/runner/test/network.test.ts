@@ -216,7 +216,8 @@ t.test('ports go when the VM dies; after a SIGKILL the next publication of the p
   await waitForStderr(again, /published/);
   t.equal(publishRules(null).split('\n').filter((line) => line.includes(`dport ${port}`)).length, 2, 'publishing the port again replaced them');
   again.kill('SIGINT');
-  t.equal((await againDone).code, 143, "SIGINT stops the workload with its image's StopSignal (SIGTERM)");
+  // still booting (the port is published before the VM starts): there is no workload to signal yet
+  t.equal((await againDone).code, 130, 'SIGINT during the boot stops the VM (130)');
   t.equal(publishRules(null), '', 'and its own rules go when it exits');
   t.equal(publishRules(ns0.namespace).split('\n').length, 1, 'the dead one\'s namespace rule stays until a teardown (harmless: it duplicates what a new publication adds)');
 });
