@@ -19,7 +19,7 @@ export function findGuestKernel(kernel?: string, modules?: string): GuestKernel 
   const modulesDir = modules ?? join(defaultDir, 'modules');
   if (!existsSync(kernelPath) || !statSync(kernelPath).isFile()) {
     throw new ArkError('NO_KERNEL', kernel ? `the kernel ${kernel} does not exist` : `no guest kernel in ${defaultDir}`, {
-      hint: kernel ? 'pass a bzImage with --kernel' : 'run scripts/bootstrap.sh, which fetches it, or pass --kernel FILE --modules DIR',
+      hint: kernel ? 'pass a bzImage with --kernel FILE --modules DIR, or a kernel image reference (without --modules)' : 'run scripts/bootstrap.sh, which fetches it, or pass --kernel FILE --modules DIR',
       exitCode: ExitCode.environment,
     });
   }

@@ -89,10 +89,10 @@ export async function pullKernelImage(reference: ImageReference, options: { stag
   try {
     order = moduleLoadOrder(readFileSync(join(modulesDir, 'modules.dep'), 'utf8'), builtin ? readFileSync(builtin, 'utf8') : '', guestModules);
   } catch (error) {
-    if (error instanceof ArkError && error.code === 'MISSING_MODULE') {
-      throw new ArkError('MISSING_MODULE', `${what}: ${error.message}`, { hint: `the guest needs ${guestModules.join(', ')} as modules or built in`, exitCode: ExitCode.badInput });
-    }
-    throw error;
+    if (!(error instanceof ArkError)) throw error;
+    // a module the guest needs missing from an image is the image's fault, not the host's
+    const hint = error.code === 'MISSING_MODULE' ? `the guest needs ${guestModules.join(', ')} as modules or built in` : error.hint;
+    throw new ArkError(error.code, `${what}: ${error.message}`, { hint, exitCode: ExitCode.badInput });
   }
   await extractFromSquashfs(found.addons!, addons, order.map((path) => `${modulesBase}/${path}`), squashfs);
   const moduleFiles = order.map((path) => {
