@@ -28,8 +28,8 @@ export const kernelImageFiles = { image: 'kernel/image', addons: 'kernel/addons.
 
 /** A kernel image unpacks to a bzImage and a squashfs of modules: tens of MiB. */
 const maxKernelImageBytes = 2 * 1024 ** 3;
-/** No module or module index comes near this. */
-const maxModuleFileBytes = 256 * 1024 ** 2;
+/** No module or module index comes near this (Debian's largest module is 4 MiB, its modules.dep 100 KiB). */
+const maxModuleFileBytes = 64 * 1024 ** 2;
 
 const formatHint = 'a kernel image holds /kernel/image (a bzImage), /kernel/addons.squashfs (the modules) and /kernel/metadata (KEY=VALUE lines); make one with scripts/make-kernel-image.ts';
 
