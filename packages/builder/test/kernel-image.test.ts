@@ -156,6 +156,7 @@ t.test('refused kernel images: exit 3, what is wrong on one line, nothing left',
     ['a module that is a symlink to a host file', kernelImage({ addons: squashfs({ ...moduleIndex('modules'), 'modules/kernel/virtio_mmio.ko': { symlink: '/etc/hostname' } }) }), /has no module file modules\/kernel\/virtio_mmio\.ko \(or it is not a regular file\)/],
     ['modules.dep naming a path outside', kernelImage({ addons: squashfs(moduleIndex('modules', '../../../../etc/virtio_mmio.ko')) }), /modules\.dep names the module path '\.\.\/\.\.\/\.\.\/\.\.\/etc\/virtio_mmio\.ko', which leaves the modules directory/],
     ['a squashfs file that unpacks past the limit', kernelImage({ addons: squashfs({ 'modules/modules.dep': '\n'.repeat(80 * 1024 * 1024) }) }), /\/kernel\/addons\.squashfs: a file in it unpacks to more than 64 MiB/],
+    ['modules/ a symlink to the host\'s modules', kernelImage({ addons: squashfs({ modules: { symlink: join(defaultKernelDir, 'modules') }, readme: 'x' }) }), /holds no modules for 6\.1\.0-test/],
     ['lib/modules a symlink to a host directory', kernelImage({ addons: squashfs({ 'lib/modules': { symlink: outside }, 'readme': 'x' }) }), /holds no modules for 6\.1\.0-test/],
   ];
   for (const [what, kernel, message] of cases) {
