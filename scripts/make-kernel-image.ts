@@ -4,6 +4,8 @@
 // /kernel/addons.squashfs, /kernel/metadata) as an OCI layout, and optionally
 // pushes it to a registry with skopeo: `ark-builder --kernel REFERENCE` boots it.
 import { execFileSync } from 'node:child_process';
+import { readFileSync, rmSync } from 'node:fs';
+import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { defaultKernelDir, writeKernelImage } from '../packages/test-images/src/kernel-image-writer.ts';
 
@@ -49,12 +51,16 @@ if (values.push) {
   const destination = values.push.includes(':', values.push.lastIndexOf('/')) ? values.push : `${values.push}:${written.tag}`;
   const host = destination.split('/')[0] ?? '';
   const loopback = /^(localhost|127\.\d+\.\d+\.\d+|\[::1\])(:\d+)?$/.test(host);
+  // the registry's manifest digest (skopeo may compress the layer on the way), for pinning
+  const digestFile = join(outDir, '.pushed-digest');
   try {
-    execFileSync('skopeo', ['copy', '--quiet', ...(loopback || values.insecure ? ['--dest-tls-verify=false'] : []), `oci:${outDir}:${written.tag}`, `docker://${destination}`], { stdio: ['ignore', 'ignore', 'inherit'] });
+    execFileSync('skopeo', ['copy', '--quiet', '--digestfile', digestFile, ...(loopback || values.insecure ? ['--dest-tls-verify=false'] : []), `oci:${outDir}:${written.tag}`, `docker://${destination}`], { stdio: ['ignore', 'ignore', 'inherit'] });
   } catch {
     process.stderr.write(`make-kernel-image: skopeo could not push to ${destination}\n`);
     process.exit(5);
   }
-  process.stderr.write(`pushed to ${destination}\n`);
+  const digest = readFileSync(digestFile, 'utf8').trim();
+  rmSync(digestFile, { force: true });
+  process.stderr.write(`pushed to ${destination} (pinned: ${destination.slice(0, destination.lastIndexOf(':'))}@${digest})\n`);
   process.stdout.write(`${destination}\n`);
 }

@@ -31,7 +31,7 @@ export async function extractFromSquashfs(image: string, dest: string, paths: st
   }
   if (code !== 0) {
     const reason = /superblock|not a squashfs|read on filesystem failed/i.test(stderr) ? 'is not a squashfs' : 'cannot be unpacked';
-    throw new ArkError('BAD_SQUASHFS', `${options.what} ${reason} (unsquashfs: ${lastLine(stderr)})`, { hint: 'the kernel image is damaged; make it again with mksquashfs', exitCode: ExitCode.badInput });
+    throw new ArkError('BAD_SQUASHFS', `${options.what} ${reason} (unsquashfs: ${lastLine(stderr.replaceAll(image, 'it'))})`, { hint: 'the kernel image is damaged; make it again with mksquashfs', exitCode: ExitCode.badInput });
   }
 }
 

@@ -43,6 +43,11 @@ t.test('the script writes a kernel image as an OCI layout and pushes it', async 
   t.match(made.stderr, new RegExp(`kernel ${version} written to`));
   const listing = execFileSync('skopeo', ['inspect', '--tls-verify=false', `docker://${registry.address}/ark/kernel:v1`], { encoding: 'utf8' });
   t.equal(JSON.parse(listing).Architecture, 'amd64', 'the registry serves it');
+  const again = await makeKernelImage([join(work, 'kernel-again-oci'), '--tag', 'v1']);
+  t.equal(again.code, 0, again.stderr);
+  const digestOf = (stderr: string) => /written to .* \((sha256:[a-f0-9]{64})\)/.exec(stderr)?.[1];
+  t.ok(digestOf(made.stderr));
+  t.equal(digestOf(again.stderr), digestOf(made.stderr), 'the same kernel makes the same image digest');
 });
 
 t.test('a blueprint built with --kernel REGISTRY/NAME:TAG boots that kernel', async (t) => {
@@ -53,6 +58,7 @@ t.test('a blueprint built with --kernel REGISTRY/NAME:TAG boots that kernel', as
   const served = await fetch(`http://${registry.address}/v2/ark/kernel/manifests/v1`, { method: 'HEAD', headers: { accept: 'application/vnd.oci.image.manifest.v1+json' } });
   const config = JSON.parse(readFileSync(join(out, 'ark.json'), 'utf8'));
   t.equal(config.kernel.image.digest, served.headers.get('docker-content-digest'), 'ark.json records the kernel image\'s manifest digest');
+  t.match(made.stderr, `pushed to ${registry.address}/ark/kernel:v1 (pinned: ${registry.address}/ark/kernel@${config.kernel.image.digest})`, 'the script prints the digest to pin');
   t.equal(config.kernel.image.reference, `${registry.address}/ark/kernel:v1`);
   t.match(config.kernel.image.metadata, { KERNEL_ARCH: 'x86_64', KERNEL_VERSION: version, KERNEL_FLAVOR: 'debian-cloud', KERNEL_TAGS: 'v1', KERNEL_CONFIG: /^sha256:[a-f0-9]{64}$/ });
   t.equal(config.kernel.version, version);
@@ -65,10 +71,11 @@ t.test('a blueprint built with --kernel REGISTRY/NAME:TAG boots that kernel', as
   t.same(ran.stdout.trim().split('\n'), ['hello from a kernel image', version], 'the workload ran, and uname -r in the guest is the kernel image\'s version');
 });
 
-t.test('oci: and docker-archive: name kernel images too', async (t) => {
+t.test('oci:, docker-archive: and a pinned digest name kernel images too', async (t) => {
   const archive = join(work, 'kernel.tar');
   execFileSync('skopeo', ['copy', '--quiet', `oci:${kernelLayout}:v1`, `docker-archive:${archive}:ark/kernel:v1`]);
-  for (const [name, kernel] of [['oci', `oci:${kernelLayout}:v1`], ['archive', `docker-archive:${archive}`]] as const) {
+  const pinned = /\(pinned: (\S+)\)/.exec(made.stderr)?.[1] ?? 'no pinned reference printed';
+  for (const [name, kernel] of [['oci', `oci:${kernelLayout}:v1`], ['archive', `docker-archive:${archive}`], ['pinned', pinned]] as const) {
     const out = join(work, `bp-${name}`);
     const built = await runTool('builder', 'ark-builder', [image, out, '--kernel', kernel], env);
     t.equal(built.code, 0, `${name}: ${built.stderr}`);
