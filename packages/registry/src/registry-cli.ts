@@ -61,7 +61,7 @@ export async function main(argv: string[]): Promise<void> {
           for (const fd of held) closeSync(fd);
         };
       }
-      const uri = uriFor(bound);
+      const uri = uriFor(bound, tls);
       // TLS encrypts in the process: its replies are copied whatever the platform offers
       const support = sendfileSupport();
       const sendfile = support.available && !tls;
