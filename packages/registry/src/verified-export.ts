@@ -9,7 +9,8 @@ type FileRange = { fd: number; position: number };
  * only bytes whose member matched its SHA-256: a read waits for the first
  * verification of the members it touches, and a read that touches a member
  * that failed gets EIO. Bytes outside every member (tar headers, the index)
- * are not covered by a digest and are served as they are. `fileRange` (the
+ * are not covered by a digest and are served as they are. Block status waits
+ * and fails the same way, since reads of holes are answered from the map. `fileRange` (the
  * sendfile path) answers only for verified members, so an unverified read
  * takes the `read` path, which waits.
  */
@@ -71,8 +72,11 @@ export class VerifiedExport implements NbdExport {
     this.#inner.inlineIoTook(ms);
   }
 
-  blockStatus(offset: number, length: number): Extent[] {
-    return this.#inner.blockStatus(offset, length);
+  /** Waits for verification too: a read of holes alone goes by the map, and must fail on a bad member like any other read. */
+  blockStatus(offset: number, length: number): Extent[] | Promise<Extent[]> {
+    const pending = this.#check(offset, length);
+    if (pending === undefined) return this.#inner.blockStatus(offset, length);
+    return pending.then(() => this.#inner.blockStatus(offset, length));
   }
 
   cache(): void {}
