@@ -34,8 +34,10 @@ export interface ConnectionContext {
   tls: { lookup: PskLookup; required: boolean } | undefined;
   limits: NbdServerLimits;
   pool: BufferPool;
-  /** payload bytes held by all connections (requests being served and replies not yet sent) */
+  /** payload bytes held in memory by all connections (requests being served and replies not yet sent) */
   budget: { used: number; max: number; waiters: Set<() => void> };
+  /** Waits for budget: `wake` runs when some comes back; the server drops clients that sit on theirs meanwhile. */
+  waitForBudget(wake: () => void): void;
   emit(event: NbdServerEvent): void;
   isShuttingDown(): boolean;
 }
@@ -113,6 +115,10 @@ export class ServerConnection {
     this.#resumeIfPossible();
   };
   #lastProgress = performance.now();
+  /** this connection's part of the server-wide budget */
+  #budgetHeld = 0;
+  /** performance.now() of the last bytes from the client or the last request answered */
+  #lastActivity = performance.now();
   readonly #onEnd = () => {
     this.#peerEnded = true;
     this.#endIfPeerDone();
@@ -141,18 +147,44 @@ export class ServerConnection {
     return this.#closed;
   }
 
+  /** Still negotiating (or upgrading to TLS): no export is open yet. */
+  get inHandshake(): boolean {
+    return this.#state === 'clientFlags' || this.#state === 'optionHeader' || this.#state === 'optionData' || this.#state === 'tls';
+  }
+
+  /**
+   * Since when the connection has had nothing to do (no request being served,
+   * no reply waiting to be sent, no payload being received); undefined while
+   * it is busy, closed or still in the handshake.
+   */
+  idleSince(): number | undefined {
+    if (this.#closed || this.inHandshake || this.#state !== 'request') return undefined;
+    if (this.#inflight > 0 || this.#queuedReplyBytes() > 0) return undefined;
+    return this.#lastActivity;
+  }
+
+  /** Holds part of the server-wide budget (request payloads or replies in memory). */
+  get holdsBudget(): boolean {
+    return this.#shared(this.#budgetHeld) > 0;
+  }
+
+  /** Hangs up on the client, saying why (a new client needed its place, or it idled too long). */
+  evict(reason: string): void {
+    this.#fail(reason);
+  }
+
   /**
    * Hangs up on a client that has left replies unread for longer than
    * `stallMs` (it holds memory and budget that others need).
    */
-  checkStall(now: number, stallMs: number): void {
+  checkStall(now: number, stallMs: number, why = ''): void {
     if (this.#closed) return;
     if (this.#queuedReplyBytes() === 0) {
       this.#lastProgress = now;
       return;
     }
     const progress = Math.max(this.#lastProgress, this.#writer?.lastProgress ?? 0);
-    if (now - progress > stallMs) this.#fail(`client read no replies for ${Math.round(stallMs / 1000)} s`);
+    if (now - progress > stallMs) this.#fail(`client read no replies for ${(stallMs / 1000).toFixed(stallMs < 10_000 ? 1 : 0)} s${why}`);
   }
 
   destroy(): void {
@@ -255,6 +287,7 @@ export class ServerConnection {
 
   #receive(chunk: Buffer): void {
     if (this.#state === 'closing') return;
+    this.#lastActivity = performance.now();
     this.#queue.push(chunk);
     const socket = this.#socket;
     socket.cork();
@@ -558,9 +591,20 @@ export class ServerConnection {
     if (this.#inflight >= limits.maxInflightRequests || this.#inflightBytes >= limits.maxInflightBytes || this.#queuedReplyBytes() >= MAX_QUEUED_REPLY_BYTES) return true;
     const budget = this.#ctx.budget;
     if (budget.used < budget.max) return false;
-    // the server as a whole holds too much: wait for any connection to give some back
-    budget.waiters.add(this.#onDrain);
+    // the shared budget is spent; a request that fits in what this connection has of its own still goes
+    const next = this.#nextRequestBytes();
+    if (next === undefined || this.#budgetHeld + next <= limits.reservedBytesPerConnection) return false;
+    // wait for any connection to give some back
+    this.#ctx.waitForBudget(this.#onDrain);
     return true;
+  }
+
+  /** The payload or reply bytes the next request will hold, once its header is here. */
+  #nextRequestBytes(): number | undefined {
+    const q = this.#queue;
+    if (q.length < REQUEST_HEADER_SIZE) return undefined;
+    const type = q.peekUInt32BE(4) & 0xffff;
+    return type === Command.read || type === Command.write ? q.peekUInt32BE(24) : 0;
   }
 
   #pauseReading(): void {
@@ -569,9 +613,20 @@ export class ServerConnection {
     this.#socket.pause();
   }
 
+  /**
+   * The bytes of this connection that count against the server-wide budget:
+   * the first reservedBytesPerConnection are its own, so that a connection
+   * can always have a request of that size served whatever the others hold.
+   */
+  #shared(held: number): number {
+    return Math.max(0, held - this.#ctx.limits.reservedBytesPerConnection);
+  }
+
   #releaseBudget(bytes: number): void {
     const budget = this.#ctx.budget;
-    budget.used -= bytes;
+    const before = this.#shared(this.#budgetHeld);
+    this.#budgetHeld -= bytes;
+    budget.used -= before - this.#shared(this.#budgetHeld);
     if (budget.waiters.size === 0 || budget.used >= budget.max) return;
     const waiters = [...budget.waiters];
     budget.waiters.clear();
@@ -596,11 +651,14 @@ export class ServerConnection {
   #begin(bytes: number): void {
     this.#inflight++;
     this.#inflightBytes += bytes;
-    this.#ctx.budget.used += bytes;
+    const before = this.#shared(this.#budgetHeld);
+    this.#budgetHeld += bytes;
+    this.#ctx.budget.used += this.#shared(this.#budgetHeld) - before;
   }
 
   /** The request is answered; `replyPending` when its bytes stay held until the socket has sent them. */
   #end(bytes: number, replyPending = false): void {
+    this.#lastActivity = performance.now();
     this.#inflight--;
     this.#inflightBytes -= bytes;
     if (!replyPending) this.#releaseBudget(bytes);
@@ -798,17 +856,22 @@ export class ServerConnection {
     return this.#exp!.fileRange?.(offset, length);
   }
 
-  /** Ends a reply given to the writer with file ranges in it. */
+  /**
+   * Ends a reply given to the writer with file ranges in it. Its bytes stay
+   * in the page cache until the kernel sends them, not in this process: they
+   * go back to the server-wide budget at once, so clients that never read
+   * their replies cannot take it from the others. What a connection may keep
+   * queued stays bounded by its own limits (MAX_QUEUED_REPLY_BYTES).
+   */
   #commitFileReply(bytes: number, accounted: number): void {
     const writer = this.#writer!;
     const t0 = performance.now();
     writer.commit(bytes, () => {
-      this.#releaseBudget(accounted);
       if (this.#readPaused) this.#onDrain();
     });
     // sendfile reads the file on this thread: slow ones mean the disk
     this.#exp!.inlineIoTook?.(performance.now() - t0);
-    this.#end(accounted, true);
+    this.#end(accounted);
   }
 
   #sendData(buf: Buffer, length: number, accounted: number): void {
