@@ -778,8 +778,22 @@ export class ServerConnection {
   }
 
   #runRead(h: RequestHeader): void {
-    const exp = this.#exp!;
     this.#begin(h.length);
+    // an export that must check its bytes first: wait without taking a buffer, then send them by sendfile if it can
+    const ready = this.#exp!.ready?.(h.offset, h.length);
+    if (ready === undefined) return this.#serveRead(h);
+    this.#settle(
+      () => ready,
+      () => this.#serveRead(h),
+      (error: unknown) => {
+        this.#replyError(h, toErrno(error), error instanceof Error ? error.message : String(error));
+        this.#end(h.length);
+      },
+    );
+  }
+
+  #serveRead(h: RequestHeader): void {
+    const exp = this.#exp!;
     if (!this.#structured) return this.#readSimple(h);
     if (h.length === 0) {
       // an OFFSET_DATA chunk must carry at least one byte: answer with NONE

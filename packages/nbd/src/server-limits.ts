@@ -11,7 +11,7 @@ export interface NbdServerLimits {
   /**
    * payload bytes held in memory by the whole server (write payloads being
    * served, copied read replies not yet sent) beyond each connection's
-   * reserve; reading pauses beyond it (default 1 GiB). Replies sent by
+   * reserve; reading pauses beyond it (default 256 MiB). Replies sent by
    * sendfile stay in the page cache and do not count.
    */
   maxServerInflightBytes: number;
@@ -47,7 +47,7 @@ export const DEFAULT_LIMITS: NbdServerLimits = {
   maxOptionLength: 64 * 1024,
   maxInflightRequests: 128,
   maxInflightBytes: 64 * 1024 * 1024,
-  maxServerInflightBytes: 1024 * 1024 * 1024,
+  maxServerInflightBytes: 256 * 1024 * 1024,
   reservedBytesPerConnection: 1024 * 1024,
   maxConnections: 1024,
   handshakeTimeoutMs: 10_000,

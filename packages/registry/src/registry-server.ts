@@ -1,5 +1,5 @@
 import { ArkError, ExitCode, colour } from '@ark/cli';
-import { type BoundAddress, type ListenAddress, NbdServer, type NbdExport, readPskFile } from '@ark/nbd';
+import { type BoundAddress, type ListenAddress, NbdServer, type NbdExport, type NbdServerLimits, readPskFile } from '@ark/nbd';
 import { basename } from 'node:path';
 import type { MemberEntry } from '@ark/package-format';
 import { exportNameFor, packageExports } from './package-exports.ts';
@@ -22,6 +22,8 @@ export interface RegistryConfig {
   packages: PackageSource[];
   address: ListenAddress;
   tlsPsk?: string | undefined;
+  /** connection limits of each serving process (`--max-connections`, `--idle-timeout`) */
+  limits?: Partial<NbdServerLimits> | undefined;
 }
 
 export interface RunningRegistry {
@@ -75,6 +77,7 @@ export async function startRegistry(config: RegistryConfig): Promise<RunningRegi
     exports,
     defaultExport: exports[0]?.name,
     tls: keys ? { keys, required: true } : undefined,
+    limits: config.limits,
     onEvent: (event) => {
       if (event.kind === 'protocol-error') process.stderr.write(colour.dim(`ark-registry: ${event.message}\n`));
     },

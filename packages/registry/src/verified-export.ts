@@ -54,6 +54,14 @@ export class VerifiedExport implements NbdExport {
     return this.#describe(verdict === undefined ? '' : verdict.kind === 'good' ? ' (verified)' : ' (CORRUPT: reads fail)');
   }
 
+  ready(offset: number, length: number): Promise<void> | undefined {
+    try {
+      return this.#check(offset, length);
+    } catch (error) {
+      return Promise.reject(error);
+    }
+  }
+
   read(offset: number, into: Buffer): void | Promise<void> {
     const pending = this.#check(offset, into.length);
     if (pending === undefined) return this.#inner.read(offset, into);
