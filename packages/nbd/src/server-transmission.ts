@@ -1,14 +1,16 @@
 import type { Duplex } from 'node:stream';
 import type { ByteQueue } from './byte-queue.ts';
-import { type Extent, kindToFlags } from './extent.ts';
+import { kindToFlags } from './extent.ts';
 import { errnoName, toErrno } from './nbd-error.ts';
-import type { BlockSizeConstraints, FileRange, NbdExport } from './nbd-export.ts';
+import type { BlockSizeConstraints, NbdExport } from './nbd-export.ts';
 import { Command, CommandFlag, REQUEST_HEADER_SIZE, ReplyFlag, ReplyType, nameOf } from './protocol-constants.ts';
-import { clipExtents, holeChunk, writeChunkHeader, writeDataChunkHeader, writeSimpleReply } from './reply-encoding.ts';
+import { clipExtents, writeChunkHeader, writeSimpleReply } from './reply-encoding.ts';
 import { ReplyWriter } from './reply-writer.ts';
 import { validateRequest } from './request-validation.ts';
 import type { ConnectionContext } from './server-connection.ts';
 import { ALLOCATION_CONTEXT_ID, type NegotiatedTransmission } from './server-handshake.ts';
+import { ReadReplies } from './read-replies.ts';
+import { settle } from './settle.ts';
 import { SocketWriter } from './socket-writer.ts';
 import { type RequestHeader, parseRequestHeader } from './wire-parsers.ts';
 
@@ -35,15 +37,12 @@ export interface TransmissionHost {
 type State = 'request' | 'payload' | 'drain' | 'closing';
 
 const MAX_EXTENTS_PER_REPLY = 1 << 20;
-/** more hole/data pieces than this in one read are sent as one data chunk */
-const MAX_READ_CHUNKS = 64;
 /**
  * Replies queued for the socket beyond this stop the reading of requests (the
  * kernel buffers the rest). Kept small so that a reply is sent while its bytes
  * are still in the CPU cache: measured, 8 MiB cost ~20% more CPU than 1 MiB.
  */
 const MAX_QUEUED_REPLY_BYTES = 1024 * 1024;
-const DATA_HEADER = 28; // structured chunk header + offset
 const ZERO_CHUNK = 1024 * 1024;
 let zeroChunk: Buffer | undefined;
 
@@ -61,6 +60,7 @@ export class ServerTransmission {
   readonly #allocationSelected: boolean;
   readonly #tlsActive: boolean;
   readonly #replies: ReplyWriter;
+  readonly #reads: ReadReplies;
   #state: State = 'request';
   #inflight = 0;
   #inflightBytes = 0;
@@ -84,6 +84,25 @@ export class ServerTransmission {
     this.#allocationSelected = negotiated.allocationSelected;
     this.#tlsActive = negotiated.tlsActive;
     this.#replies = new ReplyWriter(host.socket, host.ctx.pool, { tlsActive: this.#tlsActive, isClosed: () => host.closed, onWriterError: () => host.destroy() });
+    this.#reads = new ReadReplies({
+      exp: this.#exp,
+      structured: this.#structured,
+      pool: host.ctx.pool,
+      replies: this.#replies,
+      get closed() {
+        return host.closed;
+      },
+      settle: (fn, ok, fail) => this.#settle(fn, ok, fail),
+      replyError: (h, errno, message) => this.#replyError(h, errno, message),
+      end: (bytes, replyPending) => this.#end(bytes, replyPending),
+      replySent: (accounted, err) => {
+        this.#releaseBudget(accounted);
+        if (!err && this.#readPaused) this.#onDrain();
+      },
+      fileReplySent: () => {
+        if (this.#readPaused) this.#onDrain();
+      },
+    });
     const exp = this.#exp;
     if (exp.fileRange !== undefined && exp.readOnly && !this.#tlsActive && SocketWriter.supports(host.socket)) this.#replies.useSocketWriter();
   }
@@ -188,32 +207,8 @@ export class ServerTransmission {
     this.#finishIfIdle();
   }
 
-  /**
-   * Runs fn and reports to ok/fail: at once when fn returns synchronously (no
-   * promise, no microtask: the replies to one batch of requests then leave in
-   * one corked write), later when it returns a promise. A throwing handler is a
-   * bug of ours: it ends this connection, never the process.
-   */
   #settle<T>(fn: () => T | Promise<T>, ok: (value: T) => void, fail: (error: unknown) => void): void {
-    let result: T | Promise<T>;
-    try {
-      result = fn();
-    } catch (error) {
-      fail(error);
-      return;
-    }
-    if (!(result instanceof Promise)) return ok(result);
-    const guard = (f: () => void) => {
-      try {
-        f();
-      } catch (error) {
-        this.#host.fail(`internal error: ${error instanceof Error ? error.message : String(error)}`);
-      }
-    };
-    result.then(
-      (value) => guard(() => ok(value)),
-      (error: unknown) => guard(() => fail(error)),
-    );
+    settle(fn, ok, fail, (message) => this.#host.fail(message));
   }
 
   #flowBlocked(): boolean {
@@ -387,212 +382,15 @@ export class ServerTransmission {
     this.#begin(h.length);
     // an export that must check its bytes first: wait without taking a buffer, then send them by sendfile if it can
     const ready = this.#exp.ready?.(h.offset, h.length);
-    if (ready === undefined) return this.#serveRead(h);
+    if (ready === undefined) return this.#reads.serve(h);
     this.#settle(
       () => ready,
-      () => this.#serveRead(h),
+      () => this.#reads.serve(h),
       (error: unknown) => {
         this.#replyError(h, toErrno(error), error instanceof Error ? error.message : String(error));
         this.#end(h.length);
       },
     );
-  }
-
-  #serveRead(h: RequestHeader): void {
-    const exp = this.#exp;
-    if (!this.#structured) return this.#readSimple(h);
-    if (h.length === 0) {
-      // an OFFSET_DATA chunk must carry at least one byte: answer with NONE
-      const none = Buffer.allocUnsafe(20);
-      writeChunkHeader(none, 0, ReplyFlag.done, ReplyType.none, h, 0);
-      this.#replies.write(none);
-      return this.#end(0);
-    }
-    if (exp.sparseReads && exp.blockStatus && (h.flags & CommandFlag.df) === 0 && h.length > 0) {
-      this.#settle(
-        () => exp.blockStatus!(h.offset, h.length),
-        (extents) => this.#readSparse(h, extents),
-        () => this.#readDense(h, undefined),
-      );
-      return;
-    }
-    this.#readDense(h, undefined);
-  }
-
-  /** One OFFSET_DATA chunk (DONE) with the header in front of the data in one buffer. */
-  #readDense(h: RequestHeader, zeroRanges: Extent[] | undefined): void {
-    const range = zeroRanges === undefined ? this.#fileRange(h.offset, h.length) : undefined;
-    if (range !== undefined) {
-      const header = Buffer.allocUnsafe(DATA_HEADER);
-      writeDataChunkHeader(header, ReplyFlag.done, h, h.offset, h.length);
-      this.#replies.buffer(header);
-      this.#replies.file(range.fd, range.position, h.length);
-      return this.#commitFileReply(DATA_HEADER + h.length, h.length);
-    }
-    const pool = this.#ctx.pool;
-    const buf = pool.get(h.length + DATA_HEADER, DATA_HEADER);
-    writeDataChunkHeader(buf, ReplyFlag.done, h, h.offset, h.length);
-    const data = buf.subarray(DATA_HEADER, DATA_HEADER + h.length);
-    this.#settle(
-      () => this.#exp.read(h.offset, data),
-      () => {
-        if (zeroRanges) for (const z of zeroRanges) data.fill(0, z.offset - h.offset, z.offset - h.offset + z.length);
-        this.#sendData(buf, DATA_HEADER + h.length, h.length);
-      },
-      (error: unknown) => {
-        pool.release(buf);
-        this.#replyError(h, toErrno(error), error instanceof Error ? error.message : String(error));
-        this.#end(h.length);
-      },
-    );
-  }
-
-  #readSimple(h: RequestHeader): void {
-    const range = this.#fileRange(h.offset, h.length);
-    if (range !== undefined) {
-      const header = Buffer.allocUnsafe(16);
-      writeSimpleReply(header, 0, h);
-      this.#replies.buffer(header);
-      this.#replies.file(range.fd, range.position, h.length);
-      return this.#commitFileReply(16 + h.length, h.length);
-    }
-    const pool = this.#ctx.pool;
-    const buf = pool.get(h.length + 16, 16);
-    writeSimpleReply(buf, 0, h);
-    this.#settle(
-      () => this.#exp.read(h.offset, buf.subarray(16, 16 + h.length)),
-      () => this.#sendData(buf, 16 + h.length, h.length),
-      (error: unknown) => {
-        pool.release(buf);
-        this.#replyError(h, toErrno(error), error instanceof Error ? error.message : String(error));
-        this.#end(h.length);
-      },
-    );
-  }
-
-  /** Where the export's bytes lie in a file, when the writer can send them from there. */
-  #fileRange(offset: number, length: number): FileRange | undefined {
-    if (!this.#replies.takesFileRanges) return undefined;
-    return this.#exp.fileRange?.(offset, length);
-  }
-
-  /**
-   * Ends a reply given to the writer with file ranges in it. Its bytes stay
-   * in the page cache until the kernel sends them, not in this process: they
-   * go back to the server-wide budget at once, so clients that never read
-   * their replies cannot take it from the others. What a connection may keep
-   * queued stays bounded by its own limits (MAX_QUEUED_REPLY_BYTES).
-   */
-  #commitFileReply(bytes: number, accounted: number): void {
-    const t0 = performance.now();
-    this.#replies.commit(bytes, () => {
-      if (this.#readPaused) this.#onDrain();
-    });
-    // sendfile reads the file on this thread: slow ones mean the disk
-    this.#exp.inlineIoTook?.(performance.now() - t0);
-    this.#end(accounted);
-  }
-
-  #sendData(buf: Buffer, length: number, accounted: number): void {
-    if (this.#host.closed) {
-      this.#ctx.pool.release(buf);
-      return this.#end(accounted);
-    }
-    this.#sendPooled([buf.subarray(0, length)], [buf], accounted);
-  }
-
-
-  #sendPooled(chunks: Buffer[], owned: Buffer[], accounted: number): void {
-    this.#replies.sendPooled(chunks, owned, (err) => {
-      this.#releaseBudget(accounted);
-      if (!err && this.#readPaused) this.#onDrain();
-    });
-    this.#end(accounted, true);
-  }
-
-  /** Holes as OFFSET_HOLE chunks, data as OFFSET_DATA chunks; the last chunk carries DONE. */
-  #readSparse(h: RequestHeader, raw: Extent[]): void {
-    const extents = clipExtents(raw, h.offset, h.length);
-    if (extents === undefined) return this.#readDense(h, undefined);
-    // a short list leaves the rest of the read as data
-    const last = extents[extents.length - 1]!;
-    const covered = last.offset + last.length;
-    if (covered < h.offset + h.length) {
-      if (last.kind === 'data') last.length = h.offset + h.length - last.offset;
-      else extents.push({ offset: covered, length: h.offset + h.length - covered, kind: 'data' });
-    }
-    if (extents.length === 1 && extents[0]!.kind === 'data') return this.#readDense(h, undefined);
-    if (extents.length > MAX_READ_CHUNKS) return this.#readDense(h, extents.filter((e) => e.kind !== 'data'));
-    if (this.#sendSparseFromFile(h, extents)) return;
-    const pool = this.#ctx.pool;
-    const chunks: Buffer[] = [];
-    const reads: Promise<void>[] = [];
-    let readError: unknown;
-    const owned: Buffer[] = [];
-    for (const [i, e] of extents.entries()) {
-      const flags = i === extents.length - 1 ? ReplyFlag.done : 0;
-      if (e.kind === 'data') {
-        const buf = pool.get(e.length + DATA_HEADER, DATA_HEADER);
-        owned.push(buf);
-        writeDataChunkHeader(buf, flags, h, e.offset, e.length);
-        chunks.push(buf.subarray(0, DATA_HEADER + e.length));
-        try {
-          const r = this.#exp.read(e.offset, buf.subarray(DATA_HEADER, DATA_HEADER + e.length));
-          if (r instanceof Promise) {
-            r.catch(() => {}); // the rejection is reported through Promise.all or readError
-            reads.push(r);
-          }
-        } catch (error) {
-          readError ??= error;
-        }
-      } else {
-        chunks.push(holeChunk(flags, h, e.offset, e.length));
-      }
-    }
-    this.#settle(
-      () => {
-        if (readError !== undefined) throw readError;
-        return reads.length > 0 ? Promise.all(reads) : undefined;
-      },
-      () => {
-        if (this.#host.closed) {
-          for (const b of owned) pool.release(b);
-          return this.#end(h.length);
-        }
-        this.#sendPooled(chunks, owned, h.length);
-      },
-      (error: unknown) => {
-        for (const b of owned) pool.release(b);
-        this.#replyError(h, toErrno(error), error instanceof Error ? error.message : String(error));
-        this.#end(h.length);
-      },
-    );
-  }
-
-  /** The chunks of a sparse read with the data sent from the file; false when the export has no file ranges now. */
-  #sendSparseFromFile(h: RequestHeader, extents: Extent[]): boolean {
-    const writer = this.#replies;
-    if (!writer.takesFileRanges) return false;
-    const ranges = extents.map((e) => (e.kind === 'data' ? this.#fileRange(e.offset, e.length) : undefined));
-    if (extents.some((e, i) => e.kind === 'data' && ranges[i] === undefined)) return false;
-    let bytes = 0;
-    for (const [i, e] of extents.entries()) {
-      const flags = i === extents.length - 1 ? ReplyFlag.done : 0;
-      const range = ranges[i];
-      if (range === undefined) {
-        const hole = holeChunk(flags, h, e.offset, e.length);
-        writer.buffer(hole);
-        bytes += hole.length;
-        continue;
-      }
-      const header = Buffer.allocUnsafe(DATA_HEADER);
-      writeDataChunkHeader(header, flags, h, e.offset, e.length);
-      writer.buffer(header);
-      writer.file(range.fd, range.position, e.length);
-      bytes += DATA_HEADER + e.length;
-    }
-    this.#commitFileReply(bytes, h.length);
-    return true;
   }
 
   #runBlockStatus(h: RequestHeader): void {
