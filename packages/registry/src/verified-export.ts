@@ -21,6 +21,8 @@ export class VerifiedExport implements NbdExport {
   readonly #base: number;
   readonly #describe: (verdict: string) => string;
   readonly #own: MemberEntry | undefined;
+  /** every member under the export is verified good: requests need no check (the hot path) */
+  #allGood = false;
 
   constructor(inner: FileExport, verifier: MemberVerifier, base: number, describe: (verdict: string) => string, own?: MemberEntry) {
     this.#inner = inner;
@@ -69,6 +71,7 @@ export class VerifiedExport implements NbdExport {
   }
 
   fileRange(offset: number, length: number): FileRange | undefined {
+    if (this.#allGood) return this.#inner.fileRange(offset);
     const start = this.#base + offset;
     for (const member of this.#verifier.membersIn(start, start + Math.max(length, 1))) {
       if (this.#verifier.verdict(member)?.kind !== 'good') return undefined;
@@ -103,6 +106,7 @@ export class VerifiedExport implements NbdExport {
    * otherwise. Throws EIO when one of them is bad.
    */
   #check(offset: number, length: number): Promise<void> | undefined {
+    if (this.#allGood) return undefined;
     const start = this.#base + offset;
     let waits: Promise<unknown>[] | undefined;
     for (const member of this.#verifier.membersIn(start, start + Math.max(length, 1))) {
@@ -111,7 +115,10 @@ export class VerifiedExport implements NbdExport {
       if (verdict?.kind === 'bad') throw new NbdError(Errno.EIO, `${member.name} ${verdict.reason}`);
       (waits ??= []).push(this.#verifier.verify(member));
     }
-    if (waits === undefined) return undefined;
+    if (waits === undefined) {
+      this.#allGood = this.#verifier.membersIn(this.#base, this.#base + this.size).every((m) => this.#verifier.verdict(m)?.kind === 'good');
+      return undefined;
+    }
     return Promise.all(waits).then(() => {
       // verified meanwhile: throws EIO when one turned out bad
       this.#check(offset, length);
