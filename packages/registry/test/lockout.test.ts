@@ -13,9 +13,13 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import t, { type Test } from 'tap';
 import { Command, NbdClient, Option, readPskFile } from '@ark/nbd';
 import { ArkPackage, writePackage } from '@ark/package-format';
-import { runTool, startTool } from '@ark/test-images';
+import { runTool } from '@ark/test-images';
+import { startRegistry as startRegistryProcess } from './registry-process.ts';
 
 const MiB = 1 << 20;
+// a bound a loaded machine keeps, yet below the 10 s handshake deadline and far below the 60 s stall timeout,
+// so that none of the three cases could pass by waiting those out
+const servedWithinMs = 8000;
 const work = mkdtempSync(join(tmpdir(), 'ark-registry-lockout-'));
 t.teardown(() => rmSync(work, { recursive: true, force: true }));
 
@@ -33,25 +37,10 @@ writePackage(pkg, [
 ]);
 const diskMember = ArkPackage.open(pkg).member('disk');
 
-async function startRegistry(t: Test, args: string[], env: Record<string, string> = {}): Promise<{ uri: string; port: number; stderr: () => string }> {
-  const child = startTool('registry', 'ark-registry', [pkg, '--laddr', '127.0.0.1:0', '--workers', '1', ...args], env);
-  let stdout = '';
-  let stderr = '';
-  child.stderr!.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
-  await new Promise<void>((resolve, reject) => {
-    child.stdout!.on('data', (chunk: Buffer) => {
-      stdout += chunk.toString();
-      if (stdout.includes('app/disk')) resolve();
-    });
-    child.once('exit', (code) => reject(new Error(`ark-registry exited ${code}: ${stderr}`)));
-  });
-  t.teardown(() => {
-    const exited = new Promise((resolve) => child.once('exit', resolve));
-    child.kill('SIGINT');
-    return exited;
-  });
-  const uri = stdout.split('\n')[0]!;
-  return { uri, port: Number(uri.split(':').at(-1)), stderr: () => stderr };
+async function startRegistry(t: Test, args: string[], env: Record<string, string> = {}) {
+  const registry = await startRegistryProcess([pkg, '--laddr', '127.0.0.1:0', '--workers', '1', ...args], { lastExport: 'app/disk', env });
+  t.teardown(registry.stop);
+  return registry;
 }
 
 /** nbdcopy of app/disk by a new client: byte-exact; resolves with the milliseconds it took. */
@@ -99,7 +88,7 @@ t.test('1100 clients idling after their handshake: a new client is served', asyn
   await sleep(200);
   t.equal(idle.filter((c) => c.closed).length, 1100 - 1024, '76 of the first ones made room: the limit is 1024');
   const ms = newClientCopies(t, uri);
-  t.ok(ms < 5000, `served in ${ms.toFixed(0)} ms`);
+  t.ok(ms < servedWithinMs, `served in ${ms.toFixed(0)} ms`);
   t.match(stderr(), /dropped at the limit of 1024 connections to serve a new client \(it was idle for [\d.]+ s\)/);
 });
 
@@ -125,7 +114,7 @@ t.test('--tls-psk: 1100 silent TCP connections do not keep out a client with the
   t.ok((await c.read(8 * MiB, MiB)).equals(diskBytes.subarray(8 * MiB, 9 * MiB)), 'and ark\'s client reads right');
   await c.disconnect();
   const ms = performance.now() - t0;
-  t.ok(ms < 5000, `both within ${ms.toFixed(0)} ms`);
+  t.ok(ms < servedWithinMs, `both within ${ms.toFixed(0)} ms`);
   for (let i = 0; i < 50 && silent.filter((s) => s.closed).length < 1100 - 1024; i++) await sleep(100);
   t.ok(silent.filter((s) => s.closed).length >= 1100 - 1024, 'silent connections made room');
 });
@@ -137,9 +126,9 @@ for (const [how, env] of [['by sendfile', {}], ['copied', { ARK_NBD_SENDFILE: '0
     t.teardown(() => hogs.forEach((s) => s.destroy()));
     await sleep(1000);
     const ms = newClientCopies(t, uri);
-    t.ok(ms < 5000, `a new client copied 64 MiB in ${ms.toFixed(0)} ms (the stall timeout is 60 s)`);
+    t.ok(ms < servedWithinMs, `a new client copied 64 MiB in ${ms.toFixed(0)} ms (the stall timeout is 60 s)`);
     const again = newClientCopies(t, uri);
-    t.ok(again < 5000, `and again in ${again.toFixed(0)} ms`);
+    t.ok(again < servedWithinMs, `and again in ${again.toFixed(0)} ms`);
     t.notMatch(stderr(), /internal error/);
   });
 }

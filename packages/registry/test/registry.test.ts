@@ -7,7 +7,8 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import t from 'tap';
 import { ArkPackage, writePackage } from '@ark/package-format';
 import { GuestVm } from '@ark/runner';
-import { runTool, shellImage, startTool, writeOciLayout } from '@ark/test-images';
+import { runTool, shellImage, writeOciLayout } from '@ark/test-images';
+import { startRegistry } from './registry-process.ts';
 
 const work = mkdtempSync(join(tmpdir(), 'ark-registry-test-'));
 t.teardown(() => rmSync(work, { recursive: true, force: true }));
@@ -33,21 +34,6 @@ writePackage(pkg, [
   { name: 'memory', path: memory },
 ]);
 const index = ArkPackage.open(pkg).index;
-
-async function startRegistry(args: string[], lastExport = 'app/memory', env: Record<string, string> = {}): Promise<{ child: ChildProcess; uri: string; stdout: string; stderr: () => string }> {
-  const child = startTool('registry', 'ark-registry', args, env);
-  let stdout = '';
-  let stderr = '';
-  child.stderr!.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
-  await new Promise<void>((resolve, reject) => {
-    child.stdout!.on('data', (chunk: Buffer) => {
-      stdout += chunk.toString();
-      if (stdout.includes(lastExport)) resolve();
-    });
-    child.once('exit', (code) => reject(new Error(`ark-registry exited ${code}`)));
-  });
-  return { child, uri: stdout.split('\n')[0]!, stdout, stderr: () => stderr };
-}
 
 const stop = async (child: ChildProcess) => {
   const exited = new Promise((resolve) => child.once('exit', resolve));
@@ -101,7 +87,7 @@ t.test('nbdinfo, nbdcopy, nbdfuse and qemu-img read the package and its members'
 
 t.test('data goes by sendfile, or is copied through the process when that is turned off: the same bytes either way', async (t) => {
   for (const [env, sendfile] of [[{}, true], [{ ARK_NBD_SENDFILE: '0' }, false]] as const) {
-    const { child, stdout, stderr } = await startRegistry([pkg, '--laddr', '127.0.0.1:0', '--workers', '2', '--json'], 'app/memory', env);
+    const { child, stdout, stderr } = await startRegistry([pkg, '--laddr', '127.0.0.1:0', '--workers', '2', '--json'], { env });
     t.teardown(() => (child.exitCode === null && child.signalCode === null ? stop(child) : undefined));
     const info = JSON.parse(stdout.split('\n')[0]!);
     t.equal(info.sendfile, sendfile, `--json says sendfile: ${sendfile}`);
@@ -201,7 +187,7 @@ t.test('--workers: several processes share one socket; a dead worker is replaced
   const socket = join(work, 'registry.sock');
   const served = join(work, 'served.ark');
   copyFileSync(pkg, served);
-  const { child, stdout } = await startRegistry([served, '--socket', socket, '--workers', '3', '--json'], 'served/memory');
+  const { child, stdout } = await startRegistry([served, '--socket', socket, '--workers', '3', '--json'], { lastExport: 'served/memory' });
   const info = JSON.parse(stdout.split('\n')[0]!);
   t.equal(info.workers, 3);
   t.equal(info.uri, `nbd+unix:///?socket=${socket}`);

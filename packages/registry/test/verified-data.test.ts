@@ -10,7 +10,8 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import t, { type Test } from 'tap';
 import { Errno, NbdClient } from '@ark/nbd';
 import { ArkPackage, writePackage } from '@ark/package-format';
-import { flipByte, startTool } from '@ark/test-images';
+import { flipByte } from '@ark/test-images';
+import { startRegistry as startRegistryProcess } from './registry-process.ts';
 
 const MiB = 1 << 20;
 const work = mkdtempSync(join(tmpdir(), 'ark-registry-verify-'));
@@ -49,26 +50,7 @@ async function failsWithEio(t: Test, read: Promise<unknown>, what: string): Prom
   t.equal((error as { errno?: number } | undefined)?.errno, Errno.EIO, what);
 }
 
-async function startRegistry(env: Record<string, string>): Promise<{ uri: string; port: number; stderr: () => string; stop: () => Promise<unknown> }> {
-  const child = startTool('registry', 'ark-registry', [pkg, '--laddr', '127.0.0.1:0', '--workers', '1'], env);
-  let stdout = '';
-  let stderr = '';
-  child.stderr!.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
-  await new Promise<void>((resolve, reject) => {
-    child.stdout!.on('data', (chunk: Buffer) => {
-      stdout += chunk.toString();
-      if (stdout.includes('app/memory')) resolve();
-    });
-    child.once('exit', (code) => reject(new Error(`ark-registry exited ${code}: ${stderr}`)));
-  });
-  const uri = stdout.split('\n')[0]!;
-  const stop = () => {
-    const exited = new Promise((resolve) => child.once('exit', resolve));
-    child.kill('SIGINT');
-    return exited;
-  };
-  return { uri, port: Number(uri.split(':').at(-1)), stderr: () => stderr, stop };
-}
+const startRegistry = (env: Record<string, string>) => startRegistryProcess([pkg, '--laddr', '127.0.0.1:0', '--workers', '1'], { env });
 
 for (const [how, env] of [['by sendfile', {}], ['copied', { ARK_NBD_SENDFILE: '0' }]] as const) {
   t.test(`a member with a flipped byte is never sent (data ${how})`, async (t) => {
