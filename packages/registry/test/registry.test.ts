@@ -6,6 +6,7 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import t from 'tap';
 import { ArkPackage, writePackage } from '@ark/package-format';
+import { rootDiskSerial, runtimeDiskSerial } from '@ark/blueprint';
 import { GuestVm } from '@ark/runner';
 import { runTool, shellImage, writeOciLayout } from '@ark/test-images';
 import { startRegistry } from './registry-process.ts';
@@ -31,6 +32,7 @@ writePackage(pkg, [
   { name: 'kernel', path: join(blueprint, 'ark.arkkernel') },
   { name: 'initramfs', path: join(blueprint, 'ark.arkinitramfs') },
   { name: 'disk', path: join(blueprint, 'ark.arkdisk') },
+  { name: 'runtime', path: join(blueprint, 'ark.arkruntime') },
   { name: 'memory', path: memory },
 ]);
 const index = ArkPackage.open(pkg).index;
@@ -48,7 +50,7 @@ t.test('nbdinfo, nbdcopy, nbdfuse and qemu-img read the package and its members'
 
   const listing = JSON.parse(execFileSync('nbdinfo', ['--list', '--json', uri], { encoding: 'utf8' }));
   const names = listing.exports.map((e: { 'export-name': string }) => e['export-name']);
-  t.same(names.sort(), ['app', 'app/ark.json', 'app/disk', 'app/initramfs', 'app/kernel', 'app/memory'].sort());
+  t.same(names.sort(), ['app', 'app/ark.json', 'app/disk', 'app/initramfs', 'app/kernel', 'app/memory', 'app/runtime'].sort());
   const disk = listing.exports.find((e: { 'export-name': string }) => e['export-name'] === 'app/disk');
   t.match(disk.description, /root filesystem/);
   t.equal(disk['export-size'], index.members.find((m) => m.name === 'disk')!.size);
@@ -110,16 +112,20 @@ t.test('a QEMU VM boots with its disk attached from ark-registry', async (t) => 
     kernelPath: join(blueprint, 'ark.arkkernel'),
     initramfsPath: join(blueprint, 'ark.arkinitramfs'),
     cmdline: JSON.parse(readFileSync(join(blueprint, 'ark.json'), 'utf8')).kernel.cmdline,
-    // read-only export: the guest's writes go to a throw-away overlay
-    disks: [{ id: 'root', path: `${uri}/app/disk`, ephemeral: true }],
+    // read-only exports: the guest's writes go to a throw-away overlay
+    disks: [
+      { id: 'root', path: `${uri}/app/disk`, ephemeral: true, serial: rootDiskSerial },
+      { id: 'runtime', path: `${uri}/app/runtime`, readOnly: true, serial: runtimeDiskSerial },
+    ],
     cpus: 1,
     memoryMiB: 256,
     onStdout: (chunk) => (output += chunk.toString()),
     onStderr: () => {},
   });
   try {
-    const exit = await vm.workloadExit;
-    t.equal(exit.code, 0);
+    // a guest that cannot boot powers off: that ends the test too
+    const exit = await Promise.race([vm.workloadExit, vm.vm.exited.then((stopped) => ({ code: -1, stopped }))]);
+    t.equal(exit.code, 0, 'the workload ran and exited 0');
     t.match(output, /hello-from-an-nbd-disk\nark/);
   } finally {
     await vm.dispose();
