@@ -8,10 +8,15 @@ export interface WorkloadSpec {
   cmd: string[];
   env: string[];
   workingDir: string;
+  /** the HOSTNAME the workload sees (the guest's hostname is set by the agent) */
+  hostname?: string;
 }
 
-/** Runs entrypoint + cmd as the image config says: env, workdir (created if missing, as Docker does), user. */
-export function startWorkload(spec: WorkloadSpec, user: ResolvedUser): ChildProcess {
+/**
+ * Runs entrypoint + cmd as the image config says: env, workdir (created if
+ * missing, as Docker does), user; stdin a pipe for the host's input, or /dev/null.
+ */
+export function startWorkload(spec: WorkloadSpec, user: ResolvedUser, stdin: 'pipe' | 'ignore' = 'ignore'): ChildProcess {
   const argv = [...spec.entrypoint, ...spec.cmd];
   const file = argv[0];
   if (file === undefined) throw Object.assign(new Error('the image has no entrypoint and no cmd: nothing to run'), { exitCode: 127 });
@@ -21,7 +26,8 @@ export function startWorkload(spec: WorkloadSpec, user: ResolvedUser): ChildProc
     if (eq > 0) env[entry.slice(0, eq)] = entry.slice(eq + 1);
   }
   env.HOME ??= user.home;
-  env.HOSTNAME ??= 'ark';
+  // as docker: an image's or the user's own HOSTNAME wins
+  env.HOSTNAME ??= spec.hostname ?? 'ark';
   const cwd = spec.workingDir || '/';
   if (!existsSync(cwd)) {
     mkdirSync(cwd, { recursive: true });
@@ -35,7 +41,7 @@ export function startWorkload(spec: WorkloadSpec, user: ResolvedUser): ChildProc
     env,
     uid: user.uid,
     gid: user.gid,
-    stdio: ['ignore', 'pipe', 'pipe'],
+    stdio: [stdin, 'pipe', 'pipe'],
   });
 }
 

@@ -1,6 +1,37 @@
+/**
+ * The workload as the host wants it run (`ark-runner -- COMMAND`, `-e`, `-w`,
+ * `-u`, `--hostname` applied to the image's config): argv is entrypoint + cmd.
+ */
+export interface RunSpec {
+  entrypoint: string[];
+  cmd: string[];
+  /** NAME=VALUE, later entries win */
+  env: string[];
+  workingDir: string;
+  /** `uid`, `uid:gid`, `name` or `name:group`, resolved in the guest; empty means root */
+  user: string;
+  /** the guest's hostname and the workload's HOSTNAME; undefined keeps the default */
+  hostname?: string;
+}
+
+/** What an agent can do beyond the first protocol, announced in its hello. */
+export const agentFeatures = {
+  /** it waits for a `run` request (kernel argument `ark.run=host`) and takes stdin frames */
+  run: 'run',
+} as const;
+
+/** The kernel argument that tells the agent to wait for the host's `run` request before starting the workload. */
+export const awaitRunArgument = 'ark.run=host';
+
 /** Host → guest requests on the agent port. */
 export type AgentRequest =
   | { kind: 'ping'; id: number }
+  /**
+   * start the workload (only when the agent said it awaits this): `spec`
+   * replaces the image's run config; with `stdin` the workload's stdin is a
+   * pipe fed by stdin frames (an empty frame ends it), otherwise /dev/null
+   */
+  | { kind: 'run'; id: number; spec?: RunSpec; stdin: boolean }
   | { kind: 'before-suspend'; id: number }
   | { kind: 'after-resume'; id: number; hostTimeMs: number; sync: string }
   /**
@@ -18,7 +49,8 @@ export type AgentRequest =
 
 /** Guest → host messages on the agent port. */
 export type AgentMessage =
-  | { kind: 'hello'; bootId: string }
+  /** `features`: see agentFeatures (absent from agents built before them); `awaitsRun`: the workload starts at the host's `run` request */
+  | { kind: 'hello'; bootId: string; features?: string[]; awaitsRun?: boolean }
   | { kind: 'reply'; id: number; ok: true; guestTimeMs: number }
   | { kind: 'reply'; id: number; ok: false; error: string }
   | { kind: 'started'; pid: number }

@@ -16,6 +16,8 @@ export type GuestVmOptions = Omit<VmSpec, 'ports' | 'runtimeDir' | 'accelerator'
 /** `startError`: the workload never started (code 127: not found, 126: not executable) */
 export type WorkloadExit = { code: number; signal: string | null; startError?: string };
 
+export type AgentHello = Extract<AgentMessage, { kind: 'hello' }>;
+
 /** What ends a run: the workload exits, the VM stops under it, or we are told to stop. */
 export type RunOutcome = { kind: 'exit'; exit: WorkloadExit } | { kind: 'vm-stopped'; exit: VmExit } | { kind: 'interrupted'; signal: StopSignal };
 
@@ -26,7 +28,10 @@ export class GuestVm {
   agent: AgentClient;
   /** resolves when the agent reports the workload's exit */
   readonly workloadExit: Promise<WorkloadExit>;
+  /** resolves at the agent's first hello (after a boot; a resumed guest said it before its snapshot) */
+  readonly hello: Promise<AgentHello>;
   #resolveExit!: (exit: WorkloadExit) => void;
+  #resolveHello!: (hello: AgentHello) => void;
   readonly #options: GuestVmOptions;
 
   private constructor(vm: QemuVm, agent: AgentClient, runtimeDir: string, options: GuestVmOptions) {
@@ -35,6 +40,7 @@ export class GuestVm {
     this.runtimeDir = runtimeDir;
     this.#options = options;
     this.workloadExit = new Promise((resolve) => (this.#resolveExit = resolve));
+    this.hello = new Promise((resolve) => (this.#resolveHello = resolve));
     this.#attach(agent);
   }
 
@@ -191,6 +197,7 @@ export class GuestVm {
     agent.on('stdout', this.#options.onStdout);
     agent.on('stderr', this.#options.onStderr);
     agent.on('message', (message: AgentMessage) => {
+      if (message.kind === 'hello') this.#resolveHello(message);
       if (message.kind === 'exit') {
         agent.acknowledgeExit();
         this.#resolveExit({ code: message.code, signal: message.signal, startError: message.startError });

@@ -12,6 +12,7 @@ import { checkOutputPath } from './output-path.ts';
 import type { PackageConfig } from './package-config.ts';
 import { lockPackage, type PackageLock } from './package-lock.ts';
 import type { RunOptions, RunResult } from './run-blueprint.ts';
+import { givenOverrides } from './run-overrides.ts';
 import { VmNetwork, networkKernelArguments } from './vm-network.ts';
 import { createWorkDir } from './work-dir.ts';
 import { writePackageInWorker } from './write-package-async.ts';
@@ -49,6 +50,7 @@ export async function runPackage(path: string, options: RunPackageOptions): Prom
   const pkg = ArkPackage.open(path);
   const config = JSON.parse(pkg.readMember('ark.json').toString('utf8')) as PackageConfig;
   const snapshot = pkg.has('state') && pkg.has('memory');
+  refuseOverrides(path, options);
   if (snapshot) checkSnapshot(path, config, options);
   const target = options.noPersist ? undefined : writeTarget(path, options);
   let network: VmNetwork | undefined;
@@ -201,6 +203,16 @@ function workDirFor(path: string): string {
     if (code !== 'EROFS' && code !== 'EACCES' && code !== 'EPERM') throw error;
     return createOwnedDir(tmpdir(), 'ark-work-');
   }
+}
+
+/** A package's workload was started when it was packaged: what would change how it starts is refused, before any boot. */
+function refuseOverrides(path: string, options: RunPackageOptions): void {
+  const given = givenOverrides(options.overrides);
+  if (given.length === 0) return;
+  throw new ArkError('PACKAGE_WORKLOAD_FIXED', `${given.join(', ')} cannot change ${path}: a package's workload was started when it was packaged (its process is in the snapshot)`, {
+    hint: 'leave them out, or run the blueprint with them (ark-runner BLUEPRINT ...), or build a blueprint whose image has them and package that',
+    exitCode: ExitCode.usage,
+  });
 }
 
 /**

@@ -1,0 +1,39 @@
+import type { Readable } from 'node:stream';
+import type { RunConfig } from '@ark/blueprint';
+import { ArkError, ExitCode } from '@ark/cli';
+import type { AgentClient } from '@ark/guest-protocol';
+import type { GuestVm } from './guest-vm.ts';
+import { effectiveRunSpec, givenOverrides, type RunOverrides } from './run-overrides.ts';
+
+/**
+ * Hands the workload to a freshly booted agent (booted with `ark.run=host`):
+ * the image's run config with the user's overrides, and whether `input` is its
+ * stdin. An agent from before the `run` request started the image's own
+ * workload at once: fine without overrides, refused with them. Resolves when
+ * the workload is handed over, or undefined if the VM stopped first.
+ */
+export async function handOverRun(guest: GuestVm, what: string, image: RunConfig, overrides: RunOverrides | undefined, input: Readable | undefined): Promise<void> {
+  const hello = await Promise.race([guest.hello, guest.vm.exited.then(() => undefined)]);
+  if (!hello) return;
+  if (!hello.awaitsRun) {
+    const given = [...givenOverrides(overrides), ...(input ? ['--interactive'] : [])];
+    if (given.length === 0) return;
+    throw new ArkError('AGENT_TOO_OLD', `${what} was built by an older ark-builder: its guest agent cannot take ${given.join(', ')}`, {
+      hint: 'build the blueprint again with ark-builder (same image), then run it with these options',
+      exitCode: ExitCode.usage,
+    });
+  }
+  const reply = await guest.agent.request({ kind: 'run', spec: effectiveRunSpec(image, overrides ?? {}), stdin: input !== undefined });
+  if (!reply.ok) throw new Error(`the agent refused the run: ${reply.error}`);
+  if (input) void pumpInput(guest.agent, input);
+}
+
+/** Copies `input` to the workload's stdin, one chunk at a time at the guest's pace, then ends it. */
+export async function pumpInput(agent: AgentClient, input: Readable): Promise<void> {
+  try {
+    for await (const chunk of input) await agent.writeStdin(typeof chunk === 'string' ? Buffer.from(chunk) : (chunk as Buffer));
+  } catch {
+    // a stdin that fails to read has ended, for the workload as for a shell
+  }
+  agent.endStdin();
+}
