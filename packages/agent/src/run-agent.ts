@@ -18,6 +18,7 @@ interface GuestConfig {
 }
 
 const busybox = '/.ark/bin/busybox';
+const features = [agentFeatures.run, agentFeatures.stdin];
 /** @ark/blueprint's guestConfigPath (the guest has no copy of that package): /init mounts it there from the initramfs */
 const guestConfigPath = '/.ark/config/run.json';
 
@@ -69,7 +70,7 @@ export async function runAgent(configPath = guestConfigPath): Promise<never> {
         setClock(request.hostTimeMs);
         await channel.write(syncMarker(request.sync));
         const error = runHook(config.hooks.afterResume);
-        await send(error ? { kind: 'reply', id: request.id, ok: false, error } : { kind: 'reply', id: request.id, ok: true, guestTimeMs: Date.now() });
+        await send(error ? { kind: 'reply', id: request.id, ok: false, error, features } : { kind: 'reply', id: request.id, ok: true, guestTimeMs: Date.now(), features });
         gate.open();
         return;
       }
@@ -110,8 +111,9 @@ export async function runAgent(configPath = guestConfigPath): Promise<never> {
     decoder.push(chunk);
     return stdin.ready();
   });
-  await send({ kind: 'hello', bootId: randomUUID(), features: [agentFeatures.run], awaitsRun });
-  const run = awaitsRun ? await runRequest : { spec: undefined, stdin: false };
+  await send({ kind: 'hello', bootId: randomUUID(), features, awaitsRun });
+  // a workload started without the host (a package's, by the packager) keeps its stdin open for a later runner's -i
+  const run = awaitsRun ? await runRequest : { spec: undefined, stdin: true };
   const spec: WorkloadSpec & { user: string } = run.spec ?? config.run;
 
   let exit: Extract<AgentMessage, { kind: 'exit' }>;

@@ -21,6 +21,8 @@ export class AgentClient extends EventEmitter<AgentClientEvents> {
   readonly #pending = new Map<number, { resolve: (reply: Reply) => void; reject: (error: Error) => void }>();
   #nextId = 1;
   #closed = false;
+  /** while set, stdin waits: no stdin frame may follow before-suspend into a snapshot */
+  #stdinHeld: { released: Promise<void>; release: () => void } | undefined;
 
   private constructor(socket: Socket) {
     super();
@@ -95,14 +97,31 @@ export class AgentClient extends EventEmitter<AgentClientEvents> {
    */
   async writeStdin(bytes: Buffer): Promise<void> {
     for (let at = 0; at < bytes.length; at += maxFramePayload) {
+      while (this.#stdinHeld) await this.#stdinHeld.released;
       if (this.#closed) return;
       if (!this.#socket.write(encodeFrame(FrameType.stdin, bytes.subarray(at, at + maxFramePayload)))) await this.#drained();
     }
   }
 
   /** Ends the workload's stdin (an empty stdin frame). */
-  endStdin(): void {
+  async endStdin(): Promise<void> {
+    while (this.#stdinHeld) await this.#stdinHeld.released;
     if (!this.#closed) this.#socket.write(encodeFrame(FrameType.stdin, Buffer.alloc(0)));
+  }
+
+  /** Stops stdin frames before a snapshot (call before sending before-suspend), so the guest's reader is at a frame boundary in it. */
+  holdStdin(): void {
+    if (this.#stdinHeld) return;
+    let release!: () => void;
+    const released = new Promise<void>((resolve) => (release = resolve));
+    this.#stdinHeld = { released, release };
+  }
+
+  /** Lets stdin go on (the VM runs on after a snapshot that was not kept). */
+  releaseStdin(): void {
+    const held = this.#stdinHeld;
+    this.#stdinHeld = undefined;
+    held?.release();
   }
 
   /** Tells the guest that everything up to its exit message was read. */

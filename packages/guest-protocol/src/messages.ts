@@ -16,8 +16,13 @@ export interface RunSpec {
 
 /** What an agent can do beyond the first protocol, announced in its hello. */
 export const agentFeatures = {
-  /** it waits for a `run` request (kernel argument `ark.run=host`) and takes stdin frames */
+  /** it waits for a `run` request when booted with the kernel argument `ark.run=host` */
   run: 'run',
+  /**
+   * it takes stdin frames; a workload it started without a `run` request (a
+   * package's) has a pipe for stdin that stays open until a host ends it
+   */
+  stdin: 'stdin',
 } as const;
 
 /** The kernel argument that tells the agent to wait for the host's `run` request before starting the workload. */
@@ -51,8 +56,9 @@ export type AgentRequest =
 export type AgentMessage =
   /** `features`: see agentFeatures (absent from agents built before them); `awaitsRun`: the workload starts at the host's `run` request */
   | { kind: 'hello'; bootId: string; features?: string[]; awaitsRun?: boolean }
-  | { kind: 'reply'; id: number; ok: true; guestTimeMs: number }
-  | { kind: 'reply'; id: number; ok: false; error: string }
+  /** `features`: in the reply to after-resume, what the resumed agent can do (see agentFeatures) */
+  | { kind: 'reply'; id: number; ok: true; guestTimeMs: number; features?: string[] }
+  | { kind: 'reply'; id: number; ok: false; error: string; features?: string[] }
   | { kind: 'started'; pid: number }
   /** `startError`: the workload could not be started (code 127: not found, 126: not executable) and this says why */
   | { kind: 'exit'; code: number; signal: string | null; startError?: string };

@@ -1,7 +1,7 @@
 import type { Readable } from 'node:stream';
 import type { RunConfig } from '@ark/blueprint';
 import { ArkError, ExitCode } from '@ark/cli';
-import type { AgentClient } from '@ark/guest-protocol';
+import { agentFeatures, type AgentClient } from '@ark/guest-protocol';
 import type { GuestVm } from './guest-vm.ts';
 import { effectiveRunSpec, givenOverrides, type RunOverrides } from './run-overrides.ts';
 
@@ -28,6 +28,29 @@ export async function handOverRun(guest: GuestVm, what: string, image: RunConfig
   if (input) void pumpInput(guest.agent, input);
 }
 
+/**
+ * `-i` on a package: its workload (started by the packager's boot, or by this
+ * cold boot) has an open stdin pipe when its agent has the stdin feature;
+ * `features` is what the resumed agent said, or undefined for a cold boot
+ * (then its hello says). A package made before that is refused.
+ */
+export async function connectPackageInput(guest: GuestVm, path: string, features: string[] | undefined, input: Readable): Promise<void> {
+  let known = features;
+  if (known === undefined) {
+    const hello = await Promise.race([guest.hello, guest.vm.exited.then(() => undefined)]);
+    // the VM stopped: the run reports that
+    if (!hello) return;
+    known = hello.features ?? [];
+  }
+  if (!known.includes(agentFeatures.stdin)) {
+    throw new ArkError('AGENT_TOO_OLD', `${path} was packaged by an older ark: its workload's stdin cannot be connected (--interactive)`, {
+      hint: 'run it without -i, or build and package its blueprint again',
+      exitCode: ExitCode.usage,
+    });
+  }
+  void pumpInput(guest.agent, input);
+}
+
 /** Copies `input` to the workload's stdin, one chunk at a time at the guest's pace, then ends it. */
 export async function pumpInput(agent: AgentClient, input: Readable): Promise<void> {
   try {
@@ -35,5 +58,5 @@ export async function pumpInput(agent: AgentClient, input: Readable): Promise<vo
   } catch {
     // a stdin that fails to read has ended, for the workload as for a shell
   }
-  agent.endStdin();
+  await agent.endStdin();
 }

@@ -107,6 +107,7 @@ export class GuestVm {
    */
   async suspend(statePath: string): Promise<{ hookError?: string }> {
     let hookError: string | undefined;
+    this.agent.holdStdin();
     try {
       const reply = await this.agent.request({ kind: 'before-suspend' }, 60_000);
       if (!reply.ok) hookError = reply.error;
@@ -128,6 +129,7 @@ export class GuestVm {
     await this.vm.qmp.execute('cont');
     try {
       const reply = await this.agent.request({ kind: 'cancel-suspend', hostTimeMs: Date.now() }, 60_000);
+      this.agent.releaseStdin();
       return reply.ok ? {} : { hookError: reply.error };
     } catch (error) {
       return { hookError: (error as Error).message };
@@ -148,7 +150,7 @@ export class GuestVm {
    * Loads a snapshot into this VM (started with incoming 'defer'), runs it,
    * and tells the agent it was resumed (the guest sets its clock from ours).
    */
-  async resume(statePath: string): Promise<{ hookError?: string }> {
+  async resume(statePath: string): Promise<{ hookError?: string; features: string[] }> {
     await this.vm.restore(statePath);
     const sync = randomUUID();
     this.agent.resyncOn(syncMarker(sync));
@@ -158,7 +160,7 @@ export class GuestVm {
     const sent = Date.now();
     await this.agent.request({ kind: 'ping' }, 10_000);
     await this.agent.request({ kind: 'set-clock', hostTimeMs: Date.now() + (Date.now() - sent) / 2 }, 10_000);
-    return reply.ok ? {} : { hookError: reply.error };
+    return reply.ok ? { features: reply.features ?? [] } : { hookError: reply.error, features: reply.features ?? [] };
   }
 
   /** Waits for whichever comes first: the workload's exit, the VM stopping, or a stop request (`stop` aborting or resolving). */

@@ -13,6 +13,7 @@ import type { PackageConfig } from './package-config.ts';
 import { lockPackage, type PackageLock } from './package-lock.ts';
 import type { RunOptions, RunResult } from './run-blueprint.ts';
 import { givenOverrides } from './run-overrides.ts';
+import { connectPackageInput } from './agent-run.ts';
 import { VmNetwork, networkKernelArguments } from './vm-network.ts';
 import { createWorkDir } from './work-dir.ts';
 import { writePackageInWorker } from './write-package-async.ts';
@@ -91,18 +92,26 @@ export async function runPackage(path: string, options: RunPackageOptions): Prom
       onStdout: options.onStdout,
       onStderr: options.onStderr,
     });
+    let connecting: Promise<void> | undefined;
     if (snapshot) {
-      const { hookError } = await guest.resume(files.state);
+      const { hookError, features } = await guest.resume(files.state);
+      // before anything else can end the run: a refusal leaves the package as it was
+      if (options.stdin) await connectPackageInput(guest, path, features, options.stdin);
       if (hookError) options.onPackageEvent?.({ kind: 'warning', message: `after-resume: ${hookError}` });
       options.onPackageEvent?.({ kind: 'resumed', ms: Date.now() - started });
       network?.announceGateway().catch((error: Error) => options.onPackageEvent?.({ kind: 'warning', message: `cannot announce the gateway to the guest (${error.message.trim().split('\n').at(-1)}); the guest's packets out are lost until it looks the gateway up again` }));
     } else {
       options.onPackageEvent?.({ kind: 'cold-boot' });
+      if (options.stdin) {
+        connecting = connectPackageInput(guest, path, undefined, options.stdin);
+        connecting.catch(() => {});
+      }
     }
     const running = guest;
     let stop: AbortSignal | Promise<StopSignal> | undefined = options.signal;
     for (;;) {
-      const outcome = await running.nextOutcome(stop);
+      // a cold-booted package's agent may turn -i down: that ends the run
+      const outcome = await Promise.race([running.nextOutcome(stop), ...(connecting ? [connecting.then(() => new Promise<never>(() => {}))] : [])]);
       if (outcome.kind === 'exit') {
         if (outcome.exit.startError !== undefined) throw workloadStartError({ ...outcome.exit, startError: outcome.exit.startError });
         await running.waitForExit(15_000);

@@ -77,6 +77,17 @@ t.test('-i: stdin reaches the workload, 10 MiB intact, and its end', async (t) =
   t.equal(closed.stdout, 'stdin-was-empty\n', 'without -i the workload reads nothing');
 });
 
+t.test('-i on a resumed package: the new runner\'s stdin is the workload\'s, its end included', async (t) => {
+  const reader = await blueprint('reader', { tag: 'reader', layers: [{ entries: baseEntries() }], config: { Cmd: ['sh', '-c', 'echo waiting; while read line; do echo "got $line"; done; echo end-of-input; exit 5'], Env: ['PATH=/usr/bin:/bin'] } });
+  const pkg = join(work, 'reader.ark');
+  const packaged = await runTool('packager', 'ark-packager', [reader, pkg, '--memory', '256']);
+  t.equal(packaged.code, 0, packaged.stderr);
+  const result = await runWithInput(['-i', pkg], Buffer.from('one\ntwo words\n'));
+  t.equal(result.code, 5, result.stderr);
+  t.equal(result.stdout, 'got one\ngot two words\nend-of-input\n', 'the lines and then the end reach the resumed workload');
+  t.match(result.stderr, /resumed in \d+ ms/);
+});
+
 t.test('on a package, what would change how its workload starts is refused before any boot', async (t) => {
   const dir = join(work, 'plain');
   const pkg = join(work, 'plain.ark');
