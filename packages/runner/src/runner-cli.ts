@@ -34,8 +34,8 @@ export async function main(argv: string[]): Promise<void> {
     .example('ark-runner app.ark')
     .example('ark-runner out/redis')
     .example('ark-runner out/redis --netns ark0 --publish 6379:6379')
-    .example("ark-runner out/debian -e GREETING=hi -w /tmp -- sh -c 'echo $GREETING from $(pwd)'")
-    .example('echo hi | ark-runner -i out/debian -- cat')
+    .example("ark-runner out/busybox -e GREETING=hi -w /tmp -- sh -c 'echo $GREETING from $(pwd)'")
+    .example('echo hi | ark-runner -i out/busybox -- cat')
     .action(async (path: string, options: RunnerOptions) => {
       checkInputPath(String(path), 'the package or blueprint');
       // cac turns '' and digits into numbers: take these options' values as typed
