@@ -4,13 +4,14 @@ import { randomUUID } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { constants } from 'node:os';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { FrameDecoder, FrameType, agentFeatures, awaitRunArgument, encodeFrame, encodeMessage, guestPorts, syncMarker, type AgentMessage, type AgentRequest, type RunSpec } from '@ark/guest-protocol';
+import { FrameDecoder, FrameType, agentFeatures, awaitRunArgument, encodeFrame, encodeMessage, guestPorts, syncMarker, type AgentMessage, type AgentRequest, type RunSpec, type TerminalSize } from '@ark/guest-protocol';
 import { findGuestPort } from './guest-port.ts';
 import { OutputGate } from './output-gate.ts';
 import { PortChannel } from './port-channel.ts';
 import { resolveUser } from './user-lookup.ts';
 import { signalWorkload, startFailure, startWorkload, type WorkloadSpec } from './workload.ts';
 import { WorkloadStdin } from './workload-stdin.ts';
+import { resizeTerminal } from './terminal.ts';
 
 interface GuestConfig {
   run: WorkloadSpec & { user: string };
@@ -18,7 +19,7 @@ interface GuestConfig {
 }
 
 const busybox = '/.ark/bin/busybox';
-const features = [agentFeatures.run, agentFeatures.stdin];
+const features = [agentFeatures.run, agentFeatures.stdin, agentFeatures.tty];
 /** @ark/blueprint's guestConfigPath (the guest has no copy of that package): /init mounts it there from the initramfs */
 const guestConfigPath = '/.ark/config/run.json';
 
@@ -46,8 +47,9 @@ export async function runAgent(configPath = guestConfigPath): Promise<never> {
   const stdin = new WorkloadStdin();
   // the runner sends the run spec (its overrides, whether stdin is connected) before the workload starts; the packager does not
   const awaitsRun = readFileSync('/proc/cmdline', 'utf8').split(/\s+/).includes(awaitRunArgument);
-  let runRequested: ((request: { spec?: RunSpec; stdin: boolean }) => void) | undefined;
-  const runRequest = new Promise<{ spec?: RunSpec; stdin: boolean }>((resolve) => (runRequested = resolve));
+  type Run = { spec?: RunSpec; stdin: boolean; tty?: TerminalSize };
+  let runRequested: ((request: Run) => void) | undefined;
+  const runRequest = new Promise<Run>((resolve) => (runRequested = resolve));
 
   const handle = async (request: AgentRequest) => {
     switch (request.kind) {
@@ -55,7 +57,7 @@ export async function runAgent(configPath = guestConfigPath): Promise<never> {
         return send({ kind: 'reply', id: request.id, ok: true, guestTimeMs: Date.now() });
       case 'run':
         if (!awaitsRun || !runRequested) return send({ kind: 'reply', id: request.id, ok: false, error: 'the workload was started already' });
-        runRequested({ spec: request.spec, stdin: request.stdin });
+        runRequested({ spec: request.spec, stdin: request.stdin, tty: request.tty });
         runRequested = undefined;
         return send({ kind: 'reply', id: request.id, ok: true, guestTimeMs: Date.now() });
       case 'before-suspend': {
@@ -83,6 +85,10 @@ export async function runAgent(configPath = guestConfigPath): Promise<never> {
       }
       case 'signal': {
         const error = signalWorkload(workload, request.signal);
+        return send(error ? { kind: 'reply', id: request.id, ok: false, error } : { kind: 'reply', id: request.id, ok: true, guestTimeMs: Date.now() });
+      }
+      case 'resize': {
+        const error = workload?.pid === undefined ? 'the workload is not running' : resizeTerminal(workload.pid, request.size);
         return send(error ? { kind: 'reply', id: request.id, ok: false, error } : { kind: 'reply', id: request.id, ok: true, guestTimeMs: Date.now() });
       }
       case 'set-clock':
@@ -113,14 +119,14 @@ export async function runAgent(configPath = guestConfigPath): Promise<never> {
   });
   await send({ kind: 'hello', bootId: randomUUID(), features, awaitsRun });
   // a workload started without the host (a package's, by the packager) keeps its stdin open for a later runner's -i
-  const run = awaitsRun ? await runRequest : { spec: undefined, stdin: true };
+  const run: Run = awaitsRun ? await runRequest : { spec: undefined, stdin: true };
   const spec: WorkloadSpec & { user: string } = run.spec ?? config.run;
 
   let exit: Extract<AgentMessage, { kind: 'exit' }>;
   try {
     if (spec.hostname !== undefined) setHostname(spec.hostname);
     const user = resolveUser(spec.user);
-    const child = startWorkload(spec, user, run.stdin ? 'pipe' : 'ignore');
+    const child = startWorkload(spec, user, run.stdin ? 'pipe' : 'ignore', run.tty);
     // a command that cannot be executed reports 'error' instead of 'spawn'
     const failed = await new Promise<Error | undefined>((resolve) => {
       child.once('spawn', () => resolve(undefined));
@@ -128,7 +134,7 @@ export async function runAgent(configPath = guestConfigPath): Promise<never> {
     });
     if (failed) throw failed;
     workload = child;
-    if (child.stdin) stdin.attach(child.stdin);
+    if (child.stdin && run.stdin) stdin.attach(child.stdin);
     const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => child.once('exit', (c, s) => resolve({ code: c, signal: s })));
     const outputs = [forward(child.stdout!, FrameType.stdout, channel, gate), forward(child.stderr!, FrameType.stderr, channel, gate)];
     await send({ kind: 'started', pid: child.pid ?? 0 });

@@ -1,6 +1,8 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdirSync, chownSync } from 'node:fs';
 import { isAbsolute, join } from 'node:path';
+import type { TerminalSize } from '@ark/guest-protocol';
+import { onTerminal } from './terminal.ts';
 import type { ResolvedUser } from './user-lookup.ts';
 
 export interface WorkloadSpec {
@@ -16,7 +18,7 @@ export interface WorkloadSpec {
  * Runs entrypoint + cmd as the image config says: env, workdir (created if
  * missing, as Docker does), user; stdin a pipe for the host's input, or /dev/null.
  */
-export function startWorkload(spec: WorkloadSpec, user: ResolvedUser, stdin: 'pipe' | 'ignore' = 'ignore'): ChildProcess {
+export function startWorkload(spec: WorkloadSpec, user: ResolvedUser, stdin: 'pipe' | 'ignore' = 'ignore', tty?: TerminalSize): ChildProcess {
   const argv = [...spec.entrypoint, ...spec.cmd];
   const file = argv[0];
   if (file === undefined) throw Object.assign(new Error('the image has no entrypoint and no cmd: nothing to run'), { exitCode: 127 });
@@ -35,6 +37,11 @@ export function startWorkload(spec: WorkloadSpec, user: ResolvedUser, stdin: 'pi
   }
   const resolved = isAbsolute(file) || file.includes('/') ? file : lookPath(file, env.PATH ?? '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin');
   if (!resolved) throw Object.assign(new Error(`exec: "${file}": executable file not found in $PATH`), { exitCode: 127 });
+  if (tty) {
+    // a terminal's input never ends by itself: without the host's input it is a pipe nobody writes to
+    const viaScript = onTerminal(resolved, argv.slice(1), tty, env);
+    return spawn(viaScript.command, viaScript.args, { cwd, env: viaScript.env, uid: user.uid, gid: user.gid, stdio: ['pipe', 'pipe', 'pipe'] });
+  }
   return spawn(resolved, argv.slice(1), {
     argv0: file,
     cwd,

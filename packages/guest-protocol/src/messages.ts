@@ -23,7 +23,15 @@ export const agentFeatures = {
    * package's) has a pipe for stdin that stays open until a host ends it
    */
   stdin: 'stdin',
+  /** it runs a workload on a pseudo-terminal (`tty` in `run`) and takes `resize` */
+  tty: 'tty',
 } as const;
+
+/** A terminal's size in characters. */
+export interface TerminalSize {
+  rows: number;
+  cols: number;
+}
 
 /** The kernel argument that tells the agent to wait for the host's `run` request before starting the workload. */
 export const awaitRunArgument = 'ark.run=host';
@@ -34,9 +42,13 @@ export type AgentRequest =
   /**
    * start the workload (only when the agent said it awaits this): `spec`
    * replaces the image's run config; with `stdin` the workload's stdin is a
-   * pipe fed by stdin frames (an empty frame ends it), otherwise /dev/null
+   * pipe fed by stdin frames (an empty frame ends it), otherwise /dev/null;
+   * with `tty` it runs on a pseudo-terminal of that size (stdout and stderr
+   * then both come as stdout frames)
    */
-  | { kind: 'run'; id: number; spec?: RunSpec; stdin: boolean }
+  | { kind: 'run'; id: number; spec?: RunSpec; stdin: boolean; tty?: TerminalSize }
+  /** the host's terminal changed size: so does the workload's pseudo-terminal (it gets SIGWINCH) */
+  | { kind: 'resize'; id: number; size: TerminalSize }
   | { kind: 'before-suspend'; id: number }
   | { kind: 'after-resume'; id: number; hostTimeMs: number; sync: string }
   /**

@@ -3,29 +3,37 @@ import type { RunConfig } from '@ark/blueprint';
 import { ArkError, ExitCode } from '@ark/cli';
 import { agentFeatures, type AgentClient } from '@ark/guest-protocol';
 import type { GuestVm } from './guest-vm.ts';
+import type { TerminalOptions } from './run-blueprint.ts';
 import { effectiveRunSpec, givenOverrides, type RunOverrides } from './run-overrides.ts';
 
 /**
  * Hands the workload to a freshly booted agent (booted with `ark.run=host`):
- * the image's run config with the user's overrides, and whether `input` is its
- * stdin. An agent from before the `run` request started the image's own
+ * the image's run config with the user's overrides, whether `stdin` is its
+ * stdin and whether it runs on a terminal (`tty`, followed as it resizes). An agent from before the `run` request started the image's own
  * workload at once: fine without overrides, refused with them. Resolves when
  * the workload is handed over, or undefined if the VM stopped first.
  */
-export async function handOverRun(guest: GuestVm, what: string, image: RunConfig, overrides: RunOverrides | undefined, input: Readable | undefined): Promise<void> {
+export async function handOverRun(guest: GuestVm, what: string, image: RunConfig, options: { overrides?: RunOverrides; stdin?: Readable; tty?: TerminalOptions }): Promise<void> {
+  const { overrides, stdin: input, tty } = options;
   const hello = await Promise.race([guest.hello, guest.vm.exited.then(() => undefined)]);
   if (!hello) return;
-  if (!hello.awaitsRun) {
-    const given = [...givenOverrides(overrides), ...(input ? ['--interactive'] : [])];
+  const wanted = [...givenOverrides(overrides), ...(input ? ['--interactive'] : []), ...(tty ? ['--tty'] : [])];
+  if (!hello.awaitsRun || (tty && !hello.features?.includes(agentFeatures.tty))) {
+    const given = hello.awaitsRun ? ['--tty'] : wanted;
     if (given.length === 0) return;
     throw new ArkError('AGENT_TOO_OLD', `${what} was built by an older ark-builder: its guest agent cannot take ${given.join(', ')}`, {
       hint: 'build the blueprint again with ark-builder (same image), then run it with these options',
       exitCode: ExitCode.usage,
     });
   }
-  const reply = await guest.agent.request({ kind: 'run', spec: effectiveRunSpec(image, overrides ?? {}), stdin: input !== undefined });
+  const reply = await guest.agent.request({ kind: 'run', spec: effectiveRunSpec(image, overrides ?? {}), stdin: input !== undefined, ...(tty ? { tty: tty.size } : {}) });
   if (!reply.ok) throw new Error(`the agent refused the run: ${reply.error}`);
   if (input) void pumpInput(guest.agent, input);
+  if (tty?.onResize) {
+    const agent = guest.agent;
+    const unsubscribe = tty.onResize((size) => void agent.request({ kind: 'resize', size }, 10_000).catch(() => {}));
+    void guest.vm.exited.then(unsubscribe);
+  }
 }
 
 /**

@@ -3,7 +3,7 @@ export type { AgentHello, GuestVmOptions, RunOutcome, WorkloadExit } from './gue
 export { checkHostname, effectiveRunSpec, environmentOptions, givenOverrides } from './run-overrides.ts';
 export type { RunOverrides } from './run-overrides.ts';
 export { defaultStopTimeoutMs, runBlueprint } from './run-blueprint.ts';
-export type { RunEvent, RunOptions, RunResult } from './run-blueprint.ts';
+export type { RunEvent, RunOptions, RunResult, TerminalOptions } from './run-blueprint.ts';
 export { runPackage, sparseCopy } from './run-package.ts';
 export type { PackageRunEvent, RunPackageOptions } from './run-package.ts';
 export type { PackageConfig } from './package-config.ts';

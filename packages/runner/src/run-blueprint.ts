@@ -2,7 +2,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { readBlueprint, rootDiskSerial, runtimeDiskSerial } from '@ark/blueprint';
 import type { Readable } from 'node:stream';
 import { stoppedExitCode, type StopSignal } from '@ark/cli';
-import { awaitRunArgument } from '@ark/guest-protocol';
+import { awaitRunArgument, type TerminalSize } from '@ark/guest-protocol';
 import { handOverRun } from './agent-run.ts';
 import type { RunOverrides } from './run-overrides.ts';
 import { GuestVm, vmStoppedError, workloadStartError } from './guest-vm.ts';
@@ -33,6 +33,14 @@ export interface RunOptions {
   overrides?: RunOverrides;
   /** the workload's stdin, its end included (`-i`); without it the workload's stdin is /dev/null */
   stdin?: Readable;
+  /** run the workload on a pseudo-terminal of this size (`-t`; a cold boot only), resized as `onResize` reports */
+  tty?: TerminalOptions;
+}
+
+export interface TerminalOptions {
+  size: TerminalSize;
+  /** subscribes to size changes of the user's terminal; returns the unsubscribe */
+  onResize?: (listener: (size: TerminalSize) => void) => () => void;
 }
 
 export type RunEvent =
@@ -81,7 +89,7 @@ export async function runBlueprint(dir: string, options: RunOptions): Promise<Ru
       if (message.kind === 'started') options.onEvent?.({ kind: 'started', pid: message.pid });
     });
     // a failed hand-over ends the run; otherwise the workload's own outcome does
-    const handedOver = handOverRun(guest, dir, blueprint.config.run, options.overrides, options.stdin);
+    const handedOver = handOverRun(guest, dir, blueprint.config.run, options);
     handedOver.catch(() => {});
     const outcome = await Promise.race([guest.nextOutcome(options.signal), handedOver.then(() => new Promise<never>(() => {}))]);
     if (outcome.kind === 'exit') {

@@ -216,7 +216,7 @@ function workDirFor(path: string): string {
 
 /** A package's workload was started when it was packaged: what would change how it starts is refused, before any boot. */
 function refuseOverrides(path: string, options: RunPackageOptions): void {
-  const given = givenOverrides(options.overrides);
+  const given = [...givenOverrides(options.overrides), ...(options.tty ? ['--tty'] : [])];
   if (given.length === 0) return;
   throw new ArkError('PACKAGE_WORKLOAD_FIXED', `${given.join(', ')} cannot change ${path}: a package's workload was started when it was packaged (its process is in the snapshot)`, {
     hint: 'leave them out, or run the blueprint with them (ark-runner BLUEPRINT ...), or build a blueprint whose image has them and package that',

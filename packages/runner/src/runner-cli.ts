@@ -8,6 +8,7 @@ import { checkHostname, environmentOptions, givenOverrides, type RunOverrides } 
 import { runPackage, type PackageRunEvent } from './run-package.ts';
 import { defaultStopTimeoutMs, runBlueprint, type RunEvent } from './run-blueprint.ts';
 import type { VmNetworkOptions } from './vm-network.ts';
+import type { TerminalOptions } from './run-blueprint.ts';
 
 const memoryRange = { min: 128, max: 1 << 20 };
 const defaults = { cpus: 1, memoryMiB: 512, stopTimeoutSeconds: defaultStopTimeoutMs / 1000 };
@@ -31,6 +32,7 @@ export async function main(argv: string[]): Promise<void> {
     .option('-u, --user <user>', 'Blueprint: run the workload as name, uid, name:group or uid:gid, looked up in the image')
     .option('--hostname <name>', "Blueprint: the guest's hostname (default ark)")
     .option('-i, --interactive', "Connect this process's stdin to the workload's stdin, its end included (default: /dev/null)")
+    .option('-t, --tty', 'Blueprint: run the workload on a pseudo-terminal of this terminal\'s size; with -i this terminal is put in raw mode (Ctrl-C goes to the workload)')
     .example('ark-runner app.ark')
     .example('ark-runner out/redis')
     .example('ark-runner out/redis --netns ark0 --publish 6379:6379')
@@ -68,13 +70,15 @@ export async function main(argv: string[]): Promise<void> {
           reportPackageEvent(event);
         };
         const stdin = options.interactive === true ? process.stdin : undefined;
-        const io = { signal: stop.signal, nextStop: () => stop.after(stop.count), network, overrides, stdin, onEvent: reportRunEvent, onStdout: (chunk: Buffer) => process.stdout.write(chunk), onStderr: (chunk: Buffer) => process.stderr.write(chunk) };
+        const tty = options.tty === true ? userTerminal(stdin !== undefined) : undefined;
+        const io = { signal: stop.signal, nextStop: () => stop.after(stop.count), network, overrides, stdin, tty, onEvent: reportRunEvent, onStdout: (chunk: Buffer) => process.stdout.write(chunk), onStderr: (chunk: Buffer) => process.stderr.write(chunk) };
         try {
           const result = isPackage
             ? await runPackage(path, { ...io, cpus, memoryMiB, out: options.out, noPersist: options.persist === false, onPackageEvent })
             : await runBlueprint(path, { ...io, cpus: cpus ?? defaults.cpus, memoryMiB: memoryMiB ?? defaults.memoryMiB, stopTimeoutMs: stopTimeout === undefined ? undefined : stopTimeout * 1000 });
           if (result.exitCode !== 0) throw new ExitError(result.exitCode);
         } finally {
+          restoreTerminal();
           // input the workload did not read has no reader any more, and must not keep the runner alive
           stdin?.destroy();
         }
@@ -104,6 +108,7 @@ interface RunnerOptions {
   user?: unknown;
   hostname?: unknown;
   interactive?: boolean;
+  tty?: boolean;
   /** the arguments after `--` */
   '--'?: string[];
 }
@@ -130,6 +135,34 @@ function runOverrides(options: RunnerOptions): RunOverrides | undefined {
     throw new ArkError('USAGE', `--workdir ${overrides.workingDir} is not an absolute path`, { hint: 'give the directory in the guest from /, for example -w /tmp', exitCode: ExitCode.usage });
   }
   return givenOverrides(overrides).length > 0 ? overrides : undefined;
+}
+
+let restoreTerminal = (): void => {};
+
+/**
+ * `-t`: the size of the user's terminal (24x80 when there is none) and its
+ * changes; with `-i` on a terminal, raw mode (keys, Ctrl-C included, go to the
+ * workload's terminal as they are typed), undone on every way out.
+ */
+function userTerminal(interactive: boolean): TerminalOptions {
+  const out = process.stdout.isTTY ? process.stdout : undefined;
+  const size = () => ({ rows: out?.rows || 24, cols: out?.columns || 80 });
+  if (interactive && process.stdin.isTTY) {
+    process.stdin.setRawMode(true);
+    const restore = () => {
+      if (process.stdin.isTTY && process.stdin.isRaw) process.stdin.setRawMode(false);
+    };
+    process.once('exit', restore);
+    restoreTerminal = restore;
+  }
+  return {
+    size: size(),
+    onResize: out && ((listener) => {
+      const onResize = () => listener(size());
+      out.on('resize', onResize);
+      return () => out.off('resize', onResize);
+    }),
+  };
 }
 
 /** The last value given to an option (`--name VALUE`, `--name=VALUE`, `-n VALUE`) before `--`, as typed. */

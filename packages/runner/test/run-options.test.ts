@@ -105,6 +105,7 @@ t.test('on a package, what would change how its workload starts is refused befor
     [['-w', '/tmp'], '--workdir'],
     [['-u', '1000'], '--user'],
     [['--hostname', 'box'], '--hostname'],
+    [['-t'], '--tty'],
   ] as const) {
     const result = await runTool('runner', 'ark-runner', [pkg, ...args]);
     t.equal(result.code, 2, `${args.join(' ')}: exit 2`);
