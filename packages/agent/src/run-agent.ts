@@ -44,6 +44,7 @@ export async function runAgent(configPath = guestConfigPath): Promise<never> {
   const gate = new OutputGate();
   let exitAcked: (() => void) | undefined;
   let workload: ChildProcess | undefined;
+  let onTerminal = false;
   const stdin = new WorkloadStdin();
   // the runner sends the run spec (its overrides, whether stdin is connected) before the workload starts; the packager does not
   const awaitsRun = readFileSync('/proc/cmdline', 'utf8').split(/\s+/).includes(awaitRunArgument);
@@ -84,7 +85,7 @@ export async function runAgent(configPath = guestConfigPath): Promise<never> {
         return;
       }
       case 'signal': {
-        const error = signalWorkload(workload, request.signal);
+        const error = signalWorkload(workload, request.signal, onTerminal);
         return send(error ? { kind: 'reply', id: request.id, ok: false, error } : { kind: 'reply', id: request.id, ok: true, guestTimeMs: Date.now() });
       }
       case 'resize': {
@@ -120,6 +121,7 @@ export async function runAgent(configPath = guestConfigPath): Promise<never> {
   await send({ kind: 'hello', bootId: randomUUID(), features, awaitsRun });
   // a workload started without the host (a package's, by the packager) keeps its stdin open for a later runner's -i
   const run: Run = awaitsRun ? await runRequest : { spec: undefined, stdin: true };
+  onTerminal = run.tty !== undefined;
   const spec: WorkloadSpec & { user: string } = run.spec ?? config.run;
 
   let exit: Extract<AgentMessage, { kind: 'exit' }>;

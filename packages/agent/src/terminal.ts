@@ -32,14 +32,22 @@ export function resizeTerminal(scriptPid: number, size: TerminalSize): string | 
   return result.status === 0 ? undefined : `stty: ${result.stderr?.toString().trim()}`;
 }
 
-function workloadTerminal(scriptPid: number): string | undefined {
-  let children: string[];
+/** The workload itself under script(1), which holds the terminal: the process a stop signal is for. */
+export function workloadOnTerminal(scriptPid: number): number | undefined {
+  const child = scriptChildren(scriptPid)[0];
+  return child === undefined ? undefined : Number(child);
+}
+
+function scriptChildren(scriptPid: number): string[] {
   try {
-    children = readFileSync(`/proc/${scriptPid}/task/${scriptPid}/children`, 'utf8').trim().split(/\s+/).filter(Boolean);
+    return readFileSync(`/proc/${scriptPid}/task/${scriptPid}/children`, 'utf8').trim().split(/\s+/).filter(Boolean);
   } catch {
-    return undefined;
+    return [];
   }
-  for (const child of children) {
+}
+
+function workloadTerminal(scriptPid: number): string | undefined {
+  for (const child of scriptChildren(scriptPid)) {
     try {
       const target = readlinkSync(`/proc/${child}/fd/0`);
       if (target.startsWith('/dev/pts/')) return target;

@@ -2,7 +2,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdirSync, chownSync } from 'node:fs';
 import { isAbsolute, join } from 'node:path';
 import type { TerminalSize } from '@ark/guest-protocol';
-import { onTerminal } from './terminal.ts';
+import { onTerminal, workloadOnTerminal } from './terminal.ts';
 import type { ResolvedUser } from './user-lookup.ts';
 
 export interface WorkloadSpec {
@@ -60,13 +60,16 @@ function lookPath(file: string, path: string): string | undefined {
   return undefined;
 }
 
-/** Sends `signal` (a name, with or without SIG, or a number) to the workload; an error message if it cannot. */
-export function signalWorkload(workload: ChildProcess | undefined, signal: string): string | undefined {
+/** Sends `signal` (a name, with or without SIG, or a number) to the workload (`onTerminal`: the one under script(1)); an error message if it cannot. */
+export function signalWorkload(workload: ChildProcess | undefined, signal: string, onTerminal = false): string | undefined {
   if (!workload || workload.exitCode !== null || workload.signalCode !== null) return 'the workload is not running';
   const upper = signal.toUpperCase();
   const name = /^\d+$/.test(signal) ? Number(signal) : upper.startsWith('SIG') ? upper : `SIG${upper}`;
   try {
-    workload.kill(name as NodeJS.Signals | number);
+    // on a terminal the child is script(1), which would end the session its own way: the signal is for the workload under it
+    const target = onTerminal && workload.pid !== undefined ? workloadOnTerminal(workload.pid) : undefined;
+    if (target !== undefined) process.kill(target, name as NodeJS.Signals | number);
+    else workload.kill(name as NodeJS.Signals | number);
     return undefined;
   } catch (error) {
     return `cannot send ${signal} to the workload: ${(error as Error).message}`;

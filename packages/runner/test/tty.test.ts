@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import t from 'tap';
-import { baseEntries, runTool, toolPath, writeOciLayout } from '@ark/test-images';
+import { baseEntries, finished, runTool, startTool, toolPath, writeOciLayout } from '@ark/test-images';
 
 const work = mkdtempSync(join(tmpdir(), 'ark-tty-test-'));
 const session = `hi-tty-${process.pid}`;
@@ -63,3 +63,19 @@ t.test('-i -t: a terminal in the guest, its size followed, Ctrl-C for the worklo
   t.match(pane, /^runner-exit=3$/m, 'the runner exits with the shell\'s code');
 });
 
+
+t.test('-t: the stop signal reaches the workload on the terminal, whose code is the runner\'s', async (t) => {
+  const child = startTool('runner', 'ark-runner', ['-t', join(work, 'sh'), '--', 'sh', '-c', 'trap "echo got-term; exit 9" TERM; echo started; sleep 1000 & wait']);
+  const done = finished(child);
+  await new Promise<void>((resolve) => {
+    let seen = '';
+    child.stdout!.on('data', (chunk: Buffer) => {
+      seen += chunk.toString();
+      if (seen.includes('started')) resolve();
+    });
+  });
+  child.kill('SIGTERM');
+  const result = await done;
+  t.equal(result.code, 9, result.stderr);
+  t.match(result.stdout, /^got-term\r?$/m, 'its trap ran');
+});
