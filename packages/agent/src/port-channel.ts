@@ -33,7 +33,8 @@ export class PortChannel {
     return this.#writing;
   }
 
-  async readLoop(onData: (chunk: Buffer) => void): Promise<void> {
+  /** Reads until closed; when `onData` returns a promise, the next read waits for it (backpressure). */
+  async readLoop(onData: (chunk: Buffer) => void | Promise<void>): Promise<void> {
     const buffer = Buffer.allocUnsafe(64 * 1024);
     let connected = true;
     while (!this.#closed) {
@@ -51,7 +52,7 @@ export class PortChannel {
         continue;
       }
       connected = true;
-      onData(Buffer.from(buffer.subarray(0, bytesRead)));
+      await onData(Buffer.from(buffer.subarray(0, bytesRead)));
     }
   }
 

@@ -4,12 +4,14 @@ import { randomUUID } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { constants } from 'node:os';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { FrameDecoder, FrameType, encodeFrame, encodeMessage, guestPorts, syncMarker, type AgentMessage, type AgentRequest } from '@ark/guest-protocol';
+import { FrameDecoder, FrameType, agentFeatures, awaitRunArgument, encodeFrame, encodeMessage, guestPorts, syncMarker, type AgentMessage, type AgentRequest, type RunSpec, type TerminalSize } from '@ark/guest-protocol';
 import { findGuestPort } from './guest-port.ts';
 import { OutputGate } from './output-gate.ts';
 import { PortChannel } from './port-channel.ts';
 import { resolveUser } from './user-lookup.ts';
 import { signalWorkload, startFailure, startWorkload, type WorkloadSpec } from './workload.ts';
+import { WorkloadStdin } from './workload-stdin.ts';
+import { resizeTerminal } from './terminal.ts';
 
 interface GuestConfig {
   run: WorkloadSpec & { user: string };
@@ -17,6 +19,7 @@ interface GuestConfig {
 }
 
 const busybox = '/.ark/bin/busybox';
+const features = [agentFeatures.run, agentFeatures.stdin, agentFeatures.tty];
 /** @ark/blueprint's guestConfigPath (the guest has no copy of that package): /init mounts it there from the initramfs */
 const guestConfigPath = '/.ark/config/run.json';
 
@@ -41,10 +44,22 @@ export async function runAgent(configPath = guestConfigPath): Promise<never> {
   const gate = new OutputGate();
   let exitAcked: (() => void) | undefined;
   let workload: ChildProcess | undefined;
+  let onTerminal = false;
+  const stdin = new WorkloadStdin();
+  // the runner sends the run spec (its overrides, whether stdin is connected) before the workload starts; the packager does not
+  const awaitsRun = readFileSync('/proc/cmdline', 'utf8').split(/\s+/).includes(awaitRunArgument);
+  type Run = { spec?: RunSpec; stdin: boolean; tty?: TerminalSize };
+  let runRequested: ((request: Run) => void) | undefined;
+  const runRequest = new Promise<Run>((resolve) => (runRequested = resolve));
 
   const handle = async (request: AgentRequest) => {
     switch (request.kind) {
       case 'ping':
+        return send({ kind: 'reply', id: request.id, ok: true, guestTimeMs: Date.now() });
+      case 'run':
+        if (!awaitsRun || !runRequested) return send({ kind: 'reply', id: request.id, ok: false, error: 'the workload was started already' });
+        runRequested({ spec: request.spec, stdin: request.stdin, tty: request.tty });
+        runRequested = undefined;
         return send({ kind: 'reply', id: request.id, ok: true, guestTimeMs: Date.now() });
       case 'before-suspend': {
         gate.close();
@@ -58,7 +73,7 @@ export async function runAgent(configPath = guestConfigPath): Promise<never> {
         setClock(request.hostTimeMs);
         await channel.write(syncMarker(request.sync));
         const error = runHook(config.hooks.afterResume);
-        await send(error ? { kind: 'reply', id: request.id, ok: false, error } : { kind: 'reply', id: request.id, ok: true, guestTimeMs: Date.now() });
+        await send(error ? { kind: 'reply', id: request.id, ok: false, error, features } : { kind: 'reply', id: request.id, ok: true, guestTimeMs: Date.now(), features });
         gate.open();
         return;
       }
@@ -70,7 +85,11 @@ export async function runAgent(configPath = guestConfigPath): Promise<never> {
         return;
       }
       case 'signal': {
-        const error = signalWorkload(workload, request.signal);
+        const error = signalWorkload(workload, request.signal, onTerminal);
+        return send(error ? { kind: 'reply', id: request.id, ok: false, error } : { kind: 'reply', id: request.id, ok: true, guestTimeMs: Date.now() });
+      }
+      case 'resize': {
+        const error = workload?.pid === undefined ? 'the workload is not running' : resizeTerminal(workload.pid, request.size);
         return send(error ? { kind: 'reply', id: request.id, ok: false, error } : { kind: 'reply', id: request.id, ok: true, guestTimeMs: Date.now() });
       }
       case 'set-clock':
@@ -83,6 +102,7 @@ export async function runAgent(configPath = guestConfigPath): Promise<never> {
   };
   const decoder = new FrameDecoder({
     onFrame: (type, payload) => {
+      if (type === FrameType.stdin) return stdin.push(payload);
       if (type !== FrameType.message) return;
       let request: AgentRequest;
       try {
@@ -94,13 +114,21 @@ export async function runAgent(configPath = guestConfigPath): Promise<never> {
     },
     onCorrupt: (reason) => log(`host stream out of step: ${reason}`),
   });
-  void channel.readLoop((chunk) => decoder.push(chunk));
-  await send({ kind: 'hello', bootId: randomUUID() });
+  void channel.readLoop((chunk) => {
+    decoder.push(chunk);
+    return stdin.ready();
+  });
+  await send({ kind: 'hello', bootId: randomUUID(), features, awaitsRun });
+  // a workload started without the host (a package's, by the packager) keeps its stdin open for a later runner's -i
+  const run: Run = awaitsRun ? await runRequest : { spec: undefined, stdin: true };
+  onTerminal = run.tty !== undefined;
+  const spec: WorkloadSpec & { user: string } = run.spec ?? config.run;
 
   let exit: Extract<AgentMessage, { kind: 'exit' }>;
   try {
-    const user = resolveUser(config.run.user);
-    const child = startWorkload(config.run, user);
+    if (spec.hostname !== undefined) setHostname(spec.hostname);
+    const user = resolveUser(spec.user);
+    const child = startWorkload(spec, user, run.stdin ? 'pipe' : 'ignore', run.tty);
     // a command that cannot be executed reports 'error' instead of 'spawn'
     const failed = await new Promise<Error | undefined>((resolve) => {
       child.once('spawn', () => resolve(undefined));
@@ -108,6 +136,7 @@ export async function runAgent(configPath = guestConfigPath): Promise<never> {
     });
     if (failed) throw failed;
     workload = child;
+    if (child.stdin && run.stdin) stdin.attach(child.stdin);
     const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => child.once('exit', (c, s) => resolve({ code: c, signal: s })));
     const outputs = [forward(child.stdout!, FrameType.stdout, channel, gate), forward(child.stderr!, FrameType.stderr, channel, gate)];
     await send({ kind: 'started', pid: child.pid ?? 0 });
@@ -180,6 +209,11 @@ function setClock(hostTimeMs: number): void {
   setTimeout(() => {
     spawnSync(busybox, ['date', '-u', '-s', `@${Math.round((hostTimeMs + (performance.now() - received)) / 1000)}`], { stdio: 'ignore' });
   }, untilBoundary);
+}
+
+function setHostname(name: string): void {
+  const result = spawnSync(busybox, ['hostname', name], { stdio: ['ignore', 'ignore', 'pipe'] });
+  if (result.status !== 0) log(`cannot set the hostname ${name}: ${result.stderr?.toString().trim() ?? result.error?.message}`);
 }
 
 function signalNumber(signal: NodeJS.Signals | null): number {

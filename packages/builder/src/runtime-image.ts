@@ -21,16 +21,18 @@ const guestPackages: Array<{ name: string; imports: string[] }> = [
 ];
 
 /** Bump when the layout of the runtime image changes, so cached images are rebuilt. */
-const layoutVersion = 'ark-runtime 2';
+const layoutVersion = 'ark-runtime 3';
 
 export interface GuestRuntimeSources {
   node: string;
   busybox: string;
   tini: string;
+  /** util-linux script (Debian's essential bsdutils): runs a workload on a pseudo-terminal (`ark-runner -t`), which Node cannot open */
+  script: string;
 }
 
 export function defaultRuntimeSources(): GuestRuntimeSources {
-  return { node: process.execPath, busybox: '/bin/busybox', tini: '/usr/bin/tini-static' };
+  return { node: process.execPath, busybox: '/bin/busybox', tini: '/usr/bin/tini-static', script: '/usr/bin/script' };
 }
 
 export interface RuntimeImage {
@@ -111,10 +113,16 @@ function runtimeEntries(sources: GuestRuntimeSources): RuntimeEntry[] {
     { path: 'bin/busybox', from: sources.busybox, mode: 0o755 },
     { path: 'bin/tini', from: sources.tini, mode: 0o755 },
     { path: 'bin/node', from: sources.node, mode: 0o755 },
+    { path: 'bin/script', from: sources.script, mode: 0o755 },
+    // the shell script(1) starts the workload's command line with (its $SHELL): busybox by this name
+    { path: 'bin/sh', symlink: 'busybox' },
   ];
   let loader: string | undefined;
-  for (const library of sharedLibraries(sources.node)) {
+  const libraries = new Set<string>();
+  for (const library of [...sharedLibraries(sources.node), ...sharedLibraries(sources.script)]) {
     const name = basename(library.name);
+    if (libraries.has(name)) continue;
+    libraries.add(name);
     entries.push({ path: `lib/${name}`, from: library.path, mode: 0o755 });
     if (name.startsWith('ld-linux')) loader = name;
   }

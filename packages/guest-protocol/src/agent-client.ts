@@ -1,7 +1,7 @@
 import { EventEmitter } from 'node:events';
 import { createConnection, type Socket } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { FrameDecoder, FrameType, encodeMessage } from './frames.ts';
+import { FrameDecoder, FrameType, encodeFrame, encodeMessage, maxFramePayload } from './frames.ts';
 import type { AgentMessage, AgentRequest } from './messages.ts';
 
 type Reply = Extract<AgentMessage, { kind: 'reply' }>;
@@ -21,6 +21,8 @@ export class AgentClient extends EventEmitter<AgentClientEvents> {
   readonly #pending = new Map<number, { resolve: (reply: Reply) => void; reject: (error: Error) => void }>();
   #nextId = 1;
   #closed = false;
+  /** while set, stdin waits: no stdin frame may follow before-suspend into a snapshot */
+  #stdinHeld: { released: Promise<void>; release: () => void } | undefined;
 
   private constructor(socket: Socket) {
     super();
@@ -88,6 +90,40 @@ export class AgentClient extends EventEmitter<AgentClientEvents> {
     });
   }
 
+  /**
+   * Sends bytes for the workload's stdin (an agent that announced the `run`
+   * feature); resolves when the socket has taken them, so a reader that
+   * awaits each call holds no more than one chunk: the guest's pace reaches the source.
+   */
+  async writeStdin(bytes: Buffer): Promise<void> {
+    for (let at = 0; at < bytes.length; at += maxFramePayload) {
+      while (this.#stdinHeld) await this.#stdinHeld.released;
+      if (this.#closed) return;
+      if (!this.#socket.write(encodeFrame(FrameType.stdin, bytes.subarray(at, at + maxFramePayload)))) await this.#drained();
+    }
+  }
+
+  /** Ends the workload's stdin (an empty stdin frame). */
+  async endStdin(): Promise<void> {
+    while (this.#stdinHeld) await this.#stdinHeld.released;
+    if (!this.#closed) this.#socket.write(encodeFrame(FrameType.stdin, Buffer.alloc(0)));
+  }
+
+  /** Stops stdin frames before a snapshot (call before sending before-suspend), so the guest's reader is at a frame boundary in it. */
+  holdStdin(): void {
+    if (this.#stdinHeld) return;
+    let release!: () => void;
+    const released = new Promise<void>((resolve) => (release = resolve));
+    this.#stdinHeld = { released, release };
+  }
+
+  /** Lets stdin go on (the VM runs on after a snapshot that was not kept). */
+  releaseStdin(): void {
+    const held = this.#stdinHeld;
+    this.#stdinHeld = undefined;
+    held?.release();
+  }
+
   /** Tells the guest that everything up to its exit message was read. */
   acknowledgeExit(): void {
     if (!this.#closed) this.#socket.write(encodeMessage({ kind: 'exit-ack', id: 0 }));
@@ -95,6 +131,18 @@ export class AgentClient extends EventEmitter<AgentClientEvents> {
 
   close(): void {
     this.#socket.destroy();
+  }
+
+  #drained(): Promise<void> {
+    return new Promise((resolve) => {
+      const done = () => {
+        this.#socket.off('drain', done);
+        this.#socket.off('close', done);
+        resolve();
+      };
+      this.#socket.on('drain', done);
+      this.#socket.on('close', done);
+    });
   }
 
   #onMessage(payload: Buffer): void {

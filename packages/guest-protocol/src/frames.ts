@@ -7,6 +7,8 @@ export const FrameType = {
   stdout: 1,
   stderr: 2,
   message: 3,
+  /** host → guest: the workload's stdin; an empty payload is the end of input */
+  stdin: 4,
 } as const;
 export type FrameType = (typeof FrameType)[keyof typeof FrameType];
 
@@ -69,7 +71,7 @@ export class FrameDecoder {
     while (this.#pending.length >= frameHeaderBytes) {
       const type = this.#pending[0] as FrameType;
       const length = this.#pending.readUInt32BE(1);
-      if (type < FrameType.stdout || type > FrameType.message || length > maxFramePayload) {
+      if (type < FrameType.stdout || type > FrameType.stdin || length > maxFramePayload) {
         this.#pending = Buffer.alloc(0);
         this.#handlers.onCorrupt(`bad frame header (type ${type}, length ${length})`);
         return;

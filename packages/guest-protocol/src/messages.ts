@@ -1,6 +1,54 @@
+/**
+ * The workload as the host wants it run (`ark-runner -- COMMAND`, `-e`, `-w`,
+ * `-u`, `--hostname` applied to the image's config): argv is entrypoint + cmd.
+ */
+export interface RunSpec {
+  entrypoint: string[];
+  cmd: string[];
+  /** NAME=VALUE, later entries win */
+  env: string[];
+  workingDir: string;
+  /** `uid`, `uid:gid`, `name` or `name:group`, resolved in the guest; empty means root */
+  user: string;
+  /** the guest's hostname and the workload's HOSTNAME; undefined keeps the default */
+  hostname?: string;
+}
+
+/** What an agent can do beyond the first protocol, announced in its hello. */
+export const agentFeatures = {
+  /** it waits for a `run` request when booted with the kernel argument `ark.run=host` */
+  run: 'run',
+  /**
+   * it takes stdin frames; a workload it started without a `run` request (a
+   * package's) has a pipe for stdin that stays open until a host ends it
+   */
+  stdin: 'stdin',
+  /** it runs a workload on a pseudo-terminal (`tty` in `run`) and takes `resize` */
+  tty: 'tty',
+} as const;
+
+/** A terminal's size in characters. */
+export interface TerminalSize {
+  rows: number;
+  cols: number;
+}
+
+/** The kernel argument that tells the agent to wait for the host's `run` request before starting the workload. */
+export const awaitRunArgument = 'ark.run=host';
+
 /** Host → guest requests on the agent port. */
 export type AgentRequest =
   | { kind: 'ping'; id: number }
+  /**
+   * start the workload (only when the agent said it awaits this): `spec`
+   * replaces the image's run config; with `stdin` the workload's stdin is a
+   * pipe fed by stdin frames (an empty frame ends it), otherwise /dev/null;
+   * with `tty` it runs on a pseudo-terminal of that size (stdout and stderr
+   * then both come as stdout frames)
+   */
+  | { kind: 'run'; id: number; spec?: RunSpec; stdin: boolean; tty?: TerminalSize }
+  /** the host's terminal changed size: so does the workload's pseudo-terminal (it gets SIGWINCH) */
+  | { kind: 'resize'; id: number; size: TerminalSize }
   | { kind: 'before-suspend'; id: number }
   | { kind: 'after-resume'; id: number; hostTimeMs: number; sync: string }
   /**
@@ -18,9 +66,11 @@ export type AgentRequest =
 
 /** Guest → host messages on the agent port. */
 export type AgentMessage =
-  | { kind: 'hello'; bootId: string }
-  | { kind: 'reply'; id: number; ok: true; guestTimeMs: number }
-  | { kind: 'reply'; id: number; ok: false; error: string }
+  /** `features`: see agentFeatures (absent from agents built before them); `awaitsRun`: the workload starts at the host's `run` request */
+  | { kind: 'hello'; bootId: string; features?: string[]; awaitsRun?: boolean }
+  /** `features`: in the reply to after-resume, what the resumed agent can do (see agentFeatures) */
+  | { kind: 'reply'; id: number; ok: true; guestTimeMs: number; features?: string[] }
+  | { kind: 'reply'; id: number; ok: false; error: string; features?: string[] }
   | { kind: 'started'; pid: number }
   /** `startError`: the workload could not be started (code 127: not found, 126: not executable) and this says why */
   | { kind: 'exit'; code: number; signal: string | null; startError?: string };

@@ -16,6 +16,8 @@ export type GuestVmOptions = Omit<VmSpec, 'ports' | 'runtimeDir' | 'accelerator'
 /** `startError`: the workload never started (code 127: not found, 126: not executable) */
 export type WorkloadExit = { code: number; signal: string | null; startError?: string };
 
+export type AgentHello = Extract<AgentMessage, { kind: 'hello' }>;
+
 /** What ends a run: the workload exits, the VM stops under it, or we are told to stop. */
 export type RunOutcome = { kind: 'exit'; exit: WorkloadExit } | { kind: 'vm-stopped'; exit: VmExit } | { kind: 'interrupted'; signal: StopSignal };
 
@@ -26,7 +28,10 @@ export class GuestVm {
   agent: AgentClient;
   /** resolves when the agent reports the workload's exit */
   readonly workloadExit: Promise<WorkloadExit>;
+  /** resolves at the agent's first hello (after a boot; a resumed guest said it before its snapshot) */
+  readonly hello: Promise<AgentHello>;
   #resolveExit!: (exit: WorkloadExit) => void;
+  #resolveHello!: (hello: AgentHello) => void;
   readonly #options: GuestVmOptions;
 
   private constructor(vm: QemuVm, agent: AgentClient, runtimeDir: string, options: GuestVmOptions) {
@@ -35,6 +40,7 @@ export class GuestVm {
     this.runtimeDir = runtimeDir;
     this.#options = options;
     this.workloadExit = new Promise((resolve) => (this.#resolveExit = resolve));
+    this.hello = new Promise((resolve) => (this.#resolveHello = resolve));
     this.#attach(agent);
   }
 
@@ -101,6 +107,7 @@ export class GuestVm {
    */
   async suspend(statePath: string): Promise<{ hookError?: string }> {
     let hookError: string | undefined;
+    this.agent.holdStdin();
     try {
       const reply = await this.agent.request({ kind: 'before-suspend' }, 60_000);
       if (!reply.ok) hookError = reply.error;
@@ -122,6 +129,7 @@ export class GuestVm {
     await this.vm.qmp.execute('cont');
     try {
       const reply = await this.agent.request({ kind: 'cancel-suspend', hostTimeMs: Date.now() }, 60_000);
+      this.agent.releaseStdin();
       return reply.ok ? {} : { hookError: reply.error };
     } catch (error) {
       return { hookError: (error as Error).message };
@@ -142,7 +150,7 @@ export class GuestVm {
    * Loads a snapshot into this VM (started with incoming 'defer'), runs it,
    * and tells the agent it was resumed (the guest sets its clock from ours).
    */
-  async resume(statePath: string): Promise<{ hookError?: string }> {
+  async resume(statePath: string): Promise<{ hookError?: string; features: string[] }> {
     await this.vm.restore(statePath);
     const sync = randomUUID();
     this.agent.resyncOn(syncMarker(sync));
@@ -152,7 +160,7 @@ export class GuestVm {
     const sent = Date.now();
     await this.agent.request({ kind: 'ping' }, 10_000);
     await this.agent.request({ kind: 'set-clock', hostTimeMs: Date.now() + (Date.now() - sent) / 2 }, 10_000);
-    return reply.ok ? {} : { hookError: reply.error };
+    return reply.ok ? { features: reply.features ?? [] } : { hookError: reply.error, features: reply.features ?? [] };
   }
 
   /** Waits for whichever comes first: the workload's exit, the VM stopping, or a stop request (`stop` aborting or resolving). */
@@ -191,6 +199,7 @@ export class GuestVm {
     agent.on('stdout', this.#options.onStdout);
     agent.on('stderr', this.#options.onStderr);
     agent.on('message', (message: AgentMessage) => {
+      if (message.kind === 'hello') this.#resolveHello(message);
       if (message.kind === 'exit') {
         agent.acknowledgeExit();
         this.#resolveExit({ code: message.code, signal: message.signal, startError: message.startError });

@@ -1,7 +1,9 @@
 export { GuestVm, vmStoppedError, workloadStartError } from './guest-vm.ts';
-export type { GuestVmOptions, RunOutcome, WorkloadExit } from './guest-vm.ts';
+export type { AgentHello, GuestVmOptions, RunOutcome, WorkloadExit } from './guest-vm.ts';
+export { checkHostname, effectiveRunSpec, environmentOptions, givenOverrides } from './run-overrides.ts';
+export type { RunOverrides } from './run-overrides.ts';
 export { defaultStopTimeoutMs, runBlueprint } from './run-blueprint.ts';
-export type { RunEvent, RunOptions, RunResult } from './run-blueprint.ts';
+export type { RunEvent, RunOptions, RunResult, TerminalOptions } from './run-blueprint.ts';
 export { runPackage, sparseCopy } from './run-package.ts';
 export type { PackageRunEvent, RunPackageOptions } from './run-package.ts';
 export type { PackageConfig } from './package-config.ts';

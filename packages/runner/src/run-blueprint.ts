@@ -1,6 +1,10 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { readBlueprint, rootDiskSerial, runtimeDiskSerial } from '@ark/blueprint';
+import type { Readable } from 'node:stream';
 import { stoppedExitCode, type StopSignal } from '@ark/cli';
+import { awaitRunArgument, type TerminalSize } from '@ark/guest-protocol';
+import { handOverRun } from './agent-run.ts';
+import type { RunOverrides } from './run-overrides.ts';
 import { GuestVm, vmStoppedError, workloadStartError } from './guest-vm.ts';
 import { guestNameservers } from './nameservers.ts';
 import { VmNetwork, networkKernelArguments, type PublishedPortEvent, type VmNetworkOptions } from './vm-network.ts';
@@ -25,10 +29,22 @@ export interface RunOptions {
   stopTimeoutMs?: number;
   /** run the VM in a network namespace (eth0 in the guest), publishing ports for as long as it runs */
   network?: VmNetworkOptions;
+  /** what changes about the image's workload (`-- COMMAND`, `-e`, `-w`, `-u`, `--hostname`); a cold boot only */
+  overrides?: RunOverrides;
+  /** the workload's stdin, its end included (`-i`); without it the workload's stdin is /dev/null */
+  stdin?: Readable;
+  /** run the workload on a pseudo-terminal of this size (`-t`; a cold boot only), resized as `onResize` reports */
+  tty?: TerminalOptions;
+}
+
+export interface TerminalOptions {
+  size: TerminalSize;
+  /** subscribes to size changes of the user's terminal; returns the unsubscribe */
+  onResize?: (listener: (size: TerminalSize) => void) => () => void;
 }
 
 export type RunEvent =
-  | { kind: 'booting'; accelerator?: string }
+  | { kind: 'booting'; what: string; cpus: number; memoryMiB: number }
   | { kind: 'started'; pid: number }
   /** `reason` asked to stop; the workload was sent `stopSignal` and has `timeoutMs` */
   | { kind: 'stopping'; reason: StopSignal; stopSignal: string; timeoutMs: number }
@@ -52,11 +68,13 @@ export async function runBlueprint(dir: string, options: RunOptions): Promise<Ru
   const network = options.network && (await VmNetwork.attach(options.network, options.onEvent));
   let guest: GuestVm | undefined;
   try {
-    options.onEvent?.({ kind: 'booting' });
+    options.onEvent?.({ kind: 'booting', what: dir, cpus: options.cpus, memoryMiB: options.memoryMiB });
+    const networkArguments = network ? ` ${networkKernelArguments(guestNameservers(options.network?.nameservers, options.onEvent))}` : '';
     guest = await GuestVm.start({
       kernelPath: blueprint.kernelPath,
       initramfsPath: blueprint.initramfsPath,
-      cmdline: network ? `${blueprint.config.kernel.cmdline} ${networkKernelArguments(guestNameservers(options.network?.nameservers, options.onEvent))}` : blueprint.config.kernel.cmdline,
+      // the agent waits for the run spec we send (blueprints built before that ignore the argument)
+      cmdline: `${blueprint.config.kernel.cmdline}${networkArguments} ${awaitRunArgument}`,
       disks: [
         { id: 'root', path: blueprint.diskPath, ephemeral: true, serial: rootDiskSerial },
         ...(blueprint.runtimePath ? [{ id: 'runtime', path: blueprint.runtimePath, readOnly: true, serial: runtimeDiskSerial }] : []),
@@ -70,7 +88,10 @@ export async function runBlueprint(dir: string, options: RunOptions): Promise<Ru
     guest.agent.on('message', (message) => {
       if (message.kind === 'started') options.onEvent?.({ kind: 'started', pid: message.pid });
     });
-    const outcome = await guest.nextOutcome(options.signal);
+    // a failed hand-over ends the run; otherwise the workload's own outcome does
+    const handedOver = handOverRun(guest, dir, blueprint.config.run, options);
+    handedOver.catch(() => {});
+    const outcome = await Promise.race([guest.nextOutcome(options.signal), handedOver.then(() => new Promise<never>(() => {}))]);
     if (outcome.kind === 'exit') {
       if (outcome.exit.startError !== undefined) throw workloadStartError({ ...outcome.exit, startError: outcome.exit.startError });
       await guest.waitForExit(15_000);

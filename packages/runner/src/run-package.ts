@@ -12,6 +12,8 @@ import { checkOutputPath } from './output-path.ts';
 import type { PackageConfig } from './package-config.ts';
 import { lockPackage, type PackageLock } from './package-lock.ts';
 import type { RunOptions, RunResult } from './run-blueprint.ts';
+import { givenOverrides } from './run-overrides.ts';
+import { connectPackageInput } from './agent-run.ts';
 import { VmNetwork, networkKernelArguments } from './vm-network.ts';
 import { createWorkDir } from './work-dir.ts';
 import { writePackageInWorker } from './write-package-async.ts';
@@ -49,6 +51,7 @@ export async function runPackage(path: string, options: RunPackageOptions): Prom
   const pkg = ArkPackage.open(path);
   const config = JSON.parse(pkg.readMember('ark.json').toString('utf8')) as PackageConfig;
   const snapshot = pkg.has('state') && pkg.has('memory');
+  refuseOverrides(path, options);
   if (snapshot) checkSnapshot(path, config, options);
   const target = options.noPersist ? undefined : writeTarget(path, options);
   let network: VmNetwork | undefined;
@@ -89,18 +92,26 @@ export async function runPackage(path: string, options: RunPackageOptions): Prom
       onStdout: options.onStdout,
       onStderr: options.onStderr,
     });
+    let connecting: Promise<void> | undefined;
     if (snapshot) {
-      const { hookError } = await guest.resume(files.state);
+      const { hookError, features } = await guest.resume(files.state);
+      // before anything else can end the run: a refusal leaves the package as it was
+      if (options.stdin) await connectPackageInput(guest, path, features, options.stdin);
       if (hookError) options.onPackageEvent?.({ kind: 'warning', message: `after-resume: ${hookError}` });
       options.onPackageEvent?.({ kind: 'resumed', ms: Date.now() - started });
       network?.announceGateway().catch((error: Error) => options.onPackageEvent?.({ kind: 'warning', message: `cannot announce the gateway to the guest (${error.message.trim().split('\n').at(-1)}); the guest's packets out are lost until it looks the gateway up again` }));
     } else {
       options.onPackageEvent?.({ kind: 'cold-boot' });
+      if (options.stdin) {
+        connecting = connectPackageInput(guest, path, undefined, options.stdin);
+        connecting.catch(() => {});
+      }
     }
     const running = guest;
     let stop: AbortSignal | Promise<StopSignal> | undefined = options.signal;
     for (;;) {
-      const outcome = await running.nextOutcome(stop);
+      // a cold-booted package's agent may turn -i down: that ends the run
+      const outcome = await Promise.race([running.nextOutcome(stop), ...(connecting ? [connecting.then(() => new Promise<never>(() => {}))] : [])]);
       if (outcome.kind === 'exit') {
         if (outcome.exit.startError !== undefined) throw workloadStartError({ ...outcome.exit, startError: outcome.exit.startError });
         await running.waitForExit(15_000);
@@ -201,6 +212,16 @@ function workDirFor(path: string): string {
     if (code !== 'EROFS' && code !== 'EACCES' && code !== 'EPERM') throw error;
     return createOwnedDir(tmpdir(), 'ark-work-');
   }
+}
+
+/** A package's workload was started when it was packaged: what would change how it starts is refused, before any boot. */
+function refuseOverrides(path: string, options: RunPackageOptions): void {
+  const given = [...givenOverrides(options.overrides), ...(options.tty ? ['--tty'] : [])];
+  if (given.length === 0) return;
+  throw new ArkError('PACKAGE_WORKLOAD_FIXED', `${given.join(', ')} cannot change ${path}: a package's workload was started when it was packaged (its process is in the snapshot)`, {
+    hint: 'leave them out, or run the blueprint with them (ark-runner BLUEPRINT ...), or build a blueprint whose image has them and package that',
+    exitCode: ExitCode.usage,
+  });
 }
 
 /**
