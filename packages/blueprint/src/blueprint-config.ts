@@ -30,7 +30,19 @@ export interface BlueprintConfig {
   };
   run: RunConfig;
   hooks: GuestHooks;
-  kernel: { version: string; cmdline: string };
+  kernel: {
+    /** what `uname -r` says in the guest */
+    version: string;
+    cmdline: string;
+    /** the krata-style kernel image the kernel and its modules came from (`ark-builder --kernel REFERENCE`) */
+    image?: {
+      reference: string;
+      /** digest of the kernel image's manifest */
+      digest: string;
+      /** its /kernel/metadata: KERNEL_ARCH, KERNEL_VERSION, and KERNEL_FLAVOR, KERNEL_CONFIG, KERNEL_TAGS when given */
+      metadata: Record<string, string | undefined>;
+    };
+  };
   disk: { sizeBytes: number; filesystem: 'ext4' };
   /** the guest runtime's read-only disk (`ark.arkruntime`); absent in blueprints that carried it on their disk */
   runtime?: { digest: string; filesystem: 'squashfs' };

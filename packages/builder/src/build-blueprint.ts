@@ -5,10 +5,12 @@ import { blueprintFiles, type BlueprintConfig, type GuestHooks, type RunConfig }
 import { ArkError, ExitCode, createOwnedDir, formatBytes } from '@ark/cli';
 import { BlobCache } from './blob-cache.ts';
 import { defaultDiskSize, measureTree, writeExt4Image } from './disk-image.ts';
-import { findGuestKernel, guestModules, resolveModules } from './guest-kernel.ts';
+import { guestModules, resolveModules, type GuestKernel } from './guest-kernel.ts';
 import { parseImageReference } from './image-reference.ts';
 import { resolveImage, verifyDigest, type ResolvedImage } from './image-source.ts';
 import { writeInitramfs } from './initramfs.ts';
+import { pullKernelImage, type KernelImageSource } from './kernel-image.ts';
+import { chooseKernel } from './kernel-option.ts';
 import { StagingFullError, applyLayer, type UnpackBudget } from './layer-applier.ts';
 import type { ImageConfig } from './oci-types.ts';
 import { prepareOutputDir } from './output-dir.ts';
@@ -24,7 +26,9 @@ export interface BuildOptions {
   maxSize?: number;
   /** bytes the image may take while staged in RAM before it moves to disk; default: half of what /dev/shm has free */
   ramStagingBytes?: number;
+  /** a bzImage file (with `modules`) or a krata-style kernel image reference; default: Debian's cloud kernel */
   kernel?: string;
+  /** the bzImage file's lib/modules/VERSION directory */
   modules?: string;
   hooks?: Partial<GuestHooks>;
   cache?: BlobCache;
@@ -38,6 +42,7 @@ export type BuildEvent =
   | { kind: 'download'; bytes: number; total: number }
   | { kind: 'layer'; index: number; count: number; digest: string }
   | { kind: 'warning'; message: string }
+  | { kind: 'kernel'; reference: string; version: string; digest: string }
   | { kind: 'step'; step: 'runtime' | 'disk' };
 
 export interface BuildResult {
@@ -64,8 +69,9 @@ export const defaultMaxSize = 32 * 1024 ** 3;
 export async function buildBlueprint(options: BuildOptions): Promise<BuildResult> {
   if (options.image === '') throw new ArkError('USAGE', 'the image is an empty string', { hint: 'pass an image, e.g. oci:DIR:TAG or NAME:TAG', exitCode: ExitCode.usage });
   const reference = parseImageReference(options.image);
-  const kernel = findGuestKernel(options.kernel, options.modules);
-  const modules = resolveModules(kernel.modulesDir, guestModules);
+  const kernelChoice = chooseKernel(options.kernel, options.modules);
+  let modules = kernelChoice.kind === 'files' ? resolveModules(kernelChoice.kernel.modulesDir, guestModules) : [];
+  let kernelImage: KernelImageSource | undefined;
   const output = prepareOutputDir(options.outDir);
   const outDir = output.path;
   const emit = options.onEvent ?? (() => {});
@@ -78,12 +84,24 @@ export async function buildBlueprint(options: BuildOptions): Promise<BuildResult
   };
   const temp = (path: string) => `${path}.partial`;
   let staging: string | undefined;
+  let kernelStaging: string | undefined;
   let background: Promise<unknown> = Promise.resolve();
   let built = false;
+  const cache = options.cache ?? new BlobCache();
   try {
+    let bootKernel: GuestKernel;
+    if (kernelChoice.kind === 'image') {
+      // a private directory of the build's own (removed below, or by the next build after a SIGKILL)
+      kernelStaging = createOwnedDir(process.env.ARK_STAGING_DIR ?? outDir, '.ark-staging-');
+      const pulled = await pullKernelImage(kernelChoice.reference, { stagingDir: kernelStaging, cache, insecure: options.insecure, signal: options.signal });
+      bootKernel = pulled;
+      modules = pulled.moduleFiles;
+      kernelImage = pulled.image;
+      emit({ kind: 'kernel', reference: pulled.image.reference, version: pulled.version, digest: pulled.image.digest });
+    } else bootKernel = kernelChoice.kernel;
     const image = await resolveImage(reference, {
       insecure: options.insecure,
-      cache: options.cache ?? new BlobCache(),
+      cache,
       signal: options.signal,
       onEvent: (e) => emit(e.kind === 'resolved' ? e : { kind: 'download', bytes: e.bytes, total: e.total }),
     });
@@ -91,7 +109,7 @@ export async function buildBlueprint(options: BuildOptions): Promise<BuildResult
     const hooks: GuestHooks = { beforeSuspend: null, afterResume: null, readyTcpPort: null, readyCommand: null, ...options.hooks };
     // the kernel, initramfs and runtime do not depend on the layers: they are written while the layers apply
     const bootFiles = Promise.all([
-      copyFile(kernel.kernelPath, temp(files.kernel)),
+      copyFile(bootKernel.kernelPath, temp(files.kernel)),
       writeInitramfs(temp(files.initramfs), modules, { run, hooks }, undefined, options.signal),
       ensureRuntimeImage({ uncachedPath: temp(files.runtime), signal: options.signal }).then(async (runtime) => {
         if (runtime.cached) await copyFile(runtime.path, temp(files.runtime), fsConstants.COPYFILE_FICLONE);
@@ -141,7 +159,7 @@ export async function buildBlueprint(options: BuildOptions): Promise<BuildResult
       image: { reference: reference.text, digest: image.manifestDigest, configDigest: image.configDigest },
       run,
       hooks,
-      kernel: { version: kernel.version, cmdline: defaultCmdline },
+      kernel: { version: bootKernel.version, cmdline: defaultCmdline, ...(kernelImage ? { image: kernelImage } : {}) },
       disk: { sizeBytes: diskSize, filesystem: 'ext4' },
       runtime: { digest: runtime.digest, filesystem: 'squashfs' },
       createdAt: new Date().toISOString(),
@@ -157,6 +175,7 @@ export async function buildBlueprint(options: BuildOptions): Promise<BuildResult
   } finally {
     await background.catch(() => {});
     if (staging) rmSync(staging, { recursive: true, force: true });
+    if (kernelStaging) rmSync(kernelStaging, { recursive: true, force: true });
     for (const path of Object.values(files)) rmSync(temp(path), { force: true });
     if (!built && output.created) {
       try {

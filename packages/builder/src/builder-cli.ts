@@ -1,5 +1,5 @@
 import { cac } from 'cac';
-import { ArkError, ExitCode, ExitError, ProgressBar, colour, formatBytes, runCli, stopSignals } from '@ark/cli';
+import { ArkError, ExitCode, ExitError, ProgressBar, colour, formatBytes, printable, runCli, stopSignals } from '@ark/cli';
 import { buildBlueprint, type BuildEvent } from './build-blueprint.ts';
 import { parseSize } from './disk-image.ts';
 
@@ -10,8 +10,8 @@ export async function main(argv: string[]): Promise<void> {
     .option('--insecure', 'Allow plain HTTP to a registry that is not on loopback')
     .option('--disk-size <size>', 'Disk size (e.g. 2G); default: the content plus headroom')
     .option('--max-size <size>', 'Stop when the image unpacks to more than this (default: the disk size, else 32G)')
-    .option('--kernel <file>', 'Guest kernel (bzImage) instead of the default Debian cloud kernel')
-    .option('--modules <dir>', "The kernel's lib/modules/VERSION directory (with --kernel)")
+    .option('--kernel <file|image>', 'Guest kernel instead of the default Debian cloud kernel: a bzImage file (with --modules) or a kernel image reference (krata format)')
+    .option('--modules <dir>', "The bzImage's lib/modules/VERSION directory (with --kernel FILE)")
     .option('--before-suspend <cmd>', 'Command the agent runs before a snapshot')
     .option('--after-resume <cmd>', 'Command the agent runs after a resume')
     .option('--ready-tcp <port>', 'Ready when the workload accepts TCP connections on this guest port')
@@ -19,10 +19,8 @@ export async function main(argv: string[]): Promise<void> {
     .option('--json', 'Print a JSON summary on stdout')
     .example('ark-builder docker://localhost:5000/redis:latest out/redis')
     .example('ark-builder oci:./redis-oci:latest out/redis')
+    .example('ark-builder oci:./redis-oci:latest out/redis --kernel localhost:5000/ark/kernel:6.1.0-56-cloud-amd64')
     .action(async (image: string, outDir: string, options: Record<string, unknown>) => {
-      if ((options.kernel === undefined) !== (options.modules === undefined)) {
-        throw new ArkError('USAGE', '--kernel and --modules go together', { hint: 'pass both, or neither for the default kernel', exitCode: ExitCode.usage });
-      }
       const readyTcp = options.readyTcp === undefined ? null : Number(options.readyTcp);
       if (readyTcp !== null && !(Number.isInteger(readyTcp) && readyTcp > 0 && readyTcp < 65536)) {
         throw new ArkError('USAGE', `--ready-tcp ${String(options.readyTcp)} is not a port`, { hint: 'pass a number from 1 to 65535', exitCode: ExitCode.usage });
@@ -38,8 +36,8 @@ export async function main(argv: string[]): Promise<void> {
         diskSize: options.diskSize === undefined ? undefined : parseSize(String(options.diskSize)),
         maxSize: options.maxSize === undefined ? undefined : parseSize(String(options.maxSize)),
         signal: stop.signal,
-        kernel: options.kernel as string | undefined,
-        modules: options.modules as string | undefined,
+        kernel: options.kernel === undefined ? undefined : String(options.kernel),
+        modules: options.modules === undefined ? undefined : String(options.modules),
         hooks: {
           beforeSuspend: (options.beforeSuspend as string | undefined) ?? null,
           afterResume: (options.afterResume as string | undefined) ?? null,
@@ -78,6 +76,10 @@ function report(event: BuildEvent, bar: ProgressBar): void {
     case 'step':
       bar.clear();
       process.stderr.write(`writing ${event.step}\n`);
+      break;
+    case 'kernel':
+      bar.clear();
+      process.stderr.write(`kernel ${printable(event.version)} from ${printable(event.reference)} (${event.digest.slice(0, 19)})\n`);
       break;
     case 'warning':
       bar.clear();

@@ -1,6 +1,6 @@
 import { existsSync, readFileSync, realpathSync, statSync } from 'node:fs';
 import { basename, join } from 'node:path';
-import { ArkError, ExitCode } from '@ark/cli';
+import { ArkError, ExitCode, printable } from '@ark/cli';
 import { arkCacheDir } from './blob-cache.ts';
 
 export interface GuestKernel {
@@ -19,7 +19,7 @@ export function findGuestKernel(kernel?: string, modules?: string): GuestKernel 
   const modulesDir = modules ?? join(defaultDir, 'modules');
   if (!existsSync(kernelPath) || !statSync(kernelPath).isFile()) {
     throw new ArkError('NO_KERNEL', kernel ? `the kernel ${kernel} does not exist` : `no guest kernel in ${defaultDir}`, {
-      hint: kernel ? 'pass a bzImage with --kernel' : 'run scripts/bootstrap.sh, which fetches it, or pass --kernel FILE --modules DIR',
+      hint: kernel ? 'pass a bzImage with --kernel FILE --modules DIR, or a kernel image reference (without --modules)' : 'run scripts/bootstrap.sh, which fetches it, or pass --kernel FILE --modules DIR',
       exitCode: ExitCode.environment,
     });
   }
@@ -49,33 +49,55 @@ const machineCacheDir = '/var/cache/ark';
  * A module built into the kernel (in modules.builtin) needs nothing.
  */
 export function resolveModules(modulesDir: string, names: string[]): string[] {
+  const builtin = existsSync(join(modulesDir, 'modules.builtin')) ? readFileSync(join(modulesDir, 'modules.builtin'), 'utf8') : '';
+  return moduleLoadOrder(readFileSync(join(modulesDir, 'modules.dep'), 'utf8'), builtin, names).map((path) => join(modulesDir, path));
+}
+
+/**
+ * The same from the text of modules.dep and modules.builtin: paths relative
+ * to the modules directory. A path that could leave that directory (absolute,
+ * `..`) is refused, as modules.dep may come from someone else's kernel image.
+ */
+export function moduleLoadOrder(modulesDep: string, modulesBuiltin: string, names: string[]): string[] {
   const dependencies = new Map<string, string[]>();
-  for (const line of readFileSync(join(modulesDir, 'modules.dep'), 'utf8').split('\n')) {
+  for (const line of modulesDep.split('\n')) {
     const colon = line.indexOf(':');
     if (colon < 0) continue;
     dependencies.set(line.slice(0, colon), line.slice(colon + 1).trim().split(/\s+/).filter(Boolean));
   }
-  const builtin = existsSync(join(modulesDir, 'modules.builtin')) ? readFileSync(join(modulesDir, 'modules.builtin'), 'utf8') : '';
   const byName = new Map<string, string>();
   for (const path of dependencies.keys()) byName.set(moduleName(path), path);
   const ordered: string[] = [];
   const visit = (path: string, trail: string[]) => {
     if (ordered.includes(path)) return;
-    if (trail.includes(path)) throw new Error(`module dependency cycle: ${[...trail, path].join(' → ')}`);
+    if (trail.includes(path)) {
+      throw new ArkError('BAD_MODULES_DEP', `modules.dep has a dependency cycle: ${printable([...trail, path].join(' → '))}`, { hint: 'regenerate it with depmod', exitCode: ExitCode.badInput });
+    }
+    if (!isInsidePath(path)) {
+      throw new ArkError('BAD_MODULES_DEP', `modules.dep names the module path '${printable(path)}', which leaves the modules directory`, {
+        hint: 'modules.dep lists paths relative to lib/modules/VERSION; regenerate it with depmod',
+        exitCode: ExitCode.badInput,
+      });
+    }
     for (const dependency of dependencies.get(path) ?? []) visit(dependency, [...trail, path]);
     ordered.push(path);
   };
   for (const name of names) {
     const path = byName.get(normalise(name));
     if (path) visit(path, []);
-    else if (!builtin.split('\n').some((line) => moduleName(line) === normalise(name))) {
+    else if (!modulesBuiltin.split('\n').some((line) => moduleName(line) === normalise(name))) {
       throw new ArkError('MISSING_MODULE', `the guest kernel has no module ${name} (not in modules.dep nor built in)`, {
         hint: 'use a kernel with virtio drivers (Debian\'s cloud kernel has them)',
         exitCode: ExitCode.environment,
       });
     }
   }
-  return ordered.map((path) => join(modulesDir, path));
+  return ordered;
+}
+
+/** A relative path of plain names: no empty, `.` or `..` segment, not absolute. */
+function isInsidePath(path: string): boolean {
+  return path !== '' && !path.startsWith('/') && path.split('/').every((segment) => segment !== '' && segment !== '.' && segment !== '..');
 }
 
 function moduleName(path: string): string {

@@ -7,3 +7,5 @@ export { counterImage, probeExpectations, probeImage, shellImage } from './probe
 export { alive, finished, qemuUnder, runTool, startTool, toolPath } from './run-tool.ts';
 export type { ToolResult } from './run-tool.ts';
 export { freeTestCidr, gatewayServer, httpGet, networkResidue, testNetworkPrefix } from './test-network.ts';
+export { defaultKernelDir, kernelImageSpec, modulesSquashfs, writeKernelImage } from './kernel-image-writer.ts';
+export type { KernelImageParts } from './kernel-image-writer.ts';
