@@ -44,6 +44,18 @@ export class ByteQueue {
     return copied;
   }
 
+  /** The big-endian 32-bit number at `at` bytes from the front, without consuming it (at + 4 ≤ length). */
+  peekUInt32BE(at: number): number {
+    let value = 0;
+    let chunk = 0;
+    let offset = this.#head + at;
+    for (let i = 0; i < 4; i++) {
+      while (offset >= this.#chunks[chunk]!.length) offset -= this.#chunks[chunk++]!.length;
+      value = value * 256 + this.#chunks[chunk]![offset++]!;
+    }
+    return value;
+  }
+
   /** Discards up to n bytes; returns how many. */
   skip(n: number): number {
     let skipped = 0;

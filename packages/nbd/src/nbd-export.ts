@@ -47,6 +47,13 @@ export interface NbdExport {
   /** blockStatus is cheap enough to consult on every read: holes are then sent as OFFSET_HOLE chunks */
   readonly sparseReads?: boolean | undefined;
 
+  /**
+   * Undefined when the range can be read now; otherwise a promise the server
+   * waits for (holding no buffer) before it serves a read of the range, and
+   * whose rejection fails the read (with EIO unless it says otherwise). For
+   * an export that checks its data before it lets any of it out.
+   */
+  ready?(offset: number, length: number): Promise<void> | undefined;
   /** Fills all of `into` with the bytes at `offset`. */
   read(offset: number, into: Buffer): MaybePromise<void>;
   /**

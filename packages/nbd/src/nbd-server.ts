@@ -40,6 +40,7 @@ export class NbdServer {
   #nextId = 1;
   #closing = false;
   #stallTimer: NodeJS.Timeout | undefined;
+  #pressureTimer: NodeJS.Timeout | undefined;
 
   constructor(options: NbdServerOptions = {}) {
     this.limits = { ...DEFAULT_LIMITS, ...options.limits };
@@ -54,6 +55,10 @@ export class NbdServer {
       limits: this.limits,
       pool: new BufferPool(),
       budget: { used: 0, max: this.limits.maxServerInflightBytes, waiters: new Set() },
+      waitForBudget: (wake) => {
+        this.#ctx.budget.waiters.add(wake);
+        this.#watchPressure();
+      },
       emit: (event) => {
         if (!onEvent) return;
         try {
@@ -102,7 +107,8 @@ export class NbdServer {
   listen(address: ListenAddress): Promise<BoundAddress> {
     if (this.#closing) return Promise.reject(new Error('server is closed'));
     const server = net.createServer({ noDelay: true, pauseOnConnect: false, allowHalfOpen: true }, (socket) => this.handle(socket));
-    server.maxConnections = this.limits.maxConnections;
+    // no server.maxConnections: Node would drop a new client at the limit
+    // before handle() can make room for it
     server.on('error', () => {});
     this.#listeners.add(server);
     return new Promise((resolve, reject) => {
@@ -125,7 +131,7 @@ export class NbdServer {
 
   /** Serves one connected stream (a socket, a TLS-less pipe, a test's duplex pair). */
   handle(socket: Duplex): void {
-    if (this.#closing || this.#connections.size >= this.limits.maxConnections) {
+    if (this.#closing || (this.#connections.size >= this.limits.maxConnections && !this.#makeRoom())) {
       socket.on('error', () => {});
       socket.destroy();
       return;
@@ -141,12 +147,67 @@ export class NbdServer {
     if (connection.closed) this.#connections.delete(connection);
   }
 
+  /**
+   * At the connection limit, a new client takes the place of the oldest
+   * connection still in its handshake (one that has not finished in the time
+   * a real client needs is likely hostile: silent, or without the TLS key),
+   * else of the connection idle longest. False when every one is busy.
+   */
+  #makeRoom(): boolean {
+    let victim: ServerConnection | undefined;
+    for (const c of this.#connections) {
+      if (c.inHandshake) {
+        victim = c; // the set keeps connections in the order they came
+        break;
+      }
+    }
+    let why = 'still in its handshake';
+    if (victim === undefined) {
+      let oldest = Infinity;
+      for (const c of this.#connections) {
+        const since = c.idleSince();
+        if (since !== undefined && since < oldest) {
+          oldest = since;
+          victim = c;
+        }
+      }
+      why = `idle for ${((performance.now() - oldest) / 1000).toFixed(1)} s`;
+    }
+    if (victim === undefined) return false;
+    this.#connections.delete(victim);
+    victim.evict(`dropped at the limit of ${this.limits.maxConnections} connections to serve a new client (it was ${why})`);
+    return true;
+  }
+
+  /**
+   * While connections wait for the server-wide budget, the ones that sit on
+   * their share (replies in memory, none read) are dropped after
+   * pressureStallTimeoutMs instead of stallTimeoutMs.
+   */
+  #watchPressure(): void {
+    if (this.#pressureTimer !== undefined || this.#closing) return;
+    const ms = this.limits.pressureStallTimeoutMs;
+    this.#pressureTimer = setTimeout(() => {
+      this.#pressureTimer = undefined;
+      if (this.#ctx.budget.waiters.size === 0) return;
+      const now = performance.now();
+      for (const c of this.#connections) if (c.holdsBudget) c.checkStall(now, ms, ' while other clients waited for memory');
+      if (this.#ctx.budget.waiters.size > 0) this.#watchPressure();
+    }, Math.max(10, ms / 4));
+    this.#pressureTimer.unref();
+  }
+
   #watchStalls(): void {
     if (this.#stallTimer !== undefined) return;
-    const every = Math.max(10, Math.min(5000, this.limits.stallTimeoutMs / 4));
+    const idleMs = this.limits.idleTimeoutMs;
+    const every = Math.max(10, Math.min(5000, this.limits.stallTimeoutMs / 4, idleMs > 0 ? idleMs / 4 : Infinity));
     this.#stallTimer = setInterval(() => {
       const now = performance.now();
-      for (const c of this.#connections) c.checkStall(now, this.limits.stallTimeoutMs);
+      for (const c of this.#connections) {
+        c.checkStall(now, this.limits.stallTimeoutMs);
+        const since = idleMs > 0 ? c.idleSince() : undefined;
+        if (since !== undefined && now - since > idleMs) c.evict(`idle for ${Math.round(idleMs / 1000)} s`);
+      }
       if (this.#connections.size === 0) {
         clearInterval(this.#stallTimer);
         this.#stallTimer = undefined;
@@ -160,6 +221,8 @@ export class NbdServer {
     this.#closing = true;
     if (this.#stallTimer !== undefined) clearInterval(this.#stallTimer);
     this.#stallTimer = undefined;
+    if (this.#pressureTimer !== undefined) clearTimeout(this.#pressureTimer);
+    this.#pressureTimer = undefined;
     const closing = [...this.#listeners].map((server) => new Promise<void>((resolve) => server.close(() => resolve())));
     this.#listeners.clear();
     for (const c of this.#connections) c.destroy();

@@ -8,14 +8,38 @@ export interface NbdServerLimits {
   maxInflightRequests: number;
   /** payload bytes being served at once on one connection (default 64 MiB) */
   maxInflightBytes: number;
-  /** payload bytes held by the whole server (requests being served, replies not yet sent); reading pauses beyond it (default 1 GiB) */
+  /**
+   * payload bytes held in memory by the whole server (write payloads being
+   * served, copied read replies not yet sent) beyond each connection's
+   * reserve; reading pauses beyond it (default 256 MiB). Replies sent by
+   * sendfile stay in the page cache and do not count.
+   */
   maxServerInflightBytes: number;
-  /** connections at once; more are refused (default 1024) */
+  /**
+   * bytes each connection may hold without drawing on the shared budget, so
+   * that a request of up to this size is served however much the others
+   * hold (default 1 MiB; memory is bounded by maxServerInflightBytes +
+   * maxConnections × this)
+   */
+  reservedBytesPerConnection: number;
+  /**
+   * connections at once (default 1024). A new client at the limit takes the
+   * place of the oldest connection still in its handshake, else of the one
+   * idle longest; only when every connection is busy is it refused.
+   */
   maxConnections: number;
-  /** time to reach the transmission phase (default 30 s) */
+  /** time to reach the transmission phase, TLS included (default 10 s) */
   handshakeTimeoutMs: number;
   /** a client that leaves replies unread this long is dropped (default 60 s) */
   stallTimeoutMs: number;
+  /**
+   * while some connection waits for the server-wide budget, a client that
+   * holds replies in memory and has read none of them for this long is
+   * dropped, so that one that does not read stalls only itself (default 2 s)
+   */
+  pressureStallTimeoutMs: number;
+  /** a connection with nothing to do for this long after its handshake is closed; 0 never (default: 0, QEMU keeps an idle disk's connection for the VM's life) */
+  idleTimeoutMs: number;
 }
 
 export const DEFAULT_LIMITS: NbdServerLimits = {
@@ -23,10 +47,13 @@ export const DEFAULT_LIMITS: NbdServerLimits = {
   maxOptionLength: 64 * 1024,
   maxInflightRequests: 128,
   maxInflightBytes: 64 * 1024 * 1024,
-  maxServerInflightBytes: 1024 * 1024 * 1024,
+  maxServerInflightBytes: 256 * 1024 * 1024,
+  reservedBytesPerConnection: 1024 * 1024,
   maxConnections: 1024,
-  handshakeTimeoutMs: 30_000,
+  handshakeTimeoutMs: 10_000,
   stallTimeoutMs: 60_000,
+  pressureStallTimeoutMs: 2000,
+  idleTimeoutMs: 0,
 };
 
 export type NbdServerEvent =

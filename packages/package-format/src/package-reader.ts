@@ -1,6 +1,7 @@
 import { closeSync, fstatSync, ftruncateSync, openSync, readSync, rmSync, writeSync } from 'node:fs';
 import { ArkError, ExitCode } from '@ark/cli';
-import { MemberHasher, hashChunkBytes, indexMemberName, isZeroRange, memberAlignment, memberNames, packageFormatVersion, dataExtents, type MemberEntry, type MemberName, type PackageIndex } from './package-index.ts';
+import { MemberHasher, hashChunkBytes, indexMemberName, isZeroRange, memberAlignment, packageFormatVersion, dataExtents, type MemberEntry, type MemberName, type PackageIndex } from './package-index.ts';
+import { indexProblem } from './index-validation.ts';
 import { tarBlock } from './tar-header.ts';
 
 
@@ -25,7 +26,14 @@ export class ArkPackage {
       throw new ArkError('NO_PACKAGE', `cannot open ${path} (${(error as NodeJS.ErrnoException).code})`, { hint: 'make one with: ark-packager BLUEPRINT_DIR OUT.ark', exitCode: ExitCode.badInput });
     }
     try {
-      const fileBytes = fstatSync(fd).size;
+      const stat = fstatSync(fd);
+      if (!stat.isFile()) {
+        throw new ArkError('NOT_A_PACKAGE', `${path} is ${stat.isDirectory() ? 'a directory' : 'not a regular file'}, not an ark package`, {
+          hint: 'give the .ark file itself (make one with: ark-packager BLUEPRINT_DIR OUT.ark)',
+          exitCode: ExitCode.badInput,
+        });
+      }
+      const fileBytes = stat.size;
       const index = readIndex(fd, path, fileBytes);
       return new ArkPackage(path, index, fileBytes);
     } finally {
@@ -107,6 +115,9 @@ export function memberDigest(bytes: Buffer): string {
   return hasher.digest();
 }
 
+/** Far more than any index needs (a few KiB); a larger one is not read into memory. */
+const maxIndexBytes = 64 << 20;
+
 function readIndex(fd: number, path: string, fileBytes: number): PackageIndex {
   const head = Buffer.alloc(Math.min(fileBytes, 16 * memberAlignment));
   readSync(fd, head, 0, head.length, 0);
@@ -129,6 +140,7 @@ function readIndex(fd: number, path: string, fileBytes: number): PackageIndex {
     }
     if (name !== indexMemberName) break;
     const indexBytes = paxSize ?? size;
+    if (!Number.isSafeInteger(indexBytes) || indexBytes > maxIndexBytes) throw corrupt(path, 'its index has an impossible size');
     if (dataStart + indexBytes > fileBytes) throw corrupt(path, 'it is truncated inside its index');
     const indexBuffer = Buffer.alloc(indexBytes);
     readFully(fd, indexBuffer, 0, indexBytes, dataStart, path);
@@ -138,7 +150,7 @@ function readIndex(fd: number, path: string, fileBytes: number): PackageIndex {
     } catch {
       throw corrupt(path, 'its index is not valid JSON');
     }
-    checkIndex(index, path, fileBytes);
+    checkIndex(index, path, dataStart + indexBytes, fileBytes);
     return index;
   }
   throw new ArkError('NOT_A_PACKAGE', `${path} is not an ark package (no index at its start)`, {
@@ -147,24 +159,16 @@ function readIndex(fd: number, path: string, fileBytes: number): PackageIndex {
   });
 }
 
-function checkIndex(index: PackageIndex, path: string, fileBytes: number): void {
-  if (index.format !== 'ark-package' || !Array.isArray(index.members)) throw corrupt(path, 'its index is not an ark package index');
+function checkIndex(index: PackageIndex, path: string, indexEnd: number, fileBytes: number): void {
+  if (typeof index !== 'object' || index === null || index.format !== 'ark-package' || !Array.isArray(index.members)) throw corrupt(path, 'its index is not an ark package index');
   if (index.formatVersion !== packageFormatVersion) {
     throw new ArkError('PACKAGE_VERSION', `${path} is package format ${index.formatVersion}; this ark reads format ${packageFormatVersion}`, {
       hint: 'use the ark version that wrote it, or package the blueprint again',
       exitCode: ExitCode.badInput,
     });
   }
-  for (const member of index.members) {
-    if (!memberNames.includes(member.name)) throw corrupt(path, `its index names an unknown member '${member.name}'`);
-    if (member.offset % memberAlignment !== 0) throw corrupt(path, `its ${member.name} is not 4 KiB aligned`);
-    if (member.offset + member.size > fileBytes) throw corrupt(path, `it is truncated: ${member.name} ends at byte ${member.offset + member.size}, the file has ${fileBytes}`);
-    let position = 0;
-    for (const [offset, length] of member.zeroExtents) {
-      if (offset < position || length <= 0 || offset + length > member.size) throw corrupt(path, `its ${member.name} has bad zero extents`);
-      position = offset + length;
-    }
-  }
+  const problem = indexProblem(index, indexEnd, fileBytes);
+  if (problem !== undefined) throw corrupt(path, problem);
 }
 
 function readFully(fd: number, buffer: Buffer, offset: number, length: number, position: number, path: string): void {

@@ -1,8 +1,10 @@
 import { closeSync, openSync } from 'node:fs';
 import { basename } from 'node:path';
 import { ArkError, ExitCode } from '@ark/cli';
-import { FileExport, type Extent } from '@ark/nbd';
+import { FileExport, type Extent, type NbdExport } from '@ark/nbd';
 import { ArkPackage, type MemberEntry } from '@ark/package-format';
+import { MemberVerifier } from './member-verifier.ts';
+import { VerifiedExport } from './verified-export.ts';
 
 const memberDescriptions: Record<string, string> = {
   'ark.json': 'config',
@@ -23,9 +25,16 @@ export function exportNameFor(path: string): string {
  * The exports for one package, all read-only: the whole file as NAME and each
  * member as NAME/MEMBER (a slice of the file, so QEMU can attach `NAME/disk`
  * directly). Holes come from the package index and go out as hole chunks and
- * through base:allocation.
+ * through base:allocation. Every member is checked against its SHA-256 before
+ * its bytes are sent (see VerifiedExport); `onBadMember` hears of each one
+ * that fails.
  */
-export async function packageExports(path: string, name = exportNameFor(path), fileName = basename(path)): Promise<FileExport[]> {
+export async function packageExports(
+  path: string,
+  name = exportNameFor(path),
+  fileName = basename(path),
+  onBadMember: (member: MemberEntry, reason: string) => void = () => {},
+): Promise<NbdExport[]> {
   ArkPackage.open(path); // a clear error for a file that is missing or no package
   if (!/^[\w.-]+$/.test(name)) {
     throw new ArkError('BAD_NAME', `cannot serve ${path} as '${name}': export names are letters, digits, '.', '_' and '-'`, { hint: 'rename the package file', exitCode: ExitCode.usage });
@@ -43,18 +52,15 @@ export async function packageExports(path: string, name = exportNameFor(path), f
       size: pkg.fileBytes,
       extents: pkg.index.members.flatMap((m) => holes(m, m.offset)),
     });
+    const verifier = new MemberVerifier(whole.fd, pkg.index.members, onBadMember);
     const members = await Promise.all(
-      pkg.index.members.map((member) =>
-        FileExport.open(pinned, {
-          name: `${name}/${member.name}`,
-          description: `${memberDescriptions[member.name] ?? member.name} of ${name}, sha256 ${member.sha256.slice(0, 16)}…`,
-          offset: member.offset,
-          size: member.size,
-          extents: holes(member, 0),
-        }),
-      ),
+      pkg.index.members.map(async (member) => {
+        const slice = await FileExport.open(pinned, { name: `${name}/${member.name}`, offset: member.offset, size: member.size, extents: holes(member, 0) });
+        const describe = (verdict: string) => `${memberDescriptions[member.name] ?? member.name} of ${name}, sha256 ${member.sha256.slice(0, 16)}…${verdict}`;
+        return new VerifiedExport(slice, verifier, member.offset, describe, member);
+      }),
     );
-    return [whole, ...members];
+    return [new VerifiedExport(whole, verifier, 0, () => whole.description ?? name), ...members];
   } finally {
     closeSync(fd);
   }

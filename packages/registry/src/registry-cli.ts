@@ -2,7 +2,7 @@ import { closeSync, openSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { cac } from 'cac';
 import { ArkError, ExitCode, runCli, stopSignals, whenStopped } from '@ark/cli';
-import { type BoundAddress, type NbdExport, sendfileSupport } from '@ark/nbd';
+import { type BoundAddress, DEFAULT_LIMITS, type NbdExport, sendfileSupport } from '@ark/nbd';
 import { type RegistryConfig, loadExports, packageSource, startRegistry, uriFor } from './registry-server.ts';
 import { RegistryWorkers, defaultWorkerCount } from './registry-workers.ts';
 
@@ -15,14 +15,20 @@ export async function main(argv: string[]): Promise<void> {
     .option('--laddr <host:port>', `Listen on this TCP address (default ${defaultAddress.host}:${defaultAddress.port}; loopback unless you say otherwise)`)
     .option('--socket <path>', 'Listen on a Unix socket instead')
     .option('--tls-psk <file>', 'Require TLS with pre-shared keys from this psktool key file')
+    .option('--max-connections <n>', `Connections each serving process holds at once (default ${DEFAULT_LIMITS.maxConnections}); a new client at the limit takes the place of one still in its handshake, else of the one idle longest`)
+    .option('--idle-timeout <seconds>', 'Close connections that have had nothing to do for this long (default 0: never; QEMU keeps an idle disk connected)')
     .option('--workers <n>', `Serving processes sharing the address (default ${defaultWorkerCount()}: half the cores with sendfile, all without, at most 8)`)
     .option('--json', 'Print the address and exports as JSON on stdout')
     .example('ark-registry redis.ark')
     .example('ark-registry redis.ark app.ark --laddr 0.0.0.0:1337 --tls-psk keys.psk')
-    .action(async (packages: string[], options: { laddr?: string; socket?: string; tlsPsk?: string; workers?: string; json?: boolean }) => {
+    .action(async (packages: string[], options: { laddr?: string; socket?: string; tlsPsk?: string; workers?: string; maxConnections?: string; idleTimeout?: string; json?: boolean }) => {
       if (packages.length === 0) throw new ArkError('USAGE', 'no packages to serve', { hint: 'ark-registry PKG.ark…', exitCode: ExitCode.usage });
       if (options.laddr !== undefined && options.socket !== undefined) throw new ArkError('USAGE', '--laddr and --socket exclude each other', { hint: 'pick one', exitCode: ExitCode.usage });
       const workers = parseWorkers(options.workers);
+      const limits = {
+        maxConnections: parseWhole('--max-connections', options.maxConnections, DEFAULT_LIMITS.maxConnections, 1, 1_000_000),
+        idleTimeoutMs: parseWhole('--idle-timeout', options.idleTimeout, 0, 0, 7 * 24 * 3600) * 1000,
+      };
       const address = options.socket !== undefined ? { path: resolve(options.socket) } : parseAddress(options.laddr);
       const tlsPsk = options.tlsPsk === undefined ? undefined : resolve(options.tlsPsk);
       const sources = packages.map((p) => packageSource(resolve(p)));
@@ -33,7 +39,7 @@ export async function main(argv: string[]): Promise<void> {
       let close: () => Promise<void>;
       let failed: Promise<never> = new Promise(() => {});
       if (workers === 1) {
-        const running = await startRegistry({ packages: sources, address, tlsPsk });
+        const running = await startRegistry({ packages: sources, address, tlsPsk, limits });
         ({ bound, exports, tls } = running);
         close = () => running.close();
       } else {
@@ -46,7 +52,7 @@ export async function main(argv: string[]): Promise<void> {
         // even when a package is replaced on disk (ark-runner's flush renames
         // a new one into place) while it is being served.
         const held = sources.map((s) => openSync(s.path, 'r'));
-        const config: RegistryConfig = { packages: sources.map((s, i) => ({ ...s, path: `/proc/${process.pid}/fd/${held[i]}` })), address, tlsPsk };
+        const config: RegistryConfig = { packages: sources.map((s, i) => ({ ...s, path: `/proc/${process.pid}/fd/${held[i]}` })), address, tlsPsk, limits };
         let pool: RegistryWorkers;
         try {
           pool = await RegistryWorkers.start(config, workers);
@@ -61,7 +67,7 @@ export async function main(argv: string[]): Promise<void> {
           for (const fd of held) closeSync(fd);
         };
       }
-      const uri = uriFor(bound);
+      const uri = uriFor(bound, tls);
       // TLS encrypts in the process: its replies are copied whatever the platform offers
       const support = sendfileSupport();
       const sendfile = support.available && !tls;
@@ -83,6 +89,14 @@ export async function main(argv: string[]): Promise<void> {
   cli.help();
   cli.version('0.1.0');
   await runCli(cli, argv);
+}
+
+/** A whole number option from `min` to `max`; `fallback` when it is not given. */
+function parseWhole(option: string, text: string | undefined, fallback: number, min: number, max: number): number {
+  if (text === undefined) return fallback;
+  const n = /^\d+$/.test(String(text).trim()) ? Number(text) : NaN;
+  if (!Number.isSafeInteger(n) || n < min || n > max) throw new ArkError('USAGE', `${option} ${text} is not a whole number from ${min} to ${max}`, { hint: `run 'ark-registry --help'`, exitCode: ExitCode.usage });
+  return n;
 }
 
 function parseWorkers(text: string | undefined): number {

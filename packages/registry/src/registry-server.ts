@@ -1,6 +1,7 @@
 import { ArkError, ExitCode, colour } from '@ark/cli';
-import { type BoundAddress, type ListenAddress, NbdServer, type NbdExport, readPskFile } from '@ark/nbd';
+import { type BoundAddress, type ListenAddress, NbdServer, type NbdExport, type NbdServerLimits, readPskFile } from '@ark/nbd';
 import { basename } from 'node:path';
+import type { MemberEntry } from '@ark/package-format';
 import { exportNameFor, packageExports } from './package-exports.ts';
 
 /** A package to serve: where to open it, and the name it is served under. */
@@ -21,6 +22,8 @@ export interface RegistryConfig {
   packages: PackageSource[];
   address: ListenAddress;
   tlsPsk?: string | undefined;
+  /** connection limits of each serving process (`--max-connections`, `--idle-timeout`) */
+  limits?: Partial<NbdServerLimits> | undefined;
 }
 
 export interface RunningRegistry {
@@ -36,7 +39,8 @@ export async function loadExports(packages: PackageSource[]): Promise<NbdExport[
   const exports: NbdExport[] = [];
   const seen = new Set<string>();
   for (const p of packages) {
-    for (const e of await packageExports(p.path, p.name, p.fileName)) {
+    const onBadMember = (member: MemberEntry, reason: string) => process.stderr.write(`ark-registry: ${p.fileName}: ${member.name} is corrupt: ${reason}; its reads get EIO\n`);
+    for (const e of await packageExports(p.path, p.name, p.fileName, onBadMember)) {
       if (seen.has(e.name)) throw new ArkError('DUPLICATE_EXPORT', `two packages would both be served as '${e.name}'`, { hint: 'rename one of the files', exitCode: ExitCode.usage });
       seen.add(e.name);
       exports.push(e);
@@ -59,10 +63,10 @@ export function describeAddress(address: ListenAddress | BoundAddress): string {
   return `${address.host ?? '127.0.0.1'}:${address.port}`;
 }
 
-/** The URI a client uses for the server's default export. */
-export function uriFor(bound: BoundAddress): string {
-  if ('path' in bound) return `nbd+unix:///?socket=${bound.path}`;
-  return `nbd://${bound.host.includes(':') ? `[${bound.host}]` : bound.host}:${bound.port}`;
+/** The URI a client uses for the server's default export (`nbds` when TLS is required). */
+export function uriFor(bound: BoundAddress, tls = false): string {
+  if ('path' in bound) return `nbd${tls ? 's' : ''}+unix:///?socket=${bound.path}`;
+  return `nbd${tls ? 's' : ''}://${bound.host.includes(':') ? `[${bound.host}]` : bound.host}:${bound.port}`;
 }
 
 /** Opens the packages and listens: everything one serving process does. */
@@ -73,6 +77,7 @@ export async function startRegistry(config: RegistryConfig): Promise<RunningRegi
     exports,
     defaultExport: exports[0]?.name,
     tls: keys ? { keys, required: true } : undefined,
+    limits: config.limits,
     onEvent: (event) => {
       if (event.kind === 'protocol-error') process.stderr.write(colour.dim(`ark-registry: ${event.message}\n`));
     },

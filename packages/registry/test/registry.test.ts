@@ -145,20 +145,22 @@ t.test('TLS-PSK: a client with the key reads, one without gets nothing', async (
   execFileSync('psktool', ['-u', 'alice', '-p', keys], { stdio: 'ignore' });
   const { child, uri } = await startRegistry([pkg, '--laddr', '127.0.0.1:0', '--tls-psk', keys]);
   t.teardown(() => stop(child));
-  const tlsUri = uri.replace('nbd://', 'nbds://alice@');
+  t.match(uri, /^nbds:\/\//, 'the printed URI says TLS');
+  const tlsUri = uri.replace('nbds://', 'nbds://alice@');
+  const plain = uri.replace('nbds://', 'nbd://');
   const listing = execFileSync('nbdinfo', ['--list', `${tlsUri}/?tls-psk-file=${keys}`], { encoding: 'utf8' });
   t.match(listing, /export="app\/disk"/);
   let refused = '';
   let failed = false;
   try {
-    execFileSync('nbdinfo', ['--list', uri], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+    execFileSync('nbdinfo', ['--list', plain], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
   } catch (error) {
     failed = true;
     refused = String((error as { stdout?: string }).stdout ?? '') + String((error as { stderr?: string }).stderr ?? '');
   }
   t.ok(failed, 'nbdinfo without TLS fails');
   t.notMatch(refused, /app/, 'and learns no export name');
-  t.throws(() => execFileSync('nbdinfo', [`${uri}/app/disk`], { stdio: 'ignore' }), 'nor any data');
+  t.throws(() => execFileSync('nbdinfo', [`${plain}/app/disk`], { stdio: 'ignore' }), 'nor any data');
   const wrong = join(work, 'wrong.psk');
   execFileSync('psktool', ['-u', 'alice', '-p', wrong], { stdio: 'ignore' });
   t.throws(() => execFileSync('nbdinfo', [`${tlsUri}/app/disk?tls-psk-file=${wrong}`], { stdio: 'ignore' }), 'a wrong key gets nothing');

@@ -4,6 +4,7 @@ export { baseEntries, debianPackageEntries, debianRuntimePackages, redisImage } 
 export { freePort, pushOciLayout, startLocalRegistry } from './local-registry.ts';
 export type { LocalRegistry, TokenAuth } from './local-registry.ts';
 export { counterImage, probeExpectations, probeImage, shellImage } from './probe-image.ts';
+export { flipByte, rewritePackageIndex } from './package-surgery.ts';
 export { alive, finished, qemuUnder, runTool, startTool, toolPath } from './run-tool.ts';
 export type { ToolResult } from './run-tool.ts';
 export { freeTestCidr, gatewayServer, httpGet, networkResidue, testNetworkPrefix } from './test-network.ts';
