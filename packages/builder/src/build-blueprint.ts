@@ -2,7 +2,7 @@ import { constants as fsConstants, mkdirSync, renameSync, rmdirSync, rmSync, sta
 import { copyFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { blueprintFiles, type BlueprintConfig, type GuestHooks, type RunConfig } from '@ark/blueprint';
-import { ArkError, ExitCode, createOwnedDir, formatBytes } from '@ark/cli';
+import { ArkError, ExitCode, createOwnedDir, formatBytes, lockPackage, type PackageLock } from '@ark/cli';
 import { BlobCache } from './blob-cache.ts';
 import { defaultDiskSize, measureTree, writeExt4Image } from './disk-image.ts';
 import { guestModules, resolveModules, type GuestKernel } from './guest-kernel.ts';
@@ -74,6 +74,8 @@ export async function buildBlueprint(options: BuildOptions): Promise<BuildResult
   let kernelImage: KernelImageSource | undefined;
   const output = prepareOutputDir(options.outDir);
   const outDir = output.path;
+  // two builds into one OUTDIR would rename each other's files away and mix two images
+  const lock = lockOutputDir(outDir, output.created);
   const emit = options.onEvent ?? (() => {});
   const files = {
     config: join(outDir, blueprintFiles.config),
@@ -174,6 +176,7 @@ export async function buildBlueprint(options: BuildOptions): Promise<BuildResult
     return { outDir, config, files, contentBytes: content.bytes, downloadedBytes: image.downloadedBytes() };
   } finally {
     await background.catch(() => {});
+    lock.release();
     if (staging) rmSync(staging, { recursive: true, force: true });
     if (kernelStaging) rmSync(kernelStaging, { recursive: true, force: true });
     for (const path of Object.values(files)) rmSync(temp(path), { force: true });
@@ -184,6 +187,15 @@ export async function buildBlueprint(options: BuildOptions): Promise<BuildResult
         // someone else put files there meanwhile: theirs stay
       }
     }
+  }
+}
+
+function lockOutputDir(outDir: string, created: boolean): PackageLock {
+  try {
+    return lockPackage(outDir, 'ark-builder', 'build into another OUTDIR');
+  } catch (error) {
+    if (created) rmdirSync(outDir);
+    throw error;
   }
 }
 

@@ -144,6 +144,22 @@ t.test('SIGINT and SIGTERM mid-build remove the staging directory, every .partia
   }
 });
 
+t.test('a second builder into the same OUTDIR is refused while the first builds; the first completes', async (t) => {
+  const out = join(work, 'shared-out');
+  const first = startTool('builder', 'ark-builder', [image, out], env);
+  const firstDone = finished(first);
+  // wait until the first build is under way (its staging directory exists)
+  const deadline = Date.now() + 60_000;
+  while (readdirSync(staging).length === 0 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 20));
+  const second = await runTool('builder', 'ark-builder', [image, out], env);
+  t.equal(second.code, 6, 'the second builder: exit 6 (busy)');
+  oneClearLine(t, second.stderr, new RegExp(`shared-out is in use: ark-builder \\(PID ${first.pid}\\)`));
+  const result = await firstDone;
+  t.equal(result.code, 0, `the first builder built: ${result.stderr}`);
+  t.same(readdirSync(out).sort(), ['ark.arkdisk', 'ark.arkinitramfs', 'ark.arkkernel', 'ark.arkruntime', 'ark.json'], 'a complete blueprint, no partial file');
+  t.notOk(readdirSync(work).some((name) => name.startsWith('.shared-out.lock-')), 'no lock file is left');
+});
+
 t.test('a user other than root finds the installed kernel and builds', { skip: process.getuid?.() !== 0 && 'needs root to switch users' }, async (t) => {
   const home = join(work, 'nobody-home');
   mkdirSync(home);

@@ -10,7 +10,7 @@ import { GuestVm, vmStoppedError, workloadStartError } from './guest-vm.ts';
 import { guestNameservers } from './nameservers.ts';
 import { checkOutputPath } from './output-path.ts';
 import type { PackageConfig } from './package-config.ts';
-import { lockPackage, type PackageLock } from './package-lock.ts';
+import { lockPackage, type PackageLock } from '@ark/cli';
 import type { RunOptions, RunResult } from './run-blueprint.ts';
 import { VmNetwork, networkKernelArguments } from './vm-network.ts';
 import { createWorkDir } from './work-dir.ts';
