@@ -174,6 +174,12 @@ export async function buildBlueprint(options: BuildOptions): Promise<BuildResult
     renameSync(temp(files.config), files.config);
     built = true;
     return { outDir, config, files, contentBytes: content.bytes, downloadedBytes: image.downloadedBytes() };
+  } catch (error) {
+    // the kernel, initramfs or runtime copy (or ark.json) into an OUTDIR that filled up
+    if ((error as NodeJS.ErrnoException).code === 'ENOSPC' && !(error instanceof ArkError)) {
+      throw new ArkError('NO_SPACE', `no space left on the file system of ${outDir} while writing the blueprint`, { hint: `free space on the file system of ${outDir}, or build elsewhere`, exitCode: ExitCode.failure, cause: error });
+    }
+    throw error;
   } finally {
     await background.catch(() => {});
     lock.release();

@@ -122,6 +122,33 @@ t.test('a layer that expands past --max-size (or --disk-size) stops the build', 
   });
 });
 
+t.test('space running out says whose: the file system under OUTDIR (exit 1) or the disk itself (exit 2)', async (t) => {
+  // 40 MiB: the runtime copy does not fit; 60 MiB: it does, then the disk image does not
+  for (const size of ['40m', '60m']) {
+    await t.test(`an OUTDIR that fills up (${size}): free space (exit 1)`, { skip: process.getuid?.() !== 0 && 'needs root to mount a small file system' }, async (t) => {
+      const small = join(work, `full-fs-${size}`);
+      mkdirSync(small);
+      execFileSync('mount', ['-t', 'tmpfs', '-o', `size=${size}`, 'ha-full-fs', small]);
+      t.teardown(() => execFileSync('umount', [small]));
+      const out = join(small, 'bp');
+      const result = await runTool('builder', 'ark-builder', [image, out, '--disk-size', '100M'], env);
+      t.equal(result.code, 1, result.stderr);
+      oneClearLine(t, result.stderr.replace(/^(applying|writing).*\n/gm, ''), /no space left on the file system of .*full-fs-\w+\/bp|mkfs.ext4 could not build the disk: .*No space left on device/);
+      t.match(result.stderr, /hint: free space on the file system of .*full-fs-\w+\/bp, or build elsewhere/);
+      t.notMatch(result.stderr, /raise --disk-size/);
+      nothingLeft(t, out);
+    });
+  }
+  for (const size of ['2200K', '8M']) {
+    const out = join(work, `tiny-disk-${size}`);
+    const result = await runTool('builder', 'ark-builder', [image, out, '--disk-size', size], env);
+    t.equal(result.code, 2, `--disk-size ${size}: exit 2`);
+    oneClearLine(t, result.stderr.replace(/^(applying|writing).*\n/gm, ''), /mkfs.ext4 could not build the disk: mkfs.ext4: .*(too big|Could not allocate)/);
+    t.match(result.stderr, /raise --disk-size/, `--disk-size ${size}: the hint`);
+    nothingLeft(t, out);
+  }
+});
+
 t.test('SIGINT and SIGTERM mid-build remove the staging directory, every .partial and the OUTDIR', async (t) => {
   // 600 MiB of files: applying them takes long enough to be interrupted in the middle
   const chunk = Buffer.alloc(4 * 1024 * 1024, 1);
