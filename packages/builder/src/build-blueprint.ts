@@ -257,15 +257,46 @@ const tmpfsMagic = 0x01021994;
 
 export function runConfigFrom(image: ImageConfig): RunConfig {
   const c = image.config ?? {};
-  const env = c.Env ?? [];
+  const env = stringList(c.Env, 'Env');
   return {
-    entrypoint: c.Entrypoint ?? [],
-    cmd: c.Cmd ?? [],
+    entrypoint: stringList(c.Entrypoint, 'Entrypoint'),
+    cmd: stringList(c.Cmd, 'Cmd'),
     env: env.some((e) => e.startsWith('PATH=')) ? env : ['PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin', ...env],
-    workingDir: c.WorkingDir || '/',
-    user: c.User ?? '',
-    exposedPorts: Object.keys(c.ExposedPorts ?? {}),
-    labels: c.Labels ?? {},
-    stopSignal: c.StopSignal ?? 'SIGTERM',
+    workingDir: optionalString(c.WorkingDir, 'WorkingDir') || '/',
+    user: optionalString(c.User, 'User') ?? '',
+    exposedPorts: Object.keys(stringMap(c.ExposedPorts, 'ExposedPorts', false)),
+    labels: stringMap(c.Labels, 'Labels', true) as Record<string, string>,
+    stopSignal: optionalString(c.StopSignal, 'StopSignal') ?? 'SIGTERM',
   };
+}
+
+// the image config is the image author's JSON: a wrong type or a NUL (which no exec argument can hold) is refused here, not met later as a crash
+function badConfig(field: string, what: string): ArkError {
+  return new ArkError('BAD_IMAGE_CONFIG', `the image config's ${field} ${what}`, { hint: 'the image is malformed; fix its config and rebuild it', exitCode: ExitCode.badInput });
+}
+
+function checkedString(value: unknown, field: string): string {
+  if (typeof value !== 'string') throw badConfig(field, 'is not a string');
+  if (value.includes('\0')) throw badConfig(field, 'holds a NUL character');
+  return value;
+}
+
+function optionalString(value: unknown, field: string): string | undefined {
+  return value === undefined || value === null ? undefined : checkedString(value, field);
+}
+
+function stringList(value: unknown, field: string): string[] {
+  if (value === undefined || value === null) return [];
+  if (!Array.isArray(value)) throw badConfig(field, 'is not a list of strings');
+  return value.map((item) => checkedString(item, field));
+}
+
+function stringMap(value: unknown, field: string, stringValues: boolean): Record<string, unknown> {
+  if (value === undefined || value === null) return {};
+  if (typeof value !== 'object' || Array.isArray(value)) throw badConfig(field, 'is not an object');
+  for (const [key, item] of Object.entries(value)) {
+    checkedString(key, field);
+    if (stringValues) checkedString(item, `${field} value`);
+  }
+  return value as Record<string, unknown>;
 }

@@ -93,6 +93,29 @@ t.test('a missing blob, a 0-byte layer or a wrong size field is a clear error (e
   }
 });
 
+t.test('image config fields of the wrong type, or holding a NUL, are a clear error (exit 3)', async (t) => {
+  const cases: Array<[string, Record<string, unknown>, RegExp]> = [
+    ['Env a string', { Env: 'PATH=/bin' }, /the image config's Env is not a list of strings/],
+    ['Entrypoint a string', { Entrypoint: '/bin/sh' }, /the image config's Entrypoint is not a list of strings/],
+    ['Cmd of numbers', { Cmd: [1, 2] }, /the image config's Cmd is not a string/],
+    ['Labels a list', { Labels: ['x'] }, /the image config's Labels is not an object/],
+    ['a label value a number', { Labels: { a: 1 } }, /the image config's Labels value is not a string/],
+    ['StopSignal a number', { StopSignal: 9 }, /the image config's StopSignal is not a string/],
+    ['User an object', { User: { name: 'root' } }, /the image config's User is not a string/],
+    ['a NUL in Entrypoint', { Entrypoint: ['/bin/sh\u0000x'] }, /the image config's Entrypoint holds a NUL character/],
+    ['a NUL in Env', { Env: ['A=1\u0000B=2'] }, /the image config's Env holds a NUL character/],
+  ];
+  for (const [what, config, message] of cases) {
+    const dir = join(work, `config-${what.replace(/\W+/g, '-')}`);
+    await writeOciLayout(dir, { layers: [{ entries: baseEntries() }], config: config as never });
+    const out = join(work, `out-${what.replace(/\W+/g, '-')}`);
+    const result = await runTool('builder', 'ark-builder', [`oci:${dir}:latest`, out], env);
+    t.equal(result.code, 3, `${what}: exit 3`);
+    oneClearLine(t, result.stderr, message);
+    nothingLeft(t, out);
+  }
+});
+
 t.test('a layer that expands past --max-size (or --disk-size) stops the build', async (t) => {
   // 3 MiB of zeros per file compress to a few KiB: a small layer, a big image
   const zeros = Buffer.alloc(3 * 1024 * 1024);
