@@ -1,6 +1,6 @@
 import { readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { ArkError, ExitCode, createOwnedDir, whenStopped, type StopSignal } from '@ark/cli';
+import { ArkError, ExitCode, createOwnedDir, printable, whenStopped, type StopSignal } from '@ark/cli';
 import { AgentClient, guestPorts, livenessReady, syncMarker, type AgentMessage } from '@ark/guest-protocol';
 import { randomUUID } from 'node:crypto';
 import { createConnection, type Socket } from 'node:net';
@@ -217,7 +217,7 @@ async function connectWithRetry(path: string, timeoutMs: number): Promise<Socket
 
 /** A workload that could not be started: one line, exit 127 (not found) or 126 (not executable), as docker does. */
 export function workloadStartError(exit: WorkloadExit & { startError: string }): ArkError {
-  return new ArkError('WORKLOAD_START_FAILED', `cannot start the workload: ${exit.startError}`, {
+  return new ArkError('WORKLOAD_START_FAILED', `cannot start the workload: ${printable(exit.startError)}`, {
     hint: "check the image's Entrypoint, Cmd and User (run.entrypoint, run.cmd and run.user in ark.json), and that the program is an executable file in the image",
     exitCode: exit.code === ExitCode.commandNotFound ? ExitCode.commandNotFound : ExitCode.cannotExecute,
   });

@@ -1,6 +1,6 @@
 import { cac } from 'cac';
 import { statSync } from 'node:fs';
-import { ArkError, ExitCode, ExitError, colour, runCli, stopSignals } from '@ark/cli';
+import { ArkError, ExitCode, ExitError, colour, printable, runCli, stopSignals } from '@ark/cli';
 import { validateNameservers } from './nameservers.ts';
 import { describePublished, parsePublishSpec, publishSyntax } from './publish-spec.ts';
 import { checkInputPath } from './output-path.ts';
@@ -90,9 +90,9 @@ function networkOptions(options: { netns?: unknown; publish?: string[]; dns?: st
 
 function reportRunEvent(event: RunEvent): void {
   if (event.kind === 'stopping') {
-    process.stderr.write(colour.dim(`ark-runner: ${event.reason}: sending ${event.stopSignal} to the workload; the VM is powered off if it has not exited within ${event.timeoutMs / 1000} s (Ctrl-C again: at once)\n`));
+    process.stderr.write(colour.dim(`ark-runner: ${event.reason}: sending ${printable(event.stopSignal)} to the workload; the VM is powered off if it has not exited within ${event.timeoutMs / 1000} s (Ctrl-C again: at once)\n`));
   } else if (event.kind === 'powering-off') {
-    process.stderr.write(`ark-runner: powering the VM off: ${event.why}\n`);
+    process.stderr.write(`ark-runner: powering the VM off: ${printable(event.why)}\n`);
   } else if (event.kind === 'published') {
     process.stderr.write(colour.dim(`ark-runner: published ${describePublished(event)} of ${event.namespace}\n`));
   } else if (event.kind === 'warning') {
