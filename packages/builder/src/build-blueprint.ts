@@ -1,6 +1,6 @@
 import { constants as fsConstants, mkdirSync, renameSync, rmdirSync, rmSync, statfsSync, writeFileSync } from 'node:fs';
 import { copyFile } from 'node:fs/promises';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { blueprintFiles, type BlueprintConfig, type GuestHooks, type RunConfig } from '@ark/blueprint';
 import { ArkError, ExitCode, createOwnedDir, formatBytes, lockPackage, type PackageLock } from '@ark/cli';
 import { BlobCache } from './blob-cache.ts';
@@ -177,7 +177,10 @@ export async function buildBlueprint(options: BuildOptions): Promise<BuildResult
   } catch (error) {
     // the kernel, initramfs or runtime copy (or ark.json) into an OUTDIR that filled up
     if ((error as NodeJS.ErrnoException).code === 'ENOSPC' && !(error instanceof ArkError)) {
-      throw new ArkError('NO_SPACE', `no space left on the file system of ${outDir} while writing the blueprint`, { hint: `free space on the file system of ${outDir}, or build elsewhere`, exitCode: ExitCode.failure, cause: error });
+      // the file being written when space ran out names the file system (OUTDIR, or a cache)
+      const written = (error as { dest?: string }).dest ?? (error as NodeJS.ErrnoException).path;
+      const where = written ? dirname(written) : outDir;
+      throw new ArkError('NO_SPACE', `no space left on the file system of ${where} while writing the blueprint`, { hint: `free space on the file system of ${where}, or build elsewhere`, exitCode: ExitCode.failure, cause: error });
     }
     throw error;
   } finally {
