@@ -87,7 +87,10 @@ export class GuestVm {
         });
         socket.on('close', () => {
           clearTimeout(timer);
-          reject(new Error('the liveness channel closed'));
+          // the channel closes when QEMU dies (e.g. its memory file's file system filled up): say that, once QEMU's exit is known
+          void Promise.race([this.vm.exited, sleep(3000)]).then((exit) => reject(exit
+            ? vmStoppedError(this, exit)
+            : new ArkError('LIVENESS_CLOSED', 'the guest closed the liveness channel before the workload was ready', { hint: 'the console output above shows what the guest did', exitCode: ExitCode.failure })));
         });
       });
     } finally {
@@ -226,7 +229,8 @@ export function workloadStartError(exit: WorkloadExit & { startError: string }):
 export function vmStoppedError(vm: GuestVm, exit: VmExit): ArkError {
   const tail = vm.consoleTail();
   return new ArkError('VM_STOPPED', `the VM stopped before the workload exited (QEMU ${exit.signal ? `killed by ${exit.signal}` : `exit ${exit.code}`})${tail ? `; console:\n${tail}` : ''}`, {
-    hint: 'the console output above shows how far the guest got',
+    // QEMU maps guest RAM from a file beside the package: a SIGBUS is that file's file system running out of space
+    hint: exit.signal === 'SIGBUS' ? 'the file system holding the guest memory file (beside the package) is probably full: free space there, or write the package elsewhere' : 'the console output above shows how far the guest got',
     exitCode: ExitCode.failure,
   });
 }
