@@ -1,5 +1,5 @@
 import { execFileSync } from 'node:child_process';
-import { mkdirSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import t from 'tap';
@@ -35,4 +35,26 @@ t.test('packaging onto a file system that fills up during the boot: one clear li
   t.notMatch(result.stderr, /internal error|\n\s+at /);
   t.same(readdirSync(small), [], 'no package, work directory or lock left');
   t.notOk(qemu.some(alive), 'QEMU is gone');
+});
+
+t.test('resuming a package whose file system has no room to unpack it: one clear line, the package unchanged', { skip: process.getuid?.() !== 0 && 'needs root to mount a small file system' }, async (t) => {
+  const blueprint = join(work, 'counter');
+  const pkg = join(work, 'counter.ark');
+  const packaged = await runTool('packager', 'ark-packager', [blueprint, pkg, '--memory', '256']);
+  t.equal(packaged.code, 0, packaged.stderr);
+  // room for the package and 16 MiB more: not for the disk and memory it unpacks
+  const onDisk = Math.ceil((statSync(pkg).blocks * 512) / 1048576) + 16;
+  const small = join(work, 'tight');
+  mkdirSync(small);
+  execFileSync('mount', ['-t', 'tmpfs', '-o', `size=${onDisk}m`, 'ha-tight', small]);
+  t.teardown(() => execFileSync('umount', [small]));
+  const copy = join(small, 'app.ark');
+  execFileSync('cp', ['--sparse=always', pkg, copy]);
+  const before = readFileSync(copy);
+  const result = await runTool('runner', 'ark-runner', [copy]);
+  t.equal(result.code, 1, result.stderr);
+  t.match(result.stderr, /^ark-runner: no space left in .*tight to unpack .*app\.ark for the VM; the package is unchanged\nark-runner: hint: .*free space there/);
+  t.notMatch(result.stderr, /internal error|\n\s+at /);
+  t.ok(readFileSync(copy).equals(before), 'the package is unchanged');
+  t.same(readdirSync(small), ['app.ark'], 'no work directory or lock left');
 });
