@@ -11,3 +11,4 @@ export { createOwnedDir, removeStaleEntries } from './owned-dir.ts';
 export { printable } from './printable.ts';
 export { lockPackage, processStartTime } from './path-lock.ts';
 export type { PackageLock } from './path-lock.ts';
+export { rawOptionValue } from './raw-option.ts';

@@ -1,6 +1,6 @@
 import { cac } from 'cac';
 import { statSync } from 'node:fs';
-import { ArkError, ExitCode, ExitError, colour, printable, runCli, stopSignals } from '@ark/cli';
+import { ArkError, ExitCode, ExitError, colour, printable, rawOptionValue, runCli, stopSignals } from '@ark/cli';
 import { validateNameservers } from './nameservers.ts';
 import { describePublished, parsePublishSpec, publishSyntax } from './publish-spec.ts';
 import { checkInputPath } from './output-path.ts';
@@ -31,6 +31,8 @@ export async function main(argv: string[]): Promise<void> {
       const cpus = options.cpus === undefined ? undefined : wholeNumber(options.cpus, '--cpus', 1, 64);
       const memoryMiB = options.memory === undefined ? undefined : wholeNumber(options.memory, '--memory', memoryRange.min, memoryRange.max);
       const stopTimeout = options.stopTimeout === undefined ? undefined : wholeNumber(options.stopTimeout, '--stop-timeout', 0, 3600);
+      // as typed: cac makes '' and '0123' numbers
+      if (options.out !== undefined) options.out = rawOptionValue(process.argv, '--out') ?? String(options.out);
       const isPackage = statSync(path, { throwIfNoEntry: false })?.isFile() === true;
       if (!isPackage && (options.out !== undefined || options.persist === false)) {
         throw new ArkError('USAGE', '--out and --no-persist are for packages', { hint: 'a blueprint run never changes the blueprint', exitCode: ExitCode.usage });

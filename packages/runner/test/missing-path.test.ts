@@ -2,6 +2,7 @@ import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import t from 'tap';
+import { writePackage } from '@ark/package-format';
 import { runTool } from '@ark/test-images';
 
 // A path that is not there is named as such, not as "a blueprint without ark.json" (no VM boots).
@@ -19,4 +20,14 @@ t.test('a path that does not exist: one line saying so (exit 3), for the runner 
   mkdirSync(empty);
   const result = await runTool('runner', 'ark-runner', [empty]);
   t.match(result.stderr, /empty is not a blueprint: no ark\.json/, 'a directory without ark.json is still "not a blueprint"');
+});
+
+t.test("--out '' is the empty path it is (cac made it the number 0: an internal error)", async (t) => {
+  // a package with a config only: the output is checked before anything is unpacked or booted
+  const pkg = join(work, 'tiny.ark');
+  writePackage(pkg, [{ name: 'ark.json', bytes: Buffer.from('{}') }]);
+  const empty = await runTool('runner', 'ark-runner', [pkg, '--out', '']);
+  t.equal(empty.code, 2, empty.stderr);
+  t.match(empty.stderr, /^ark-runner: the path for the package is empty\n/);
+  t.notMatch(empty.stderr, /internal error/);
 });
