@@ -16,6 +16,8 @@ t.test('a path that does not exist: one line saying so (exit 3), for the runner 
     t.match(result.stderr, new RegExp(`^${bin}: .*no-such-app\\.ark does not exist\\n${bin}: hint: check the path`), `${bin}: it says the path does not exist`);
     t.notMatch(result.stderr, /no ark\.json|internal error/);
   }
+  const withOut = await runTool('runner', 'ark-runner', [join(work, 'no-such-app.ark'), '--out', join(work, 'other.ark')]);
+  t.match(withOut.stderr, /^ark-runner: .*no-such-app\.ark does not exist\n/, 'with --out too (it said "--out and --no-persist are for packages")');
   const empty = join(work, 'empty');
   mkdirSync(empty);
   const result = await runTool('runner', 'ark-runner', [empty]);
