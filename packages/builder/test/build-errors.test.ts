@@ -196,11 +196,14 @@ t.test('SIGINT and SIGTERM mid-build remove the staging directory, every .partia
 
 t.test('a second builder into the same OUTDIR is refused while the first builds; the first completes', async (t) => {
   const out = join(work, 'shared-out');
-  const first = startTool('builder', 'ark-builder', [image, out], env);
+  // big enough that the first build is still applying its layer when the second starts
+  const chunk = Buffer.alloc(4 * 1024 * 1024, 1);
+  const slow = join(work, 'slow-oci');
+  await writeOciLayout(slow, { layers: [{ entries: [...baseEntries(), ...Array.from({ length: 60 }, (_, i) => ({ name: `data/${i}`, content: chunk }))], compression: 'none' }], config: { Entrypoint: ['/bin/sh'] } });
+  const first = startTool('builder', 'ark-builder', [`oci:${slow}:latest`, out], env);
   const firstDone = finished(first);
-  // wait until the first build is under way (its staging directory exists)
   const deadline = Date.now() + 60_000;
-  while (readdirSync(staging).length === 0 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 20));
+  while (!readdirSync(staging).some((dir) => existsSync(join(staging, dir, 'rootfs', 'data'))) && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 20));
   const second = await runTool('builder', 'ark-builder', [image, out], env);
   t.equal(second.code, 6, 'the second builder: exit 6 (busy)');
   oneClearLine(t, second.stderr, new RegExp(`shared-out is in use: ark-builder \\(PID ${first.pid}\\)`));
