@@ -21,6 +21,9 @@ export async function readBlueprint(dir: string): Promise<Blueprint> {
     text = await readFile(configPath, 'utf8');
   } catch (error) {
     const code = (error as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT' && !(await stat(dir).catch(() => undefined))) {
+      throw new ArkError('NOT_FOUND', `${dir} does not exist`, { hint: 'check the path; a blueprint is built with: ark-builder IMAGE OUTDIR', exitCode: ExitCode.badInput });
+    }
     throw new ArkError('NOT_A_BLUEPRINT', `${dir} is not a blueprint: ${code === 'ENOENT' ? `no ${blueprintFiles.config}` : `cannot read ${configPath} (${code})`}`, {
       hint: 'build one with: ark-builder IMAGE OUTDIR',
       exitCode: ExitCode.badInput,

@@ -1,8 +1,8 @@
 import { constants as fsConstants, mkdirSync, renameSync, rmdirSync, rmSync, statfsSync, writeFileSync } from 'node:fs';
 import { copyFile } from 'node:fs/promises';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { blueprintFiles, type BlueprintConfig, type GuestHooks, type RunConfig } from '@ark/blueprint';
-import { ArkError, ExitCode, createOwnedDir, formatBytes } from '@ark/cli';
+import { ArkError, ExitCode, createOwnedDir, formatBytes, lockPackage, type PackageLock } from '@ark/cli';
 import { BlobCache } from './blob-cache.ts';
 import { defaultDiskSize, measureTree, writeExt4Image } from './disk-image.ts';
 import { guestModules, resolveModules, type GuestKernel } from './guest-kernel.ts';
@@ -74,6 +74,8 @@ export async function buildBlueprint(options: BuildOptions): Promise<BuildResult
   let kernelImage: KernelImageSource | undefined;
   const output = prepareOutputDir(options.outDir);
   const outDir = output.path;
+  // two builds into one OUTDIR would rename each other's files away and mix two images
+  const lock = lockOutputDir(outDir, output.created);
   const emit = options.onEvent ?? (() => {});
   const files = {
     config: join(outDir, blueprintFiles.config),
@@ -172,8 +174,18 @@ export async function buildBlueprint(options: BuildOptions): Promise<BuildResult
     renameSync(temp(files.config), files.config);
     built = true;
     return { outDir, config, files, contentBytes: content.bytes, downloadedBytes: image.downloadedBytes() };
+  } catch (error) {
+    // the kernel, initramfs or runtime copy (or ark.json) into an OUTDIR that filled up
+    if ((error as NodeJS.ErrnoException).code === 'ENOSPC' && !(error instanceof ArkError)) {
+      // the file being written when space ran out names the file system (OUTDIR, or a cache)
+      const written = (error as { dest?: string }).dest ?? (error as NodeJS.ErrnoException).path;
+      const where = written ? dirname(written) : outDir;
+      throw new ArkError('NO_SPACE', `no space left on the file system of ${where} while writing the blueprint`, { hint: `free space on the file system of ${where}, or build elsewhere`, exitCode: ExitCode.failure, cause: error });
+    }
+    throw error;
   } finally {
     await background.catch(() => {});
+    lock.release();
     if (staging) rmSync(staging, { recursive: true, force: true });
     if (kernelStaging) rmSync(kernelStaging, { recursive: true, force: true });
     for (const path of Object.values(files)) rmSync(temp(path), { force: true });
@@ -184,6 +196,15 @@ export async function buildBlueprint(options: BuildOptions): Promise<BuildResult
         // someone else put files there meanwhile: theirs stay
       }
     }
+  }
+}
+
+function lockOutputDir(outDir: string, created: boolean): PackageLock {
+  try {
+    return lockPackage(outDir, 'ark-builder', 'build into another OUTDIR');
+  } catch (error) {
+    if (created) rmdirSync(outDir);
+    throw error;
   }
 }
 
@@ -239,15 +260,46 @@ const tmpfsMagic = 0x01021994;
 
 export function runConfigFrom(image: ImageConfig): RunConfig {
   const c = image.config ?? {};
-  const env = c.Env ?? [];
+  const env = stringList(c.Env, 'Env');
   return {
-    entrypoint: c.Entrypoint ?? [],
-    cmd: c.Cmd ?? [],
+    entrypoint: stringList(c.Entrypoint, 'Entrypoint'),
+    cmd: stringList(c.Cmd, 'Cmd'),
     env: env.some((e) => e.startsWith('PATH=')) ? env : ['PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin', ...env],
-    workingDir: c.WorkingDir || '/',
-    user: c.User ?? '',
-    exposedPorts: Object.keys(c.ExposedPorts ?? {}),
-    labels: c.Labels ?? {},
-    stopSignal: c.StopSignal ?? 'SIGTERM',
+    workingDir: optionalString(c.WorkingDir, 'WorkingDir') || '/',
+    user: optionalString(c.User, 'User') ?? '',
+    exposedPorts: Object.keys(stringMap(c.ExposedPorts, 'ExposedPorts', false)),
+    labels: stringMap(c.Labels, 'Labels', true) as Record<string, string>,
+    stopSignal: optionalString(c.StopSignal, 'StopSignal') ?? 'SIGTERM',
   };
+}
+
+// the image config is the image author's JSON: a wrong type or a NUL (which no exec argument can hold) is refused here, not met later as a crash
+function badConfig(field: string, what: string): ArkError {
+  return new ArkError('BAD_IMAGE_CONFIG', `the image config's ${field} ${what}`, { hint: 'the image is malformed; fix its config and rebuild it', exitCode: ExitCode.badInput });
+}
+
+function checkedString(value: unknown, field: string): string {
+  if (typeof value !== 'string') throw badConfig(field, 'is not a string');
+  if (value.includes('\0')) throw badConfig(field, 'holds a NUL character');
+  return value;
+}
+
+function optionalString(value: unknown, field: string): string | undefined {
+  return value === undefined || value === null ? undefined : checkedString(value, field);
+}
+
+function stringList(value: unknown, field: string): string[] {
+  if (value === undefined || value === null) return [];
+  if (!Array.isArray(value)) throw badConfig(field, 'is not a list of strings');
+  return value.map((item) => checkedString(item, field));
+}
+
+function stringMap(value: unknown, field: string, stringValues: boolean): Record<string, unknown> {
+  if (value === undefined || value === null) return {};
+  if (typeof value !== 'object' || Array.isArray(value)) throw badConfig(field, 'is not an object');
+  for (const [key, item] of Object.entries(value)) {
+    checkedString(key, field);
+    if (stringValues) checkedString(item, `${field} value`);
+  }
+  return value as Record<string, unknown>;
 }

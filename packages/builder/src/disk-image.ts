@@ -1,5 +1,6 @@
 import { execFile } from 'node:child_process';
 import { rmSync } from 'node:fs';
+import { dirname } from 'node:path';
 import { promisify } from 'node:util';
 import { ArkError, ExitCode } from '@ark/cli';
 
@@ -46,9 +47,22 @@ export async function writeExt4Image(dir: string, outPath: string, sizeBytes: nu
     }
     const stderr = String((error as { stderr?: string }).stderr ?? error);
     rmSync(outPath, { force: true });
-    throw new ArkError('MKFS_FAILED', `mkfs.ext4 could not build the disk: ${stderr.trim().split('\n').at(-1)}`, {
-      hint: /No space|Could not allocate|too small/i.test(stderr) ? 'the disk is too small for the image: raise --disk-size' : 'check that e2fsprogs is installed (scripts/bootstrap.sh)',
-      exitCode: /No space|Could not allocate|too small/i.test(stderr) ? ExitCode.usage : ExitCode.failure,
+    const message = `mkfs.ext4 could not build the disk: ${lastMkfsError(stderr)}`;
+    // ENOSPC is the host's file system (under OUTDIR) filling up; a full image is libext2fs's own "Could not allocate …"
+    if (/No space left on device/i.test(stderr)) {
+      throw new ArkError('NO_SPACE', message, { hint: `free space on the file system of ${dirname(outPath)}, or build elsewhere`, exitCode: ExitCode.failure });
+    }
+    const tooSmall = /Could not allocate|No free space|too small|too big|create journal/i.test(stderr);
+    throw new ArkError('MKFS_FAILED', message, {
+      hint: tooSmall ? 'the disk is too small for the image: raise --disk-size' : 'check that e2fsprogs is installed (scripts/bootstrap.sh)',
+      exitCode: tooSmall ? ExitCode.usage : ExitCode.failure,
     });
   }
+}
+
+/** mke2fs's last error, whose continuation lines start with a tab, as one line. */
+function lastMkfsError(stderr: string): string {
+  const lines = stderr.trim().split('\n');
+  const start = lines.findLastIndex((line) => !/^\s/.test(line));
+  return lines.slice(Math.max(0, start)).map((line) => line.trim()).join(' ');
 }

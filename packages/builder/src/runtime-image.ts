@@ -83,21 +83,34 @@ export async function ensureRuntimeImage(options: { uncachedPath: string; signal
     dir = dirname(options.uncachedPath);
     cached = false;
   }
+  try {
+    return await buildRuntimeImage(dir, cached ? cachedPath : options.uncachedPath, entries, options.signal, cached ? memoPath : undefined, key, cached);
+  } catch (error) {
+    // a cache that fills up is no reason to fail the build: the image is built where it is wanted
+    if (!cached || !isNoSpace(error) || options.signal?.aborted) throw error;
+    return buildRuntimeImage(dirname(options.uncachedPath), options.uncachedPath, entries, options.signal, undefined, key, false);
+  }
+}
+
+async function buildRuntimeImage(dir: string, path: string, entries: RuntimeEntry[], signal: AbortSignal | undefined, memoPath: string | undefined, key: string, cached: boolean): Promise<RuntimeImage> {
   // what a build killed with SIGKILL left (its pid is gone) is removed here
   const staging = createOwnedDir(dir, '.ark-runtime-building-');
   const temp = `${staging}.squashfs.partial`;
   try {
     populate(join(staging, 'root'), entries);
-    await squash(join(staging, 'root'), temp, options.signal);
-    const path = cached ? cachedPath : options.uncachedPath;
+    await squash(join(staging, 'root'), temp, signal);
     renameSync(temp, path);
     const digest = await fileDigest(path);
-    if (cached) writeMemo(memoPath, { key, digest });
+    if (memoPath) writeMemo(memoPath, { key, digest });
     return { path, digest, cached };
   } finally {
     rmSync(staging, { recursive: true, force: true });
     rmSync(temp, { force: true });
   }
+}
+
+function isNoSpace(error: unknown): boolean {
+  return (error as NodeJS.ErrnoException).code === 'ENOSPC' || (error instanceof ArkError && /No space left|ENOSPC/i.test(error.message));
 }
 
 function runtimeEntries(sources: GuestRuntimeSources): RuntimeEntry[] {

@@ -93,6 +93,29 @@ t.test('a missing blob, a 0-byte layer or a wrong size field is a clear error (e
   }
 });
 
+t.test('image config fields of the wrong type, or holding a NUL, are a clear error (exit 3)', async (t) => {
+  const cases: Array<[string, Record<string, unknown>, RegExp]> = [
+    ['Env a string', { Env: 'PATH=/bin' }, /the image config's Env is not a list of strings/],
+    ['Entrypoint a string', { Entrypoint: '/bin/sh' }, /the image config's Entrypoint is not a list of strings/],
+    ['Cmd of numbers', { Cmd: [1, 2] }, /the image config's Cmd is not a string/],
+    ['Labels a list', { Labels: ['x'] }, /the image config's Labels is not an object/],
+    ['a label value a number', { Labels: { a: 1 } }, /the image config's Labels value is not a string/],
+    ['StopSignal a number', { StopSignal: 9 }, /the image config's StopSignal is not a string/],
+    ['User an object', { User: { name: 'root' } }, /the image config's User is not a string/],
+    ['a NUL in Entrypoint', { Entrypoint: ['/bin/sh\u0000x'] }, /the image config's Entrypoint holds a NUL character/],
+    ['a NUL in Env', { Env: ['A=1\u0000B=2'] }, /the image config's Env holds a NUL character/],
+  ];
+  for (const [what, config, message] of cases) {
+    const dir = join(work, `config-${what.replace(/\W+/g, '-')}`);
+    await writeOciLayout(dir, { layers: [{ entries: baseEntries() }], config: config as never });
+    const out = join(work, `out-${what.replace(/\W+/g, '-')}`);
+    const result = await runTool('builder', 'ark-builder', [`oci:${dir}:latest`, out], env);
+    t.equal(result.code, 3, `${what}: exit 3`);
+    oneClearLine(t, result.stderr, message);
+    nothingLeft(t, out);
+  }
+});
+
 t.test('a layer that expands past --max-size (or --disk-size) stops the build', async (t) => {
   // 3 MiB of zeros per file compress to a few KiB: a small layer, a big image
   const zeros = Buffer.alloc(3 * 1024 * 1024);
@@ -122,6 +145,33 @@ t.test('a layer that expands past --max-size (or --disk-size) stops the build', 
   });
 });
 
+t.test('space running out says whose: the file system under OUTDIR (exit 1) or the disk itself (exit 2)', async (t) => {
+  // 40 MiB: the runtime copy does not fit; 60 MiB: it does, then the disk image does not
+  for (const size of ['40m', '60m']) {
+    await t.test(`an OUTDIR that fills up (${size}): free space (exit 1)`, { skip: process.getuid?.() !== 0 && 'needs root to mount a small file system' }, async (t) => {
+      const small = join(work, `full-fs-${size}`);
+      mkdirSync(small);
+      execFileSync('mount', ['-t', 'tmpfs', '-o', `size=${size}`, 'ha-full-fs', small]);
+      t.teardown(() => execFileSync('umount', [small]));
+      const out = join(small, 'bp');
+      const result = await runTool('builder', 'ark-builder', [image, out, '--disk-size', '100M'], env);
+      t.equal(result.code, 1, result.stderr);
+      oneClearLine(t, result.stderr.replace(/^(applying|writing).*\n/gm, ''), /no space left on the file system of .*full-fs-\w+\/bp|mkfs.ext4 could not build the disk: .*No space left on device/);
+      t.match(result.stderr, /hint: free space on the file system of .*full-fs-\w+\/bp, or build elsewhere/);
+      t.notMatch(result.stderr, /raise --disk-size/);
+      nothingLeft(t, out);
+    });
+  }
+  for (const size of ['2200K', '8M']) {
+    const out = join(work, `tiny-disk-${size}`);
+    const result = await runTool('builder', 'ark-builder', [image, out, '--disk-size', size], env);
+    t.equal(result.code, 2, `--disk-size ${size}: exit 2`);
+    oneClearLine(t, result.stderr.replace(/^(applying|writing).*\n/gm, ''), /mkfs.ext4 could not build the disk: mkfs.ext4: .*(too big|Could not allocate)/);
+    t.match(result.stderr, /raise --disk-size/, `--disk-size ${size}: the hint`);
+    nothingLeft(t, out);
+  }
+});
+
 t.test('SIGINT and SIGTERM mid-build remove the staging directory, every .partial and the OUTDIR', async (t) => {
   // 600 MiB of files: applying them takes long enough to be interrupted in the middle
   const chunk = Buffer.alloc(4 * 1024 * 1024, 1);
@@ -142,6 +192,25 @@ t.test('SIGINT and SIGTERM mid-build remove the staging directory, every .partia
     t.notMatch(result.stderr, /internal error/);
     nothingLeft(t, out);
   }
+});
+
+t.test('a second builder into the same OUTDIR is refused while the first builds; the first completes', async (t) => {
+  const out = join(work, 'shared-out');
+  // big enough that the first build is still applying its layer when the second starts
+  const chunk = Buffer.alloc(4 * 1024 * 1024, 1);
+  const slow = join(work, 'slow-oci');
+  await writeOciLayout(slow, { layers: [{ entries: [...baseEntries(), ...Array.from({ length: 60 }, (_, i) => ({ name: `data/${i}`, content: chunk }))], compression: 'none' }], config: { Entrypoint: ['/bin/sh'] } });
+  const first = startTool('builder', 'ark-builder', [`oci:${slow}:latest`, out], env);
+  const firstDone = finished(first);
+  const deadline = Date.now() + 60_000;
+  while (!readdirSync(staging).some((dir) => existsSync(join(staging, dir, 'rootfs', 'data'))) && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 20));
+  const second = await runTool('builder', 'ark-builder', [image, out], env);
+  t.equal(second.code, 6, 'the second builder: exit 6 (busy)');
+  oneClearLine(t, second.stderr, new RegExp(`shared-out is in use: ark-builder \\(PID ${first.pid}\\)`));
+  const result = await firstDone;
+  t.equal(result.code, 0, `the first builder built: ${result.stderr}`);
+  t.same(readdirSync(out).sort(), ['ark.arkdisk', 'ark.arkinitramfs', 'ark.arkkernel', 'ark.arkruntime', 'ark.json'], 'a complete blueprint, no partial file');
+  t.notOk(readdirSync(work).some((name) => name.startsWith('.shared-out.lock-')), 'no lock file is left');
 });
 
 t.test('a user other than root finds the installed kernel and builds', { skip: process.getuid?.() !== 0 && 'needs root to switch users' }, async (t) => {

@@ -50,3 +50,17 @@ t.test('without a usable cache the image is built where it is wanted, uncached',
   t.ok(existsSync(wanted));
   t.notOk(readdirSync(work).some((name) => name.startsWith('.ark-runtime-building-')), 'its build directory is gone');
 });
+
+t.test('a cache that fills up while the image is built: built where it is wanted, the cache left clean', { skip: process.getuid?.() !== 0 && 'needs root to mount a small file system' }, async (t) => {
+  const small = join(work, 'small-cache');
+  execFileSync('mkdir', ['-p', small]);
+  execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=10m', 'ha-small-cache', small]);
+  t.teardown(() => execFileSync('umount', [small]));
+  const wanted = join(work, 'wanted-after-full.partial');
+  const image = await ensureRuntimeImage({ cacheDir: join(small, 'runtime'), uncachedPath: wanted });
+  t.equal(image.path, wanted);
+  t.notOk(image.cached);
+  t.ok(existsSync(wanted));
+  t.same(readdirSync(join(small, 'runtime')), [], 'nothing half-built is left in the cache');
+  t.notOk(readdirSync(work).some((name) => name.startsWith('.ark-runtime-building-')), 'its build directory is gone');
+});

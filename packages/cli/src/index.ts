@@ -9,3 +9,6 @@ export { stopSignals, stoppedExitCode, whenStopped } from './stop-signals.ts';
 export type { StopRequests, StopSignal } from './stop-signals.ts';
 export { createOwnedDir, removeStaleEntries } from './owned-dir.ts';
 export { printable } from './printable.ts';
+export { lockPackage, processStartTime } from './path-lock.ts';
+export type { PackageLock } from './path-lock.ts';
+export { rawOptionValue } from './raw-option.ts';

@@ -1,6 +1,6 @@
 import { readFileSync } from 'node:fs';
 import { cac, type CAC } from 'cac';
-import { ArkError, ExitCode, colour, type IntegerOptions } from '@ark/cli';
+import { ArkError, ExitCode, colour, rawOptionValue, type IntegerOptions } from '@ark/cli';
 import { DEFAULT_HOST_CIDR, DEFAULT_PREFIX, MAX_COUNT } from './guest-network.ts';
 import { describeNetworkEvent, type NetworkEvent } from './network-events.ts';
 import { setupNetwork } from './setup-network.ts';
@@ -87,7 +87,9 @@ function usage(message: string): ArkError {
 /** cac turns numeric-looking values into numbers and repeated options into arrays. */
 function optionalString(flag: string, value: unknown): string | undefined {
   if (value === undefined) return undefined;
-  if (typeof value === 'string' || typeof value === 'number') return String(value);
+  // cac makes '' and '0123' numbers: the text as typed
+  if (typeof value === 'number') return rawOptionValue(process.argv, flag) ?? String(value);
+  if (typeof value === 'string') return value;
   throw usage(`${flag} takes one value`);
 }
 

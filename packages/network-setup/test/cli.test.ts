@@ -23,6 +23,8 @@ t.test('refuses bad input with a message, a hint and an exit code', async (t) =>
     ['CIDR over the guest network', ['--prefix', prefix, '--host-cidr', '172.16.0.0/24'], 2, /overlaps the guest network/],
     ['bad prefix characters', ['--prefix', 'Ark_1'], 2, /invalid prefix 'Ark_1'/],
     ['prefix ending in a digit', ['--prefix', 'ark1'], 2, /invalid prefix 'ark1'/],
+    ['empty prefix (cac made it the number 0)', ['--prefix', ''], 2, /invalid prefix ''/],
+    ['numeric prefix as typed', ['--prefix', '0123'], 2, /invalid prefix '0123'/],
     ['prefix too long', ['--prefix', 'abcdefghijklmn', '--count', '20'], 2, /too long: link 'abcdefghijklmn19' would exceed 15/],
     ['non-integer count', ['--prefix', prefix, '--count', '1.5'], 2, /invalid --count '1.5': it must be a whole number from 1 to 4096/],
     ['count in exponent notation', ['--prefix', prefix, '--count', '1e3'], 2, /invalid --count '1e3'/],

@@ -161,6 +161,7 @@ function readIndex(fd: number, path: string, fileBytes: number): PackageIndex {
 
 function checkIndex(index: PackageIndex, path: string, indexEnd: number, fileBytes: number): void {
   if (typeof index !== 'object' || index === null || index.format !== 'ark-package' || !Array.isArray(index.members)) throw corrupt(path, 'its index is not an ark package index');
+  if (!Number.isSafeInteger(index.formatVersion)) throw corrupt(path, 'its format version is not a whole number');
   if (index.formatVersion !== packageFormatVersion) {
     throw new ArkError('PACKAGE_VERSION', `${path} is package format ${index.formatVersion}; this ark reads format ${packageFormatVersion}`, {
       hint: 'use the ark version that wrote it, or package the blueprint again',

@@ -92,6 +92,22 @@ t.test('corrupted or truncated packages are refused with a clear error', async (
   t.throws(() => ArkPackage.open(garbage), { code: 'NOT_A_PACKAGE' });
 });
 
+t.test('a format version that is not a whole number is corrupt, not "format 1; this ark reads format 1"', async (t) => {
+  for (const version of ['"1"', '1.5', 'null']) {
+    const odd = join(dir, 'odd-version.ark');
+    execFileSync('cp', ['--sparse=always', pkg, odd]);
+    const head = readFileSync(odd).subarray(0, 64 * 1024);
+    const start = head.indexOf('{"format":"ark-package"');
+    const end = head.indexOf(0x0a, start);
+    // the writer pads the index with spaces up to its newline: the edit takes them
+    const text = head.subarray(start, end).toString().trimEnd().replace('"formatVersion":1,', `"formatVersion":${version},`);
+    const fd = openSync(odd, 'r+');
+    writeSync(fd, Buffer.from(text.padEnd(end - start, ' ')), 0, end - start, start);
+    closeSync(fd);
+    t.throws(() => ArkPackage.open(odd), { code: 'CORRUPT_PACKAGE', message: /its format version is not a whole number/ }, `formatVersion ${version}`);
+  }
+});
+
 t.test('a failed write leaves the old package in place and no temp file', async (t) => {
   const before = readFileSync(pkg);
   t.throws(() => writePackage(pkg, [{ name: 'disk', path: join(dir, 'does-not-exist') }]));

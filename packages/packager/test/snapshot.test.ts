@@ -129,7 +129,7 @@ t.test('the packager refuses a workload that exits before it is ready', async (t
   // an exiter that stops at 1 is gone before liveness can matter: ark-liveness may or may not have reported
   const result = await runTool('packager', 'ark-packager', [join(work, 'nothing-here'), join(work, 'x.ark')]);
   t.equal(result.code, 3);
-  t.match(result.stderr, /is not a blueprint/);
+  t.match(result.stderr, /nothing-here does not exist/);
   t.throws(() => statSync(join(work, 'x.ark')));
 });
 

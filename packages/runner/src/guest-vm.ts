@@ -1,6 +1,6 @@
 import { readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { ArkError, ExitCode, createOwnedDir, whenStopped, type StopSignal } from '@ark/cli';
+import { ArkError, ExitCode, createOwnedDir, printable, whenStopped, type StopSignal } from '@ark/cli';
 import { AgentClient, guestPorts, livenessReady, syncMarker, type AgentMessage } from '@ark/guest-protocol';
 import { randomUUID } from 'node:crypto';
 import { createConnection, type Socket } from 'node:net';
@@ -93,7 +93,10 @@ export class GuestVm {
         });
         socket.on('close', () => {
           clearTimeout(timer);
-          reject(new Error('the liveness channel closed'));
+          // the channel closes when QEMU dies (e.g. its memory file's file system filled up): say that, once QEMU's exit is known
+          void Promise.race([this.vm.exited, sleep(3000)]).then((exit) => reject(exit
+            ? vmStoppedError(this, exit)
+            : new ArkError('LIVENESS_CLOSED', 'the guest closed the liveness channel before the workload was ready', { hint: 'the console output above shows what the guest did', exitCode: ExitCode.failure })));
         });
       });
     } finally {
@@ -226,7 +229,7 @@ async function connectWithRetry(path: string, timeoutMs: number): Promise<Socket
 
 /** A workload that could not be started: one line, exit 127 (not found) or 126 (not executable), as docker does. */
 export function workloadStartError(exit: WorkloadExit & { startError: string }): ArkError {
-  return new ArkError('WORKLOAD_START_FAILED', `cannot start the workload: ${exit.startError}`, {
+  return new ArkError('WORKLOAD_START_FAILED', `cannot start the workload: ${printable(exit.startError)}`, {
     hint: "check the image's Entrypoint, Cmd and User (run.entrypoint, run.cmd and run.user in ark.json), and that the program is an executable file in the image",
     exitCode: exit.code === ExitCode.commandNotFound ? ExitCode.commandNotFound : ExitCode.cannotExecute,
   });
@@ -235,7 +238,8 @@ export function workloadStartError(exit: WorkloadExit & { startError: string }):
 export function vmStoppedError(vm: GuestVm, exit: VmExit): ArkError {
   const tail = vm.consoleTail();
   return new ArkError('VM_STOPPED', `the VM stopped before the workload exited (QEMU ${exit.signal ? `killed by ${exit.signal}` : `exit ${exit.code}`})${tail ? `; console:\n${tail}` : ''}`, {
-    hint: 'the console output above shows how far the guest got',
+    // QEMU maps guest RAM from a file beside the package: a SIGBUS is that file's file system running out of space
+    hint: exit.signal === 'SIGBUS' ? 'the file system holding the guest memory file (beside the package) is probably full: free space there, or write the package elsewhere' : 'the console output above shows how far the guest got',
     exitCode: ExitCode.failure,
   });
 }

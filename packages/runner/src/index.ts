@@ -7,8 +7,8 @@ export type { RunEvent, RunOptions, RunResult, TerminalOptions } from './run-blu
 export { runPackage, sparseCopy } from './run-package.ts';
 export type { PackageRunEvent, RunPackageOptions } from './run-package.ts';
 export type { PackageConfig } from './package-config.ts';
-export { lockPackage, processStartTime } from './package-lock.ts';
-export type { PackageLock } from './package-lock.ts';
+export { lockPackage, processStartTime } from '@ark/cli';
+export type { PackageLock } from '@ark/cli';
 export { checkInputPath, checkOutputPath } from './output-path.ts';
 export { writePackageInWorker } from './write-package-async.ts';
 export { createWorkDir } from './work-dir.ts';

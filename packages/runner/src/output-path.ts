@@ -31,5 +31,7 @@ export function checkOutputPath(path: string, what = 'the package'): string {
 /** Rejects an empty path argument, which would otherwise mean the current directory. */
 export function checkInputPath(path: string, what: string): string {
   if (path.trim() === '') throw new ArkError('EMPTY_PATH', `the path of ${what} is empty`, { hint: 'give a path, e.g. out/redis or app.ark', exitCode: ExitCode.usage });
+  // before any option is checked against what the path is: a typo is named as one
+  if (!statSync(path, { throwIfNoEntry: false })) throw new ArkError('NOT_FOUND', `${path} does not exist`, { hint: 'check the path; a blueprint is built with: ark-builder IMAGE OUTDIR', exitCode: ExitCode.badInput });
   return path;
 }

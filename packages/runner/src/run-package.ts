@@ -10,7 +10,7 @@ import { GuestVm, vmStoppedError, workloadStartError } from './guest-vm.ts';
 import { guestNameservers } from './nameservers.ts';
 import { checkOutputPath } from './output-path.ts';
 import type { PackageConfig } from './package-config.ts';
-import { lockPackage, type PackageLock } from './package-lock.ts';
+import { lockPackage, type PackageLock } from '@ark/cli';
 import type { RunOptions, RunResult } from './run-blueprint.ts';
 import { givenOverrides } from './run-overrides.ts';
 import { connectPackageInput } from './agent-run.ts';
@@ -63,17 +63,25 @@ export async function runPackage(path: string, options: RunPackageOptions): Prom
     // packages built before the guest runtime had its own disk carry it on theirs
     const runtime = pkg.has('runtime') ? join(work, 'runtime') : undefined;
     const files: WorkFiles = { kernel: join(work, 'kernel'), initramfs: join(work, 'initramfs'), disk: join(work, 'disk'), runtime, memory: join(work, 'memory'), state: join(work, 'state') };
-    for (const name of ['kernel', 'initramfs', 'disk'] as const) pkg.extractMember(name, files[name]);
-    if (runtime) pkg.extractMember('runtime', runtime);
     const vm = snapshot
       ? { cpus: config.vm.cpus, memoryMiB: config.vm.memoryMiB, network: network !== undefined }
       : { cpus: options.cpus ?? config.vm?.cpus ?? 1, memoryMiB: options.memoryMiB ?? config.vm?.memoryMiB ?? 512, network: network !== undefined };
-    if (snapshot) {
-      pkg.extractMember('memory', files.memory);
-      pkg.extractMember('state', files.state);
-    } else {
-      writeFileSync(files.memory, '');
-      truncateSync(files.memory, vm.memoryMiB * 1024 * 1024);
+    try {
+      for (const name of ['kernel', 'initramfs', 'disk'] as const) pkg.extractMember(name, files[name]);
+      if (runtime) pkg.extractMember('runtime', runtime);
+      if (snapshot) {
+        pkg.extractMember('memory', files.memory);
+        pkg.extractMember('state', files.state);
+      } else {
+        writeFileSync(files.memory, '');
+        truncateSync(files.memory, vm.memoryMiB * 1024 * 1024);
+      }
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== 'ENOSPC') throw error;
+      throw new ArkError('NO_SPACE', `no space left in ${dirname(work)} to unpack ${path} for the VM; the package is unchanged`, {
+        hint: 'the VM runs from a copy of the package\'s disk and memory beside it: free space there, or run a copy of the package placed elsewhere',
+        exitCode: ExitCode.failure,
+      });
     }
     guest = await GuestVm.start({
       kernelPath: files.kernel,

@@ -1,6 +1,6 @@
 import { cac } from 'cac';
 import { statSync } from 'node:fs';
-import { ArkError, ExitCode, ExitError, colour, runCli, stopSignals } from '@ark/cli';
+import { ArkError, ExitCode, ExitError, colour, printable, rawOptionValue, runCli, stopSignals } from '@ark/cli';
 import { validateNameservers } from './nameservers.ts';
 import { describePublished, parsePublishSpec, publishSyntax } from './publish-spec.ts';
 import { checkInputPath } from './output-path.ts';
@@ -47,6 +47,8 @@ export async function main(argv: string[]): Promise<void> {
       const cpus = options.cpus === undefined ? undefined : wholeNumber(options.cpus, '--cpus', 1, 64);
       const memoryMiB = options.memory === undefined ? undefined : wholeNumber(options.memory, '--memory', memoryRange.min, memoryRange.max);
       const stopTimeout = options.stopTimeout === undefined ? undefined : wholeNumber(options.stopTimeout, '--stop-timeout', 0, 3600);
+      // as typed: cac makes '' and '0123' numbers
+      if (options.out !== undefined) options.out = rawOptionValue(process.argv, '--out') ?? String(options.out);
       const isPackage = statSync(path, { throwIfNoEntry: false })?.isFile() === true;
       if (!isPackage && (options.out !== undefined || options.persist === false)) {
         throw new ArkError('USAGE', '--out and --no-persist are for packages', { hint: 'a blueprint run never changes the blueprint', exitCode: ExitCode.usage });
@@ -204,9 +206,9 @@ function reportRunEvent(event: RunEvent): void {
   if (event.kind === 'booting') {
     process.stderr.write(colour.dim(`ark-runner: booting ${event.what} (${event.cpus} CPU, ${event.memoryMiB} MiB)…\n`));
   } else if (event.kind === 'stopping') {
-    process.stderr.write(colour.dim(`ark-runner: ${event.reason}: sending ${event.stopSignal} to the workload; the VM is powered off if it has not exited within ${event.timeoutMs / 1000} s (Ctrl-C again: at once)\n`));
+    process.stderr.write(colour.dim(`ark-runner: ${event.reason}: sending ${printable(event.stopSignal)} to the workload; the VM is powered off if it has not exited within ${event.timeoutMs / 1000} s (Ctrl-C again: at once)\n`));
   } else if (event.kind === 'powering-off') {
-    process.stderr.write(`ark-runner: powering the VM off: ${event.why}\n`);
+    process.stderr.write(`ark-runner: powering the VM off: ${printable(event.why)}\n`);
   } else if (event.kind === 'published') {
     process.stderr.write(colour.dim(`ark-runner: published ${describePublished(event)} of ${event.namespace}\n`));
   } else if (event.kind === 'warning') {

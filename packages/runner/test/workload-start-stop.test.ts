@@ -53,6 +53,26 @@ t.test('a workload that cannot start: 127 (not found) or 126 (not executable) in
   t.match(packaged.stderr, /ark-packager: cannot start the workload: exec "\/no\/such\/program"/);
 });
 
+t.test('control characters from the image (an Entrypoint, a StopSignal) reach the terminal escaped', async (t) => {
+  const hostile = await blueprint('hostile-names', { Entrypoint: ['/bin/\u001b[2Jsh\n', '-c'], Cmd: ['echo hi'] });
+  const notFound = await runTool('runner', 'ark-runner', [hostile]);
+  t.equal(notFound.code, 127, notFound.stderr);
+  t.match(notFound.stderr, /cannot start the workload: exec "\/bin\/\\x1b\[2Jsh\\x0a"/, 'the escape and the newline are shown as \\xNN');
+  t.notMatch(notFound.stderr, /\u001b/, 'no raw escape reaches stderr');
+  t.equal(notFound.stderr.trim().split('\n').length, 2, 'one line and a hint');
+
+  const signal = await blueprint('hostile-signal', { Entrypoint: ['/bin/sh', '-c'], Cmd: ['echo started; while :; do sleep 0.1; done'], StopSignal: 'SIG\u001b[31mTERM\n' });
+  const child = startTool('runner', 'ark-runner', [signal]);
+  const done = finished(child);
+  await waitForStdout(child, 'started');
+  child.kill('SIGTERM');
+  const result = await done;
+  t.match(result.stderr, /sending SIG\\x1b\[31mTERM\\x0a to the workload/);
+  t.match(result.stderr, /powering the VM off: .*SIG\\x1b\[31mTERM\\x0a/);
+  t.notMatch(result.stderr, /\u001b/, 'no raw escape reaches stderr');
+  t.notMatch(result.stderr, /internal error/);
+});
+
 t.test("SIGTERM to a blueprint run sends the image's StopSignal; the runner exits with the workload's code", async (t) => {
   const trap = await blueprint('trap', { Entrypoint: ['/bin/sh', '-c'], Cmd: ["trap 'echo caught USR1; exit 42' USR1; echo started; while :; do sleep 0.1; done"], StopSignal: 'SIGUSR1' });
   const child = startTool('runner', 'ark-runner', [trap]);

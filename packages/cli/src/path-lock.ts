@@ -1,6 +1,7 @@
 import { readFileSync, readdirSync, realpathSync, rmSync, writeFileSync } from 'node:fs';
 import { basename, dirname, join, resolve } from 'node:path';
-import { ArkError, ExitCode } from '@ark/cli';
+import { ArkError } from './ark-error.ts';
+import { ExitCode } from './exit-codes.ts';
 
 /** A held lock on a package path; release it (or dispose) when done writing. */
 export interface PackageLock extends Disposable {
@@ -10,7 +11,8 @@ export interface PackageLock extends Disposable {
 
 /**
  * Takes the lock on writing the package at `packagePath` (which need not exist
- * yet), for one runner, packager or peer at a time. Readers (ark-registry, a
+ * yet), for one runner, packager or peer at a time; the builder takes it on
+ * its OUTDIR the same way. Readers (ark-registry, a
  * runner with --no-persist) need none: a package is replaced by a rename.
  *
  * Each holder creates its own file beside the package, named after its PID
