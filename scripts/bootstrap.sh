@@ -41,6 +41,26 @@ if [ ${#missing[@]} -gt 0 ]; then
   rm -f /usr/sbin/policy-rc.d
 fi
 
+# QEMU 10 from bookworm-backports: resume in place needs memory-backend-file's
+# offset (8.1+). The suite is added on the mirror the machine's own apt sources
+# already use for bookworm, so no host name is written here.
+qemu_major() { qemu-system-x86_64 --version 2>/dev/null | awk 'NR==1 {split($4, v, "."); print v[1]+0}'; }
+if [ "$(qemu_major || echo 0)" -lt 10 ]; then
+  mirror=$(cat /etc/apt/sources.list /etc/apt/sources.list.d/*.sources /etc/apt/sources.list.d/*.list 2>/dev/null |
+    awk '/^URIs:/ {uri=$2} /^Suites:/ && / bookworm( |$)/ && uri {print uri; exit}
+         /^deb / && $3 == "bookworm" {print ($2 ~ /^\[/ ? $3 : $2); exit}' || true)
+  if [ -z "$mirror" ]; then
+    say "cannot find the Debian mirror for bookworm in /etc/apt/sources.list*; add bookworm-backports and install qemu-system-x86 from it"
+    exit 1
+  fi
+  say "installing QEMU 10 from bookworm-backports ($mirror)"
+  printf 'Types: deb\nURIs: %s\nSuites: bookworm-backports\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
+    "$mirror" >/etc/apt/sources.list.d/ark-bookworm-backports.sources
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends -t bookworm-backports qemu-system-x86 qemu-utils >/dev/null
+fi
+
 node_major() { "$1" -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0; }
 if [ "$(node_major "$(command -v node || echo node)")" -lt 24 ]; then
   if [ ! -x "$node_prefix/node_modules/node/bin/node" ] || [ "$(node_major "$node_prefix/node_modules/node/bin/node")" -lt 24 ]; then
