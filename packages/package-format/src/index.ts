@@ -9,3 +9,4 @@ export type { MemberEntry, MemberName, PackageIndex } from './package-index.ts';
 export { writePackage } from './package-writer.ts';
 export type { MemberSource, WritePackageOptions } from './package-writer.ts';
 export { ArkPackage, memberDigest } from './package-reader.ts';
+export { CorruptChunkError, VerifiedMemberReader } from './verified-member-reader.ts';
