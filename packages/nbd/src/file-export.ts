@@ -28,6 +28,12 @@ export interface FileExportOptions {
    * connections for long.
    */
   io?: 'auto' | 'sync' | 'async' | undefined;
+  /**
+   * Blocks this process has read from storage so far (getrusage's
+   * ru_inblock); `auto` counts a slow read only when this moved. Default:
+   * `process.resourceUsage().fsRead`.
+   */
+  blocksRead?: (() => number) | undefined;
 }
 
 const SLOW_READ_MS = 2;
@@ -60,6 +66,8 @@ export class FileExport implements NbdExport {
   readonly #base: number;
   #asyncUntil = 0;
   #slowReads = 0;
+  readonly #blocksRead: () => number;
+  #blocksAtLastSlowRead: number;
   readonly #ownsFd: boolean;
   #closed = false;
 
@@ -76,6 +84,8 @@ export class FileExport implements NbdExport {
     this.size = options.size;
     this.readOnly = options.readOnly ?? true;
     this.io = options.io ?? 'auto';
+    this.#blocksRead = options.blocksRead ?? (() => process.resourceUsage().fsRead);
+    this.#blocksAtLastSlowRead = this.io === 'auto' ? this.#blocksRead() : 0;
     this.blockSize = { ...DEFAULT_BLOCK_SIZE, ...options.blockSize };
     if (!Number.isSafeInteger(this.#base) || this.#base < 0) throw new RangeError(`export ${this.name}: bad offset ${this.#base}`);
     this.extents = options.extents === undefined ? undefined : new ExtentMap(this.size, options.extents);
@@ -114,11 +124,22 @@ export class FileExport implements NbdExport {
 
   /**
    * Reads that keep being slow go to the disk: keep the event loop free for a
-   * while. One slow read alone is more likely the scheduler (a busy machine).
+   * while. One slow read alone is more likely the scheduler (a busy machine),
+   * and so is a slow read while the process read nothing from storage since
+   * the last slow one (from the page cache, a read or sendfile is slow only
+   * when the thread waits for a core): those do not count, or a busy machine
+   * would turn sendfile off and copy through the thread pool, slower still.
    */
   #noteInlineRead(ms: number): void {
-    if (ms <= SLOW_READ_MS) this.#slowReads = 0;
-    else if (++this.#slowReads >= SLOW_READS_TO_SWITCH) {
+    if (ms <= SLOW_READ_MS) {
+      this.#slowReads = 0;
+      return;
+    }
+    const blocks = this.#blocksRead();
+    const fromStorage = blocks !== this.#blocksAtLastSlowRead;
+    this.#blocksAtLastSlowRead = blocks;
+    if (!fromStorage) return;
+    if (++this.#slowReads >= SLOW_READS_TO_SWITCH) {
       this.#slowReads = 0;
       this.#asyncUntil = performance.now() + ASYNC_SPELL_MS;
     }
