@@ -1,4 +1,4 @@
-import { closeSync, openSync, readSync } from 'node:fs';
+import { closeSync, constants, openSync, readSync } from 'node:fs';
 import { ArkError, ExitCode } from '@ark/cli';
 import { fileIdentity, sameIdentity } from './file-identity.ts';
 import { MemberChunks, isAllZero } from './member-chunks.ts';
@@ -29,7 +29,12 @@ export function ensurePackageVerified(pkg: ArkPackage, options: TrustOptions = {
     const before = fileIdentity(fd);
     if (!sameIdentity(before, pkg.identity)) throw changed(pkg.path);
     if (isTrusted(pkg.indexDigest, before, options.cacheDir)) return;
-    for (const member of pkg.index.members) verifyMember(fd, pkg.path, member, options.onChunk);
+    const holes = new HoleReader(pkg.path, fd);
+    try {
+      for (const member of pkg.index.members) verifyMember(fd, holes, pkg.path, member, options.onChunk);
+    } finally {
+      holes.close();
+    }
     // the bytes checked are the bytes of this identity only if nothing wrote meanwhile
     if (!sameIdentity(fileIdentity(fd), before)) throw changed(pkg.path);
     rememberTrusted(pkg.indexDigest, before, options.cacheDir);
@@ -43,14 +48,14 @@ export function rememberWrittenPackage(fd: number, indexDigest: string, cacheDir
   return rememberTrusted(indexDigest, fileIdentity(fd), cacheDir);
 }
 
-function verifyMember(fd: number, path: string, member: MemberEntry, onChunk: TrustOptions['onChunk']): void {
+function verifyMember(fd: number, holes: HoleReader, path: string, member: MemberEntry, onChunk: TrustOptions['onChunk']): void {
   const chunks = MemberChunks.of(member);
   const whole = chunks.listed ? undefined : new MemberHasher(); // format 1: only the member digest
   const buffer = Buffer.allocUnsafe(hashChunkBytes);
   for (let i = 0; i < chunks.count; i++) {
     const [at, length] = chunks.range(i);
-    const bytes = buffer.subarray(0, length);
-    readFully(fd, bytes, member.offset + at, path);
+    const bytes = chunks.isZero(i) ? holes.read(member.offset + at, length) : buffer.subarray(0, length);
+    if (!chunks.isZero(i)) readFully(fd, bytes, member.offset + at, path);
     onChunk?.(member, i);
     if (chunks.isZero(i)) {
       // the index says zeros, and QEMU reads the file there: it must hold zeros (a hole reads as such)
@@ -60,6 +65,51 @@ function verifyMember(fd: number, path: string, member: MemberEntry, onChunk: Tr
     else if (!chunks.verify(i, bytes)) throw corrupt(path, `its ${member.name} chunk ${i} (bytes ${at}–${at + length}) does not match its SHA-256`);
   }
   if (whole && whole.digest() !== member.sha256) throw corrupt(path, `its ${member.name} does not match its SHA-256`);
+}
+
+/**
+ * Reads zero chunks (the holes of the package file) with O_DIRECT: a buffered
+ * read of a hole fills the page cache with zero pages, 11.8 s for 4 GiB on
+ * this machine against 0.24 s direct, so a 32 GiB mostly empty disk costs
+ * seconds, not minutes. Zero chunks are whole 4 KiB blocks at 4 KiB offsets,
+ * as O_DIRECT wants; where it is refused (tmpfs, a buffer it will not take)
+ * the plain descriptor is used.
+ */
+class HoleReader {
+  readonly #path: string;
+  readonly #fallback: number;
+  #direct: number | undefined;
+  readonly #buffer = Buffer.alloc(hashChunkBytes);
+
+  constructor(path: string, fallback: number) {
+    this.#path = path;
+    this.#fallback = fallback;
+    try {
+      this.#direct = openSync(path, constants.O_RDONLY | constants.O_DIRECT);
+    } catch {
+      this.#direct = undefined;
+    }
+  }
+
+  read(position: number, length: number): Buffer {
+    const bytes = this.#buffer.subarray(0, length);
+    if (this.#direct !== undefined) {
+      try {
+        readFully(this.#direct, bytes, position, this.#path);
+        return bytes;
+      } catch (error) {
+        if ((error as NodeJS.ErrnoException).code !== 'EINVAL') throw error;
+        this.close();
+      }
+    }
+    readFully(this.#fallback, bytes, position, this.#path);
+    return bytes;
+  }
+
+  close(): void {
+    if (this.#direct !== undefined) closeSync(this.#direct);
+    this.#direct = undefined;
+  }
 }
 
 function openPackage(pkg: ArkPackage): number {
