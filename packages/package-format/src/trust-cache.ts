@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { closeSync, fstatSync, fsyncSync, mkdirSync, openSync, readSync, renameSync, rmSync, writeSync } from 'node:fs';
+import { closeSync, fstatSync, mkdirSync, openSync, readSync, renameSync, rmSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { arkCacheDir, removeStaleEntries } from '@ark/cli';
 import type { FileIdentity } from './file-identity.ts';
@@ -50,10 +50,10 @@ export function rememberTrusted(indexSha256: string, identity: FileIdentity, cac
     const entries = readEntries(path).filter((e) => !(e.dev === identity.dev && e.ino === identity.ino));
     entries.push({ indexSha256, ...identity });
     const text = `${JSON.stringify({ version: 1, packages: entries.slice(-maxEntries) })}\n`;
+    // no fsync: after a crash the file may be empty or cut short, which reads as no records (safe), and every write of a package stays cheap
     const fd = openSync(temp, 'wx', 0o600);
     try {
       writeSync(fd, text);
-      fsyncSync(fd);
     } finally {
       closeSync(fd);
     }
