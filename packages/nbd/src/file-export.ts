@@ -1,6 +1,7 @@
 import fs from 'node:fs';
 import type { Extent } from './extent.ts';
 import { ExtentMap } from './extent-map.ts';
+import { type CpuContention, eventLoopContention } from './cpu-contention.ts';
 import { NbdError } from './nbd-error.ts';
 import { type BlockSizeConstraints, DEFAULT_BLOCK_SIZE, type FileRange, type NbdExport, type WriteZeroesOptions, validateExport } from './nbd-export.ts';
 import { Errno } from './protocol-constants.ts';
@@ -34,6 +35,8 @@ export interface FileExportOptions {
    * `process.resourceUsage().fsRead`.
    */
   blocksRead?: (() => number) | undefined;
+  /** `auto` also reads in the thread pool while the event loop keeps waiting for a core; default: this process's */
+  contention?: CpuContention | undefined;
 }
 
 const SLOW_READ_MS = 2;
@@ -67,6 +70,7 @@ export class FileExport implements NbdExport {
   #asyncUntil = 0;
   #slowReads = 0;
   readonly #blocksRead: () => number;
+  readonly #contention: CpuContention;
   #blocksAtLastSlowRead: number;
   readonly #ownsFd: boolean;
   #closed = false;
@@ -85,6 +89,7 @@ export class FileExport implements NbdExport {
     this.readOnly = options.readOnly ?? true;
     this.io = options.io ?? 'auto';
     this.#blocksRead = options.blocksRead ?? (() => process.resourceUsage().fsRead);
+    this.#contention = options.contention ?? eventLoopContention;
     this.#blocksAtLastSlowRead = this.io === 'auto' ? this.#blocksRead() : 0;
     this.blockSize = { ...DEFAULT_BLOCK_SIZE, ...options.blockSize };
     if (!Number.isSafeInteger(this.#base) || this.#base < 0) throw new RangeError(`export ${this.name}: bad offset ${this.#base}`);
@@ -118,8 +123,15 @@ export class FileExport implements NbdExport {
     if (this.io === 'auto') this.#noteInlineRead(ms);
   }
 
+  /**
+   * `auto` reads in the thread pool while reads keep coming from storage, and
+   * while the event loop keeps waiting for a core (a busy machine): then
+   * several pool threads run in parallel and a thread that waits holds up
+   * one read, not every connection's replies.
+   */
   #readsAsync(): boolean {
-    return this.io === 'async' || (this.io === 'auto' && performance.now() < this.#asyncUntil);
+    if (this.io !== 'auto') return this.io === 'async';
+    return performance.now() < this.#asyncUntil || this.#contention.contended();
   }
 
   /**
