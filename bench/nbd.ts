@@ -1,15 +1,22 @@
 // Read throughput of ark-registry against nbdkit's file plugin and qemu-nbd,
 // all serving the same .ark package: `nbdcopy URI null:` over TCP loopback and
-// a Unix socket, 1 and 4 connections.
-//   node bench/nbd.ts [--size-mib 1024] [--runs 5] [--workers N]
+// a Unix socket. Two packages: a dense one of random data (1 and 4
+// connections), and a real one made by ark-packager (sparse: guest RAM and a
+// disk with holes; nbdcopy with its defaults, extents on, and with
+// --connections=1), so block status and many small data extents are measured.
+//   node bench/nbd.ts [--size-mib 1024] [--runs 5] [--workers N] [--package FILE.ark | --blueprint DIR] [--no-dense]
+// --package takes a package made by ark-packager; --blueprint makes one with
+// this checkout's ark-packager first (it boots a VM: run the bench under the
+// machine's VM slot lock if there is one); default: --blueprint out/demo/blueprint
+// when demo/run.sh has made it, else only the dense rows.
 // ARK_NBD_SENDFILE=0 measures ark-registry copying the data instead of sendfile.
-// stdout: a table (GB/s, median of the runs) and the ratio ark/nbdkit.
+// stdout: a table per package (GB/s, median of the runs) and the ratio ark/nbdkit.
 import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
 import { randomFillSync } from 'node:crypto';
 import { closeSync, existsSync, ftruncateSync, mkdtempSync, openSync, rmSync, statSync, writeSync } from 'node:fs';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { basename, join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { sendfileSupport } from '@ark/nbd';
 import { writePackage } from '@ark/package-format';
@@ -19,6 +26,9 @@ const { values } = parseArgs({
     'size-mib': { type: 'string', default: '1024' },
     runs: { type: 'string', default: '5' },
     workers: { type: 'string' },
+    package: { type: 'string' },
+    blueprint: { type: 'string' },
+    'no-dense': { type: 'boolean', default: false },
   },
 });
 const sizeMiB = Number(values['size-mib']);
@@ -38,9 +48,9 @@ function cleanup(): void {
 process.on('exit', cleanup);
 process.on('SIGINT', () => process.exit(130));
 
-// A package like the ones ark-packager writes: a disk of random data with a
-// hole every 128 MiB (holes the index records and the file keeps sparse).
-function makePackage(): void {
+// A dense package: a disk of random data with a hole every 128 MiB (holes
+// the index records and the file keeps sparse).
+function makeDensePackage(): void {
   process.stderr.write(`writing a ${sizeMiB} MiB package to ${file}\n`);
   const disk = join(dir, 'disk.raw');
   const fd = openSync(disk, 'w');
@@ -101,7 +111,7 @@ const registry = join(repo, 'packages/registry/bin/ark-registry.ts');
 
 async function start(name: string, argv: (port: number, sock: string) => string[][], exportName = ''): Promise<Server> {
   const port = await freePort();
-  const sock = join(dir, `${name}.sock`);
+  const sock = join(dir, `${name}-${port}.sock`);
   for (const [cmd, ...args] of argv(port, sock)) {
     const child = spawn(cmd!, args, { stdio: ['ignore', 'ignore', 'inherit'] });
     children.push(child);
@@ -110,9 +120,10 @@ async function start(name: string, argv: (port: number, sock: string) => string[
   return { name, tcp: `nbd://127.0.0.1:${port}/${exportName}`, unix: `nbd+unix:///${exportName}?socket=${sock}` };
 }
 
-function timeCopy(uri: string, connections: number): number {
+function timeCopy(uri: string, connections: number | undefined): number {
   const t0 = process.hrtime.bigint();
-  execFileSync('nbdcopy', [`--connections=${connections}`, uri, 'null:'], { stdio: ['ignore', 'ignore', 'inherit'] });
+  const args = connections === undefined ? [] : [`--connections=${connections}`];
+  execFileSync('nbdcopy', [...args, uri, 'null:'], { stdio: ['ignore', 'ignore', 'inherit'] });
   return Number(process.hrtime.bigint() - t0) / 1e9;
 }
 
@@ -121,46 +132,82 @@ function median(xs: number[]): number {
   return s[Math.floor(s.length / 2)]!;
 }
 
-makePackage();
-const servers = [
-  await start(
-    'ark',
-    (port, sock) => [
-      [process.execPath, registry, file, '--laddr', `127.0.0.1:${port}`, ...workers],
-      [process.execPath, registry, file, '--socket', sock, ...workers],
-    ],
-    'app',
-  ),
-  await start('nbdkit', (port, sock) => [
-    ['nbdkit', '-f', '-p', String(port), 'file', file],
-    ['nbdkit', '-f', '-U', sock, 'file', file],
-  ]),
-  await start('qemu-nbd', (port, sock) => [
-    ['qemu-nbd', '-r', '-t', '-f', 'raw', '-e', '8', '-b', '127.0.0.1', '-p', String(port), file],
-    ['qemu-nbd', '-r', '-t', '-f', 'raw', '-e', '8', '-k', sock, file],
-  ]),
-];
-
-const bytes = statSync(file).size;
-const rows: string[][] = [];
-const header = ['transport', 'conns', ...servers.map((s) => `${s.name} GB/s`), 'ark/nbdkit'];
-for (const transport of ['tcp', 'unix'] as const) {
-  for (const connections of [1, 4]) {
-    // round-robin over the servers so that load from elsewhere hits them alike
-    const times: number[][] = servers.map(() => []);
-    for (const server of servers) timeCopy(server[transport], connections); // warm-up
-    for (let i = 0; i < runs; i++) for (const [k, server] of servers.entries()) times[k]!.push(timeCopy(server[transport], connections));
-    const rates = times.map((ts) => bytes / median(ts) / 1e9);
-    for (const [k, server] of servers.entries()) process.stderr.write(`${server.name} ${transport} ×${connections}: ${times[k]!.map((t) => t.toFixed(3)).join(' ')} s\n`);
-    rows.push([transport, String(connections), ...rates.map((r) => r.toFixed(2)), (rates[0]! / rates[1]!).toFixed(2)]);
+/** A package made by ark-packager: the one given, or one made from a blueprint now. */
+function realPackage(): string | undefined {
+  if (values.package !== undefined) return resolve(values.package);
+  const blueprint = values.blueprint ?? (existsSync(join(repo, 'out/demo/blueprint/ark.json')) ? join(repo, 'out/demo/blueprint') : undefined);
+  if (blueprint === undefined) {
+    process.stderr.write('no --package or --blueprint (and no out/demo/blueprint): only the dense package is measured\n');
+    return undefined;
   }
+  const out = join(dir, 'packaged.ark');
+  process.stderr.write(`making a package from ${blueprint} with ark-packager (boots a VM)\n`);
+  execFileSync(process.execPath, [join(repo, 'packages/packager/bin/ark-packager.ts'), blueprint, out], { stdio: ['ignore', 'ignore', 'inherit'] });
+  return out;
 }
 
-const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
-const line = (cells: string[]) => `| ${cells.map((c, i) => c.padStart(widths[i]!)).join(' | ')} |`;
-const support = sendfileSupport();
-const how = support.available ? 'ark sends by sendfile' : `ark copies (${support.reason})`;
-process.stdout.write(`nbdcopy URI null: — a ${Math.round(bytes / 2 ** 20)} MiB package in the page cache, median of ${runs} runs, ${how}${workers.length ? `, ark-registry ${workers.join(' ')}` : ''}\n`);
-process.stdout.write(`${line(header)}\n|${widths.map((w) => '-'.repeat(w + 2)).join('|')}|\n`);
-for (const r of rows) process.stdout.write(`${line(r)}\n`);
+const servers = (file: string, exportName: string) => [
+  () =>
+    start(
+      'ark',
+      (port, sock) => [
+        [process.execPath, registry, file, '--laddr', `127.0.0.1:${port}`, ...workers],
+        [process.execPath, registry, file, '--socket', sock, ...workers],
+      ],
+      exportName,
+    ),
+  () =>
+    start('nbdkit', (port, sock) => [
+      ['nbdkit', '-f', '-p', String(port), 'file', file],
+      ['nbdkit', '-f', '-U', sock, 'file', file],
+    ]),
+  () =>
+    start('qemu-nbd', (port, sock) => [
+      ['qemu-nbd', '-r', '-t', '-f', 'raw', '-e', '8', '-b', '127.0.0.1', '-p', String(port), file],
+      ['qemu-nbd', '-r', '-t', '-f', 'raw', '-e', '8', '-k', sock, file],
+    ]),
+];
+
+/** Measures one package with every server; prints its table. */
+async function measure(title: string, path: string, exportName: string, connectionCounts: Array<number | undefined>): Promise<void> {
+  // warm the page cache so every server reads from memory
+  execFileSync('cat', [path], { stdio: ['ignore', 'ignore', 'inherit'] });
+  const first = children.length;
+  const started = [];
+  for (const start of servers(path, exportName)) started.push(await start());
+  const bytes = statSync(path).size;
+  const rows: string[][] = [];
+  const header = ['transport', 'conns', ...started.map((s) => `${s.name} GB/s`), 'ark/nbdkit'];
+  for (const transport of ['tcp', 'unix'] as const) {
+    for (const connections of connectionCounts) {
+      // round-robin over the servers so that load from elsewhere hits them alike
+      const times: number[][] = started.map(() => []);
+      for (const server of started) timeCopy(server[transport], connections); // warm-up (and ark's first check of the chunks)
+      for (let i = 0; i < runs; i++) for (const [k, server] of started.entries()) times[k]!.push(timeCopy(server[transport], connections));
+      const rates = times.map((ts) => bytes / median(ts) / 1e9);
+      const conns = connections === undefined ? 'default' : String(connections);
+      for (const [k, server] of started.entries()) process.stderr.write(`${title}: ${server.name} ${transport} ×${conns}: ${times[k]!.map((t) => t.toFixed(3)).join(' ')} s\n`);
+      rows.push([transport, conns, ...rates.map((r) => r.toFixed(2)), (rates[0]! / rates[1]!).toFixed(2)]);
+    }
+  }
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
+  const line = (cells: string[]) => `| ${cells.map((c, i) => c.padStart(widths[i]!)).join(' | ')} |`;
+  const support = sendfileSupport();
+  const how = support.available ? 'ark sends by sendfile' : `ark copies (${support.reason})`;
+  process.stdout.write(`\nnbdcopy URI null: — ${title}, ${Math.round(bytes / 2 ** 20)} MiB file (GB/s of the file's size), median of ${runs} runs, ${how}${workers.length ? `, ark-registry ${workers.join(' ')}` : ''}\n`);
+  process.stdout.write(`${line(header)}\n|${widths.map((w) => '-'.repeat(w + 2)).join('|')}|\n`);
+  for (const r of rows) process.stdout.write(`${line(r)}\n`);
+  for (const c of children.slice(first)) c.kill('SIGTERM');
+}
+
+const real = realPackage();
+if (!values['no-dense']) {
+  makeDensePackage();
+  await measure('dense package (random data, a hole every 128 MiB)', file, 'app', [1, 4]);
+}
+if (real !== undefined) {
+  const name = basename(real).replace(/\.ark$/, '');
+  const usedMiB = Math.round((statSync(real).blocks * 512) / 2 ** 20);
+  await measure(`package made by ark-packager (${usedMiB} MiB of data on disk, the rest holes)`, real, name, [undefined, 1]);
+}
 cleanup(); // the servers keep the event loop alive otherwise

@@ -2,16 +2,10 @@ import { createHash } from 'node:crypto';
 import { createWriteStream, existsSync, mkdirSync, renameSync, rmSync, statSync } from 'node:fs';
 import { Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { homedir } from 'node:os';
 import { join } from 'node:path';
-import { ArkError, ExitCode } from '@ark/cli';
+import { ArkError, ExitCode, arkCacheDir } from '@ark/cli';
 
-/** ark's cache: /var/cache/ark for root, else ~/.cache/ark; ARK_CACHE overrides. */
-export function arkCacheDir(): string {
-  if (process.env.ARK_CACHE) return process.env.ARK_CACHE;
-  if (process.getuid?.() === 0) return '/var/cache/ark';
-  return join(process.env.XDG_CACHE_HOME ?? join(homedir(), '.cache'), 'ark');
-}
+export { arkCacheDir } from '@ark/cli';
 
 export function parseDigest(digest: string): { algorithm: 'sha256'; hex: string } {
   const match = /^sha256:([a-f0-9]{64})$/.exec(digest);

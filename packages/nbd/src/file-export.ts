@@ -1,6 +1,7 @@
 import fs from 'node:fs';
 import type { Extent } from './extent.ts';
 import { ExtentMap } from './extent-map.ts';
+import { type CpuContention, eventLoopContention } from './cpu-contention.ts';
 import { NbdError } from './nbd-error.ts';
 import { type BlockSizeConstraints, DEFAULT_BLOCK_SIZE, type FileRange, type NbdExport, type WriteZeroesOptions, validateExport } from './nbd-export.ts';
 import { Errno } from './protocol-constants.ts';
@@ -28,6 +29,14 @@ export interface FileExportOptions {
    * connections for long.
    */
   io?: 'auto' | 'sync' | 'async' | undefined;
+  /**
+   * Blocks this process has read from storage so far (getrusage's
+   * ru_inblock); `auto` counts a slow read only when this moved. Default:
+   * `process.resourceUsage().fsRead`.
+   */
+  blocksRead?: (() => number) | undefined;
+  /** `auto` also reads in the thread pool while the event loop keeps waiting for a core; default: this process's */
+  contention?: CpuContention | undefined;
 }
 
 const SLOW_READ_MS = 2;
@@ -60,6 +69,9 @@ export class FileExport implements NbdExport {
   readonly #base: number;
   #asyncUntil = 0;
   #slowReads = 0;
+  readonly #blocksRead: () => number;
+  readonly #contention: CpuContention;
+  #blocksAtLastSlowRead: number;
   readonly #ownsFd: boolean;
   #closed = false;
 
@@ -76,6 +88,9 @@ export class FileExport implements NbdExport {
     this.size = options.size;
     this.readOnly = options.readOnly ?? true;
     this.io = options.io ?? 'auto';
+    this.#blocksRead = options.blocksRead ?? (() => process.resourceUsage().fsRead);
+    this.#contention = options.contention ?? eventLoopContention;
+    this.#blocksAtLastSlowRead = this.io === 'auto' ? this.#blocksRead() : 0;
     this.blockSize = { ...DEFAULT_BLOCK_SIZE, ...options.blockSize };
     if (!Number.isSafeInteger(this.#base) || this.#base < 0) throw new RangeError(`export ${this.name}: bad offset ${this.#base}`);
     this.extents = options.extents === undefined ? undefined : new ExtentMap(this.size, options.extents);
@@ -108,17 +123,35 @@ export class FileExport implements NbdExport {
     if (this.io === 'auto') this.#noteInlineRead(ms);
   }
 
+  /**
+   * `auto` reads in the thread pool while reads keep coming from storage, and
+   * while the event loop keeps waiting for a core (a busy machine): then
+   * several pool threads run in parallel and a thread that waits holds up
+   * one read, not every connection's replies.
+   */
   #readsAsync(): boolean {
-    return this.io === 'async' || (this.io === 'auto' && performance.now() < this.#asyncUntil);
+    if (this.io !== 'auto') return this.io === 'async';
+    return performance.now() < this.#asyncUntil || this.#contention.contended();
   }
 
   /**
    * Reads that keep being slow go to the disk: keep the event loop free for a
-   * while. One slow read alone is more likely the scheduler (a busy machine).
+   * while. One slow read alone is more likely the scheduler (a busy machine),
+   * and so is a slow read while the process read nothing from storage since
+   * the last slow one (from the page cache, a read or sendfile is slow only
+   * when the thread waits for a core): those do not count, or a busy machine
+   * would turn sendfile off and copy through the thread pool, slower still.
    */
   #noteInlineRead(ms: number): void {
-    if (ms <= SLOW_READ_MS) this.#slowReads = 0;
-    else if (++this.#slowReads >= SLOW_READS_TO_SWITCH) {
+    if (ms <= SLOW_READ_MS) {
+      this.#slowReads = 0;
+      return;
+    }
+    const blocks = this.#blocksRead();
+    const fromStorage = blocks !== this.#blocksAtLastSlowRead;
+    this.#blocksAtLastSlowRead = blocks;
+    if (!fromStorage) return;
+    if (++this.#slowReads >= SLOW_READS_TO_SWITCH) {
       this.#slowReads = 0;
       this.#asyncUntil = performance.now() + ASYNC_SPELL_MS;
     }

@@ -7,6 +7,7 @@ export type { NbdExport, BlockSizeConstraints, WriteZeroesOptions } from './nbd-
 export { DEFAULT_BLOCK_SIZE, validateExport } from './nbd-export.ts';
 export { FileExport } from './file-export.ts';
 export type { FileExportOptions } from './file-export.ts';
+export { CpuContention } from './cpu-contention.ts';
 export { MemoryExport } from './memory-export.ts';
 export type { MemoryExportOptions } from './memory-export.ts';
 export { ExtentMap } from './extent-map.ts';

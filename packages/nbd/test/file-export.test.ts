@@ -1,17 +1,19 @@
 // FileExport: slices, file ranges for sendfile, and the switch to the thread
-// pool when inline reads (or sendfiles) keep being slow.
-import { writeFileSync } from 'node:fs';
+// pool when inline reads (or sendfiles) keep being slow because of storage.
+import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import t from 'tap';
-import { FileExport } from '@ark/nbd';
+import { CpuContention, FileExport } from '@ark/nbd';
 import { fileRange, makeRandomFile, tempDir } from './nbd-test-env.ts';
 
 const dir = tempDir(t);
 const path = join(dir, 'disk.img');
+// a scheduler that never starves the event loop: these cases are about storage, not a busy machine
+const calm = new CpuContention({ sample: () => undefined });
 makeRandomFile(path, 1 << 20);
 
 t.test('a read-only slice gives file ranges at its offset; a writable export gives none', async (t) => {
-  const slice = await FileExport.open(path, { name: 'slice', offset: 65536, size: 131072 });
+  const slice = await FileExport.open(path, { name: 'slice', offset: 65536, size: 131072, contention: calm });
   t.teardown(() => slice.close());
   t.same(slice.fileRange(4096), { fd: slice.fd, position: 65536 + 4096 });
   const rw = await FileExport.open(path, { name: 'rw', readOnly: false });
@@ -19,18 +21,24 @@ t.test('a read-only slice gives file ranges at its offset; a writable export giv
   t.equal(rw.fileRange(0), undefined, 'a write could change pages still in the socket');
 });
 
-t.test('three slow inline reads in a row move reads to the thread pool for a while, sendfile included', async (t) => {
-  const exp = await FileExport.open(path, { name: 'auto' });
+t.test('three slow inline reads in a row that read from storage move reads to the thread pool for a while, sendfile included', async (t) => {
+  // the blocks the process has read from storage (getrusage's ru_inblock): each slow read here "read from the disk"
+  let blocks = 0;
+  const exp = await FileExport.open(path, { name: 'auto', blocksRead: () => blocks, contention: calm });
   t.teardown(() => exp.close());
+  const slowFromDisk = () => {
+    blocks += 8;
+    exp.inlineIoTook(50);
+  };
   const into = Buffer.alloc(4096);
   t.equal(exp.read(0, into), undefined, 'reads inline at first');
-  exp.inlineIoTook(50);
-  exp.inlineIoTook(50);
+  slowFromDisk();
+  slowFromDisk();
   exp.inlineIoTook(1); // a fast one in between starts the count again
-  exp.inlineIoTook(50);
-  exp.inlineIoTook(50);
+  slowFromDisk();
+  slowFromDisk();
   t.ok(exp.fileRange(0), 'two slow ones in a row are not enough');
-  exp.inlineIoTook(50);
+  slowFromDisk();
   t.equal(exp.fileRange(0), undefined, 'the third: no sendfile on the event loop');
   const pending = exp.read(8192, into);
   t.type(pending, Promise, 'reads go to the thread pool');
@@ -43,6 +51,46 @@ t.test('three slow inline reads in a row move reads to the thread pool for a whi
   const async_ = await FileExport.open(path, { name: 'async', io: 'async' });
   t.teardown(() => async_.close());
   t.equal(async_.fileRange(0), undefined, "io: 'async' never sends inline");
+});
+
+t.test('slow reads while nothing is read from storage (a busy machine, data in the page cache) keep sendfile', async (t) => {
+  // the real counter: these "reads" touch no storage, so it does not move
+  const exp = await FileExport.open(path, { name: 'busy', contention: calm });
+  t.teardown(() => exp.close());
+  for (let i = 0; i < 10; i++) exp.inlineIoTook(50);
+  t.ok(exp.fileRange(0), 'still sent inline by sendfile');
+});
+
+t.test('while the event loop keeps waiting for a core, auto reads in the thread pool; once it runs freely, by sendfile again', async (t) => {
+  // [run ns, wait ns] of the event-loop thread, as /proc/thread-self/schedstat gives them
+  let sample: [number, number] = [0, 0];
+  let now = 0;
+  const contention = new CpuContention({ sample: () => sample, intervalMs: 100, clock: () => now });
+  const exp = await FileExport.open(path, { name: 'busy', contention });
+  t.teardown(() => exp.close());
+  t.equal(contention.contended(), false, 'the first sample only sets a baseline');
+  t.ok(exp.fileRange(0), 'sendfile at first');
+  sample = [100e6, 250e6]; // 100 ms running, 250 ms waiting for a core
+  now += 150;
+  t.equal(contention.contended(), true);
+  t.equal(exp.fileRange(0), undefined, 'no sendfile on a starved event loop');
+  t.type(exp.read(0, Buffer.alloc(4096)), Promise, 'reads go to the thread pool');
+  sample = [200e6, 260e6]; // then 100 ms running, 10 ms waiting
+  now += 150;
+  t.equal(contention.contended(), false);
+  t.ok(exp.fileRange(0), 'sendfile again');
+  sample = [200.5e6, 400e6]; // an idle thread (0.5 ms running) says nothing
+  now += 150;
+  t.equal(contention.contended(), false, 'the verdict stays');
+  now += 10;
+  sample = [300e6, 900e6];
+  t.equal(contention.contended(), false, 'and is not sampled again within the interval');
+});
+
+t.test('the real scheduler statistics of this thread can be read (Linux)', async (t) => {
+  const contention = new CpuContention({ intervalMs: 0 });
+  t.equal(typeof contention.contended(), 'boolean');
+  t.match(readFileSync('/proc/thread-self/schedstat', 'latin1'), /^\d+ \d+ \d+/);
 });
 
 t.test('a slice past the end of its file reads as zeroes, inline and in the thread pool', async (t) => {

@@ -7,7 +7,7 @@ import net from 'node:net';
 import { join } from 'node:path';
 import { readFileSync } from 'node:fs';
 import t, { type Test } from 'tap';
-import { Command, FileExport, NbdClient, NbdServer, generatePskKey, sendfileSupport, type NbdServerLimits } from '@ark/nbd';
+import { Command, CpuContention, FileExport, NbdClient, NbdServer, generatePskKey, sendfileSupport, type NbdServerLimits } from '@ark/nbd';
 import { RawPeer, makeRandomFile, requestBytes, sleep, tempDir, waitUntil } from './nbd-test-env.ts';
 
 const MiB = 1024 * 1024;
@@ -17,7 +17,8 @@ makeRandomFile(path, 64 * MiB);
 const content = readFileSync(path);
 
 async function serve(t: Test, limits: Partial<NbdServerLimits>, options: { tls?: boolean; io?: 'auto' | 'async' } = {}) {
-  const disk = await FileExport.open(path, { name: 'disk', io: options.io ?? 'auto' });
+  // this test loads the machine itself: keep `auto` on sendfile, as on a machine with cores to spare (a starved event loop would copy)
+  const disk = await FileExport.open(path, { name: 'disk', io: options.io ?? 'auto', contention: new CpuContention({ sample: () => undefined }) });
   const key = generatePskKey();
   const dropped: string[] = [];
   const server = new NbdServer({

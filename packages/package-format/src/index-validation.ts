@@ -1,4 +1,5 @@
-import { memberAlignment, memberNames, type PackageIndex } from './package-index.ts';
+import { MemberChunks, isCanonicalBase64 } from './member-chunks.ts';
+import { memberAlignment, memberNames, zeroBlockSize, type PackageIndex } from './package-index.ts';
 
 /**
  * Why an index cannot describe a package in a file of `fileBytes` bytes whose
@@ -29,12 +30,16 @@ export function indexProblem(index: PackageIndex, indexEnd: number, fileBytes: n
     if (member.offset < indexEnd) return `its ${name} starts at byte ${member.offset}, inside the index (which ends at ${indexEnd})`;
     if (!Array.isArray(member.zeroExtents)) return `its ${label} has no zero extents list`;
     let position = 0;
-    for (const extent of member.zeroExtents as unknown[]) {
+    for (const [k, extent] of (member.zeroExtents as unknown[]).entries()) {
       if (!Array.isArray(extent) || extent.length !== 2 || countProblem(extent[0]) || countProblem(extent[1])) return `its ${name} has bad zero extents`;
       const [offset, length] = extent as [number, number];
       if (offset < position || length <= 0 || offset + length > member.size) return `its ${name} has bad zero extents`;
+      // format 2 decides which chunks are zeros by the extents: they must be whole blocks, merged, as the writer makes them
+      if (index.formatVersion >= 2 && (offset % zeroBlockSize !== 0 || length % zeroBlockSize !== 0 || (k > 0 && offset === position))) return `its ${name} has bad zero extents`;
       position = offset + length;
     }
+    const chunksProblem = chunkListProblem(index.formatVersion, member);
+    if (chunksProblem !== undefined) return `its ${name} has ${chunksProblem}`;
     spans.push({ name, start: member.offset, end });
   }
   spans.sort((a, b) => a.start - b.start);
@@ -44,6 +49,15 @@ export function indexProblem(index: PackageIndex, indexEnd: number, fileBytes: n
     if (after.start < before.end) return `its members ${before.name} and ${after.name} overlap (bytes ${after.start}–${Math.min(before.end, after.end)})`;
   }
   return undefined;
+}
+
+/** What is wrong with a member's chunk digests: none in format 1, all of them (and nothing else) in format 2. */
+function chunkListProblem(formatVersion: number, member: PackageIndex['members'][number]): string | undefined {
+  const chunks: unknown = member.chunks;
+  if (formatVersion < 2) return chunks === undefined ? undefined : 'chunk digests, which format 1 does not have';
+  if (typeof chunks !== 'string') return 'no chunk digests (base64)';
+  if (!isCanonicalBase64(chunks)) return 'chunk digests that are not base64';
+  return MemberChunks.of(member).problem(member.sha256);
 }
 
 /** What is wrong with a byte count or offset read from JSON: it must be a whole number from 0 up. */

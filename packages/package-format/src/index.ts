@@ -1,5 +1,12 @@
-export { MemberHasher, dataExtents, hashChunkBytes, indexMemberName, isZeroRange, memberAlignment, memberNames, packageFormatVersion, zeroBlockSize } from './package-index.ts';
+export { MemberHasher, dataExtents, hashChunkBytes, indexMemberName, isZeroRange, memberAlignment, memberNames, packageFormatVersion, readableFormatVersions, zeroBlockSize, zeroChunkDigest } from './package-index.ts';
+export { MemberChunks, chunkDigest, verifyChunk } from './member-chunks.ts';
+export { ensurePackageVerified } from './package-trust.ts';
+export type { TrustOptions } from './package-trust.ts';
+export { trustCachePath } from './trust-cache.ts';
+export { fileIdentity } from './file-identity.ts';
+export type { FileIdentity } from './file-identity.ts';
 export type { MemberEntry, MemberName, PackageIndex } from './package-index.ts';
 export { writePackage } from './package-writer.ts';
 export type { MemberSource, WritePackageOptions } from './package-writer.ts';
 export { ArkPackage, memberDigest } from './package-reader.ts';
+export { CorruptChunkError, VerifiedMemberReader } from './verified-member-reader.ts';

@@ -1,7 +1,10 @@
 import { createHash } from 'node:crypto';
 
-/** The format version this code writes and reads. */
-export const packageFormatVersion = 1;
+/** The format version this code writes. */
+export const packageFormatVersion = 2;
+
+/** The format versions this code reads: 1 (digests per member) and 2 (per 1 MiB chunk too). */
+export const readableFormatVersions: readonly number[] = [1, 2];
 
 /** Member data starts on this boundary, so an NBD export of the whole file can be sliced per member. */
 export const memberAlignment = 4096;
@@ -30,6 +33,12 @@ export interface MemberEntry {
   sha256: string;
   /** [offset, length] runs of zero bytes inside the member, in 4 KiB units of bytes; holes in the package file */
   zeroExtents: Array<[number, number]>;
+  /**
+   * Format 2: base64 of the concatenated SHA-256 digests of the member's
+   * 1 MiB chunks, but only of those not wholly inside a zero extent (the others
+   * are zeros, whose digest is known); see MemberChunks.
+   */
+  chunks?: string;
 }
 
 export interface PackageIndex {
@@ -41,12 +50,25 @@ export interface PackageIndex {
 
 export const hashChunkBytes = 1 << 20;
 
-/** Computes a member digest chunk by chunk; chunks must come in order, each hashChunkBytes long but the last. */
+/**
+ * Computes a member digest chunk by chunk; chunks must come in order, each
+ * hashChunkBytes long but the last. It also keeps the digests of the chunks
+ * that are not zero chunks: the `chunks` list of a format 2 index. A zero
+ * chunk must be given as such exactly when it lies wholly inside one of the
+ * member's zero extents (opening the package checks that the list fits).
+ */
 export class MemberHasher {
   readonly #root = createHash('sha256');
+  readonly #listed: Buffer[] = [];
 
   chunk(bytes: Uint8Array): void {
-    this.#root.update(createHash('sha256').update(bytes).digest());
+    this.knownChunk(createHash('sha256').update(bytes).digest());
+  }
+
+  /** A chunk whose digest is known already (for example, unchanged since an index listed it). */
+  knownChunk(digest: Buffer): void {
+    this.#root.update(digest);
+    this.#listed.push(digest);
   }
 
   /** A chunk known to be all zeros, without hashing it. */
@@ -57,10 +79,16 @@ export class MemberHasher {
   digest(): string {
     return this.#root.digest('hex');
   }
+
+  /** The digests of the chunks given as data, for the index (`chunks`). */
+  chunkList(): string {
+    return Buffer.concat(this.#listed).toString('base64');
+  }
 }
 
 const zeroDigests = new Map<number, Buffer>();
-function zeroChunkDigest(length: number): Buffer {
+/** The SHA-256 of `length` zero bytes. */
+export function zeroChunkDigest(length: number): Buffer {
   let digest = zeroDigests.get(length);
   if (!digest) {
     digest = createHash('sha256').update(Buffer.alloc(length)).digest();

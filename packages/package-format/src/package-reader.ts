@@ -1,8 +1,10 @@
+import { createHash } from 'node:crypto';
 import { closeSync, fstatSync, ftruncateSync, openSync, readSync, rmSync, writeSync } from 'node:fs';
 import { ArkError, ExitCode } from '@ark/cli';
-import { MemberHasher, hashChunkBytes, indexMemberName, isZeroRange, memberAlignment, packageFormatVersion, dataExtents, type MemberEntry, type MemberName, type PackageIndex } from './package-index.ts';
+import { MemberHasher, hashChunkBytes, indexMemberName, isZeroRange, memberAlignment, readableFormatVersions, packageFormatVersion, dataExtents, type MemberEntry, type MemberName, type PackageIndex } from './package-index.ts';
 import { indexProblem } from './index-validation.ts';
 import { tarBlock } from './tar-header.ts';
+import { fileIdentity, type FileIdentity } from './file-identity.ts';
 
 
 /** A package opened for reading: its index, and verified access to its members. */
@@ -10,11 +12,17 @@ export class ArkPackage {
   readonly path: string;
   readonly index: PackageIndex;
   readonly fileBytes: number;
+  /** SHA-256 (hex) of the index as stored, padding included: names this package's contents */
+  readonly indexDigest: string;
+  /** the file as it was when the index was read (see package-trust.ts) */
+  readonly identity: FileIdentity;
 
-  private constructor(path: string, index: PackageIndex, fileBytes: number) {
+  private constructor(path: string, index: PackageIndex, fileBytes: number, indexDigest: string, identity: FileIdentity) {
     this.path = path;
     this.index = index;
     this.fileBytes = fileBytes;
+    this.indexDigest = indexDigest;
+    this.identity = identity;
   }
 
   /** Reads and checks the index; every member must lie inside the file. */
@@ -34,8 +42,8 @@ export class ArkPackage {
         });
       }
       const fileBytes = stat.size;
-      const index = readIndex(fd, path, fileBytes);
-      return new ArkPackage(path, index, fileBytes);
+      const { index, digest } = readIndex(fd, path, fileBytes);
+      return new ArkPackage(path, index, fileBytes, digest, fileIdentity(fd));
     } finally {
       closeSync(fd);
     }
@@ -118,7 +126,7 @@ export function memberDigest(bytes: Buffer): string {
 /** Far more than any index needs (a few KiB); a larger one is not read into memory. */
 const maxIndexBytes = 64 << 20;
 
-function readIndex(fd: number, path: string, fileBytes: number): PackageIndex {
+function readIndex(fd: number, path: string, fileBytes: number): { index: PackageIndex; digest: string } {
   const head = Buffer.alloc(Math.min(fileBytes, 16 * memberAlignment));
   readSync(fd, head, 0, head.length, 0);
   // walk the tar headers to the index member: pax padding first, then index.json
@@ -151,7 +159,7 @@ function readIndex(fd: number, path: string, fileBytes: number): PackageIndex {
       throw corrupt(path, 'its index is not valid JSON');
     }
     checkIndex(index, path, dataStart + indexBytes, fileBytes);
-    return index;
+    return { index, digest: createHash('sha256').update(indexBuffer).digest('hex') };
   }
   throw new ArkError('NOT_A_PACKAGE', `${path} is not an ark package (no index at its start)`, {
     hint: 'make one with: ark-packager BLUEPRINT_DIR OUT.ark',
@@ -162,8 +170,8 @@ function readIndex(fd: number, path: string, fileBytes: number): PackageIndex {
 function checkIndex(index: PackageIndex, path: string, indexEnd: number, fileBytes: number): void {
   if (typeof index !== 'object' || index === null || index.format !== 'ark-package' || !Array.isArray(index.members)) throw corrupt(path, 'its index is not an ark package index');
   if (!Number.isSafeInteger(index.formatVersion)) throw corrupt(path, 'its format version is not a whole number');
-  if (index.formatVersion !== packageFormatVersion) {
-    throw new ArkError('PACKAGE_VERSION', `${path} is package format ${index.formatVersion}; this ark reads format ${packageFormatVersion}`, {
+  if (!readableFormatVersions.includes(index.formatVersion)) {
+    throw new ArkError('PACKAGE_VERSION', `${path} is package format ${index.formatVersion}; this ark reads formats ${readableFormatVersions.join(' and ')} (writes ${packageFormatVersion})`, {
       hint: 'use the ark version that wrote it, or package the blueprint again',
       exitCode: ExitCode.badInput,
     });
@@ -180,7 +188,7 @@ function readFully(fd: number, buffer: Buffer, offset: number, length: number, p
   }
 }
 
-function corrupt(path: string, why: string): ArkError {
+export function corrupt(path: string, why: string): ArkError {
   return new ArkError('CORRUPT_PACKAGE', `${path} is corrupted: ${why}`, {
     hint: 'do not run it; copy the package again or make it anew with ark-packager',
     exitCode: ExitCode.badInput,

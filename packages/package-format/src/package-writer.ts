@@ -1,5 +1,7 @@
 import { closeSync, fstatSync, fsyncSync, ftruncateSync, openSync, readSync, renameSync, rmSync, writeSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
+import { createHash } from 'node:crypto';
+import { rememberWrittenPackage } from './package-trust.ts';
 import { MemberHasher, hashChunkBytes, indexMemberName, memberAlignment, packageFormatVersion, zeroBlockSize, dataExtents, type MemberName, type PackageIndex } from './package-index.ts';
 import { paxPadding, tarBlock, ustarHeader } from './tar-header.ts';
 
@@ -7,6 +9,8 @@ export type MemberSource = { name: MemberName; path: string } | { name: MemberNa
 
 export interface WritePackageOptions {
   onProgress?: (event: { member: MemberName; phase: 'scan' | 'write'; bytes: number; total: number }) => void;
+  /** where the package is recorded as trusted (see ensurePackageVerified); default ark's cache */
+  trustCacheDir?: string;
 }
 
 const chunkBytes = 1 << 20;
@@ -32,7 +36,7 @@ export function writePackage(outPath: string, sources: MemberSource[], options: 
       format: 'ark-package',
       formatVersion: packageFormatVersion,
       createdAt: new Date(mtime).toISOString(),
-      members: scanned.map((m, i) => ({ name: m.name, offset: layout.offsets[i]!, size: m.size, sha256: m.sha256, zeroExtents: m.zeroExtents })),
+      members: scanned.map((m, i) => ({ name: m.name, offset: layout.offsets[i]!, size: m.size, sha256: m.sha256, zeroExtents: m.zeroExtents, chunks: m.chunks })),
     };
     const length = Buffer.byteLength(JSON.stringify(index));
     if (length <= reserved) break;
@@ -54,11 +58,13 @@ export function writePackage(outPath: string, sources: MemberSource[], options: 
       copyData(fd, offset, member, options);
     });
     fsyncSync(fd);
-    closeSync(fd);
     renameSync(temp, outPath);
     const dir = openSync(dirname(outPath), 'r');
     fsyncSync(dir);
     closeSync(dir);
+    // this process wrote every byte: the package needs no verification on this host (the rename changed its ctime, so after it)
+    rememberWrittenPackage(fd, createHash('sha256').update(indexBytes).digest('hex'), options.trustCacheDir);
+    closeSync(fd);
     return index;
   } catch (error) {
     try {
@@ -77,6 +83,7 @@ interface ScannedMember {
   size: number;
   sha256: string;
   zeroExtents: Array<[number, number]>;
+  chunks: string;
 }
 
 /** Reads a member once: its SHA-256 and where its zero blocks are. */
@@ -102,7 +109,7 @@ function scanMember(source: MemberSource, options: WritePackageOptions): Scanned
   };
   if ('bytes' in source) {
     for (let at = 0; at < source.bytes.length; at += hashChunkBytes) scan(source.bytes.subarray(at, at + hashChunkBytes), at);
-    return { name: source.name, source, size: source.bytes.length, sha256: hash.digest(), zeroExtents };
+    return { name: source.name, source, size: source.bytes.length, sha256: hash.digest(), zeroExtents, chunks: hash.chunkList() };
   }
   const fd = openSync(source.path, 'r');
   try {
@@ -119,7 +126,7 @@ function scanMember(source: MemberSource, options: WritePackageOptions): Scanned
       at += want;
       options.onProgress?.({ member: source.name, phase: 'scan', bytes: at, total: size });
     }
-    return { name: source.name, source, size, sha256: hash.digest(), zeroExtents };
+    return { name: source.name, source, size, sha256: hash.digest(), zeroExtents, chunks: hash.chunkList() };
   } finally {
     closeSync(fd);
   }

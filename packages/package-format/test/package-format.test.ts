@@ -45,7 +45,7 @@ t.test('a tar that tar reads, index first, members 4 KiB aligned', async (t) => 
   const raw = readFileSync(pkg);
   const m = index.members.find((x) => x.name === 'memory')!;
   t.same(raw.subarray(m.offset, m.offset + 8192), readFileSync(memory).subarray(0, 8192), 'the index offset points at the data');
-  t.equal(JSON.parse(execFileSync('tar', ['xOf', pkg, 'index.json'], { encoding: 'utf8' })).formatVersion, 1);
+  t.equal(JSON.parse(execFileSync('tar', ['xOf', pkg, 'index.json'], { encoding: 'utf8' })).formatVersion, 2);
 });
 
 t.test('zeros are holes: the package takes about the space of its data', async (t) => {
@@ -92,7 +92,7 @@ t.test('corrupted or truncated packages are refused with a clear error', async (
   t.throws(() => ArkPackage.open(garbage), { code: 'NOT_A_PACKAGE' });
 });
 
-t.test('a format version that is not a whole number is corrupt, not "format 1; this ark reads format 1"', async (t) => {
+t.test('a format version that is not a whole number is corrupt, not "format 1; this ark reads formats 1 and 2"', async (t) => {
   for (const version of ['"1"', '1.5', 'null']) {
     const odd = join(dir, 'odd-version.ark');
     execFileSync('cp', ['--sparse=always', pkg, odd]);
@@ -100,7 +100,7 @@ t.test('a format version that is not a whole number is corrupt, not "format 1; t
     const start = head.indexOf('{"format":"ark-package"');
     const end = head.indexOf(0x0a, start);
     // the writer pads the index with spaces up to its newline: the edit takes them
-    const text = head.subarray(start, end).toString().trimEnd().replace('"formatVersion":1,', `"formatVersion":${version},`);
+    const text = head.subarray(start, end).toString().trimEnd().replace('"formatVersion":2,', `"formatVersion":${version},`);
     const fd = openSync(odd, 'r+');
     writeSync(fd, Buffer.from(text.padEnd(end - start, ' ')), 0, end - start, start);
     closeSync(fd);

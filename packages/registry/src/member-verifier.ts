@@ -1,85 +1,71 @@
-import { read } from 'node:fs';
-import { MemberHasher, hashChunkBytes, isZeroRange, type MemberEntry } from '@ark/package-format';
-
-export type MemberVerdict = { kind: 'good' } | { kind: 'bad'; reason: string };
+import { Errno, NbdError } from '@ark/nbd';
+import { CorruptChunkError, VerifiedMemberReader, type MemberEntry } from '@ark/package-format';
 
 /**
- * Checks each member of one package against the SHA-256 its index gives, the
- * first time a client reads it: a package of GiBs starts serving at once, and
- * a member nobody reads is never hashed. Hashing runs a 1 MiB chunk at a time
- * between other work (about 0.7 ms per chunk here, ~1.4 GB/s), so other
- * connections are served meanwhile; holes the index records are never read.
- * One verification per member and process, however many clients ask.
+ * The verified readers of one package's members (see VerifiedMemberReader in
+ * @ark/package-format), addressed by ranges of the package file: a range is
+ * served once every chunk under it matched its digest, the first request
+ * that touches a chunk waits while it is hashed (about 0.7 ms per 1 MiB
+ * here), and a request that touches a bad chunk gets EIO. One verification
+ * per chunk and process, however many exports and clients ask.
  */
 export class MemberVerifier {
-  readonly #fd: number;
-  readonly #members: readonly MemberEntry[];
-  readonly #onBad: (member: MemberEntry, reason: string) => void;
-  readonly #verdicts = new Map<string, MemberVerdict>();
-  readonly #running = new Map<string, Promise<MemberVerdict>>();
+  readonly #readers: VerifiedMemberReader[];
 
   /** `fd` stays open as long as the verifier is used (the caller owns it). */
   constructor(fd: number, members: readonly MemberEntry[], onBad: (member: MemberEntry, reason: string) => void) {
-    this.#fd = fd;
-    this.#members = members;
-    this.#onBad = onBad;
+    this.#readers = members.filter((m) => m.size > 0).map((m) => new VerifiedMemberReader(fd, m, (reason) => onBad(m, reason)));
   }
 
-  /** The verdict when the member has been checked, undefined before. */
-  verdict(member: MemberEntry): MemberVerdict | undefined {
-    return this.#verdicts.get(member.name);
+  reader(member: MemberEntry): VerifiedMemberReader | undefined {
+    return this.#readers.find((r) => r.member === member);
   }
 
-  /** Checks the member, once; later calls get the same answer. */
-  verify(member: MemberEntry): Promise<MemberVerdict> {
-    const known = this.#verdicts.get(member.name);
-    if (known !== undefined) return Promise.resolve(known);
-    let running = this.#running.get(member.name);
-    if (running === undefined) {
-      running = this.#hash(member).then(
-        (digest): MemberVerdict => (digest === member.sha256 ? { kind: 'good' } : { kind: 'bad', reason: `its data does not match its SHA-256 in the index (${digest.slice(0, 16)}… instead of ${member.sha256.slice(0, 16)}…)` }),
-        (error: unknown): MemberVerdict => ({ kind: 'bad', reason: `it cannot be read (${(error as NodeJS.ErrnoException).code ?? String(error)})` }),
-      );
-      running = running.then((verdict) => {
-        this.#verdicts.set(member.name, verdict);
-        this.#running.delete(member.name);
-        if (verdict.kind === 'bad') this.#onBad(member, verdict.reason);
-        return verdict;
-      });
-      this.#running.set(member.name, running);
+  /** Whether every chunk under [start, end) of the package file has been checked and matched. */
+  verified(start: number, end: number): boolean {
+    for (const r of this.#readers) {
+      const m = r.member;
+      if (m.offset < end && start < m.offset + m.size && !r.verified(Math.max(start, m.offset) - m.offset, Math.min(end, m.offset + m.size) - Math.max(start, m.offset))) return false;
     }
-    return running;
+    return true;
   }
 
-  /** The members whose bytes lie in [start, end) of the package file. */
-  membersIn(start: number, end: number): MemberEntry[] {
-    return this.#members.filter((m) => m.size > 0 && m.offset < end && start < m.offset + m.size);
-  }
-
-  async #hash(member: MemberEntry): Promise<string> {
-    const hasher = new MemberHasher();
-    const buffer = Buffer.allocUnsafe(hashChunkBytes);
-    for (let at = 0; at < member.size; at += hashChunkBytes) {
-      const length = Math.min(hashChunkBytes, member.size - at);
-      if (isZeroRange(member, at, length)) {
-        hasher.zeroChunk(length);
-        continue;
+  /**
+   * Undefined when every chunk under [start, end) of the package file is
+   * verified good; else a promise that settles once they are checked. Throws
+   * (or rejects with) EIO when one is bad. `wholeOnly` checks only format 1
+   * members, whose hole map is vouched for by nothing but the whole digest
+   * (a format 2 index vouches for its zero chunks itself).
+   */
+  check(start: number, end: number, wholeOnly = false): Promise<void> | undefined {
+    let waits: Promise<void>[] | undefined;
+    try {
+      for (const r of this.#readers) {
+        const m = r.member;
+        if (!(m.offset < end && start < m.offset + m.size) || r.allGood) continue;
+        if (wholeOnly && m.chunks !== undefined) continue;
+        const from = Math.max(start, m.offset) - m.offset;
+        const pending = r.check(from, Math.min(end, m.offset + m.size) - m.offset - from);
+        if (pending !== undefined) (waits ??= []).push(pending);
       }
-      await readFully(this.#fd, buffer.subarray(0, length), member.offset + at);
-      hasher.chunk(buffer.subarray(0, length));
+    } catch (error) {
+      throw eio(error);
     }
-    return hasher.digest();
+    if (waits === undefined) return undefined;
+    return Promise.all(waits).then(
+      () => undefined,
+      (error: unknown) => {
+        throw eio(error);
+      },
+    );
+  }
+
+  /** Every member in [start, end) is wholly verified good. */
+  allGood(start: number, end: number): boolean {
+    return this.#readers.every((r) => !(r.member.offset < end && start < r.member.offset + r.member.size) || r.allGood);
   }
 }
 
-/** Fills `into` from `position`; bytes past the end of the file read as zeros (the hash then fails). */
-async function readFully(fd: number, into: Buffer, position: number): Promise<void> {
-  for (let done = 0; done < into.length; ) {
-    const n = await new Promise<number>((resolve, reject) => read(fd, into, done, into.length - done, position + done, (error, bytes) => (error ? reject(error) : resolve(bytes))));
-    if (n === 0) {
-      into.fill(0, done);
-      return;
-    }
-    done += n;
-  }
+function eio(error: unknown): unknown {
+  return error instanceof CorruptChunkError ? new NbdError(Errno.EIO, error.message) : error;
 }

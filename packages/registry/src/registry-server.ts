@@ -39,7 +39,8 @@ export async function loadExports(packages: PackageSource[]): Promise<NbdExport[
   const exports: NbdExport[] = [];
   const seen = new Set<string>();
   for (const p of packages) {
-    const onBadMember = (member: MemberEntry, reason: string) => process.stderr.write(`ark-registry: ${p.fileName}: ${member.name} is corrupt: ${reason}; its reads get EIO\n`);
+    const onBadMember = (member: MemberEntry, reason: string) =>
+      process.stderr.write(`ark-registry: ${p.fileName}: ${member.name} is corrupt: ${reason}; ${member.chunks === undefined ? 'its reads get' : 'reads of that chunk get'} EIO\n`);
     for (const e of await packageExports(p.path, p.name, p.fileName, onBadMember)) {
       if (seen.has(e.name)) throw new ArkError('DUPLICATE_EXPORT', `two packages would both be served as '${e.name}'`, { hint: 'rename one of the files', exitCode: ExitCode.usage });
       seen.add(e.name);

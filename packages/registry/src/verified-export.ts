@@ -1,4 +1,4 @@
-import { Errno, type Extent, type FileExport, type NbdExport, NbdError } from '@ark/nbd';
+import { type Extent, type FileExport, type NbdExport } from '@ark/nbd';
 import type { MemberEntry } from '@ark/package-format';
 import type { MemberVerifier } from './member-verifier.ts';
 
@@ -6,13 +6,16 @@ type FileRange = { fd: number; position: number };
 
 /**
  * A FileExport (the whole package, or one member's slice of it) that sends
- * only bytes whose member matched its SHA-256: a read waits for the first
- * verification of the members it touches, and a read that touches a member
- * that failed gets EIO. Bytes outside every member (tar headers, the index)
- * are not covered by a digest and are served as they are. Block status waits
- * and fails the same way, since reads of holes are answered from the map. `fileRange` (the
- * sendfile path) answers only for verified members, so an unverified read
- * takes the `read` path, which waits.
+ * only bytes that matched the package index: a read waits for the first
+ * check of the chunks it touches (format 2: each 1 MiB chunk on its own;
+ * format 1: the whole member), and a read that touches a bad chunk gets EIO
+ * while the rest is still served. Bytes outside every member (tar headers,
+ * the index) are covered by no digest and are served as they are. Block
+ * status answers from the index's hole map: a format 2 index vouches for its
+ * zero chunks itself, a format 1 member only through its whole digest, so
+ * there it waits and fails like a read. `fileRange` (the sendfile path)
+ * answers only for verified chunks, so an unverified read takes the `read`
+ * path, which waits.
  */
 export class VerifiedExport implements NbdExport {
   readonly #inner: FileExport;
@@ -52,8 +55,11 @@ export class VerifiedExport implements NbdExport {
   }
   /** A member's description says whether its data matched, once that is known. */
   get description(): string {
-    const verdict = this.#own === undefined ? undefined : this.#verifier.verdict(this.#own);
-    return this.#describe(verdict === undefined ? '' : verdict.kind === 'good' ? ' (verified)' : ' (CORRUPT: reads fail)');
+    const reader = this.#own === undefined ? undefined : this.#verifier.reader(this.#own);
+    let verdict = '';
+    if (reader?.anyBad) verdict = this.#own?.chunks === undefined ? ' (CORRUPT: reads fail)' : ' (CORRUPT: reads of bad chunks fail)';
+    else if (reader?.allGood) verdict = ' (verified)';
+    return this.#describe(verdict);
   }
 
   ready(offset: number, length: number): Promise<void> | undefined {
@@ -73,9 +79,7 @@ export class VerifiedExport implements NbdExport {
   fileRange(offset: number, length: number): FileRange | undefined {
     if (this.#allGood) return this.#inner.fileRange(offset);
     const start = this.#base + offset;
-    for (const member of this.#verifier.membersIn(start, start + Math.max(length, 1))) {
-      if (this.#verifier.verdict(member)?.kind !== 'good') return undefined;
-    }
+    if (!this.#verifier.verified(start, start + Math.max(length, 1))) return undefined;
     return this.#inner.fileRange(offset);
   }
 
@@ -83,9 +87,8 @@ export class VerifiedExport implements NbdExport {
     this.#inner.inlineIoTook(ms);
   }
 
-  /** Waits for verification too: a read of holes alone goes by the map, and must fail on a bad member like any other read. */
   blockStatus(offset: number, length: number): Extent[] | Promise<Extent[]> {
-    const pending = this.#check(offset, length);
+    const pending = this.#check(offset, length, true);
     if (pending === undefined) return this.#inner.blockStatus(offset, length);
     return pending.then(() => this.#inner.blockStatus(offset, length));
   }
@@ -101,27 +104,15 @@ export class VerifiedExport implements NbdExport {
   }
 
   /**
-   * Undefined when every member under the range is verified good (the fast
+   * Undefined when every chunk under the range is verified good (the fast
    * path: no promise); a promise that settles once they are checked
    * otherwise. Throws EIO when one of them is bad.
    */
-  #check(offset: number, length: number): Promise<void> | undefined {
+  #check(offset: number, length: number, wholeOnly = false): Promise<void> | undefined {
     if (this.#allGood) return undefined;
     const start = this.#base + offset;
-    let waits: Promise<unknown>[] | undefined;
-    for (const member of this.#verifier.membersIn(start, start + Math.max(length, 1))) {
-      const verdict = this.#verifier.verdict(member);
-      if (verdict?.kind === 'good') continue;
-      if (verdict?.kind === 'bad') throw new NbdError(Errno.EIO, `${member.name} ${verdict.reason}`);
-      (waits ??= []).push(this.#verifier.verify(member));
-    }
-    if (waits === undefined) {
-      this.#allGood = this.#verifier.membersIn(this.#base, this.#base + this.size).every((m) => this.#verifier.verdict(m)?.kind === 'good');
-      return undefined;
-    }
-    return Promise.all(waits).then(() => {
-      // verified meanwhile: throws EIO when one turned out bad
-      this.#check(offset, length);
-    });
+    const pending = this.#verifier.check(start, start + Math.max(length, 1), wholeOnly);
+    if (pending === undefined && this.#verifier.allGood(this.#base, this.#base + this.size)) this.#allGood = true;
+    return pending;
   }
 }
