@@ -12,3 +12,4 @@ export { printable } from './printable.ts';
 export { lockPackage, processStartTime } from './path-lock.ts';
 export type { PackageLock } from './path-lock.ts';
 export { rawOptionValue } from './raw-option.ts';
+export { isGoneOutput } from './gone-output.ts';
