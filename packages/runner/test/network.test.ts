@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import t from 'tap';
 import { setupNetwork, teardownNetwork } from '@ark/network-setup';
 import { hostNameservers } from '@ark/runner';
-import { finished, freePort, freeTestCidr, gatewayServer, httpGet, networkResidue, runTool, shellImage, startTool, testNetworkPrefix, writeOciLayout } from '@ark/test-images';
+import { buildBlueprint, finished, freePort, freeTestCidr, gatewayServer, httpGet, networkResidue, runTool, shellImage, startTool, testNetworkPrefix } from '@ark/test-images';
 
 // Real VMs in real namespaces made here; traffic only between the host and those namespaces.
 const prefix = testNetworkPrefix('r');
@@ -43,13 +43,8 @@ echo "direct: $(fetch ${ns0.namespaceAddress} 8080)"
 echo "published: $(fetch ${ns1.hostAddress} ${onEvery})"
 exit 5`;
 
-async function blueprint(name: string, script: string): Promise<string> {
-  const layout = join(work, `${name}-oci`);
-  await writeOciLayout(layout, shellImage(script, name));
-  const out = join(work, name);
-  const result = await runTool('builder', 'ark-builder', [`oci:${layout}:${name}`, out]);
-  if (result.code !== 0) throw new Error(`ark-builder failed: ${result.stderr}`);
-  return out;
+function blueprint(name: string, script: string): Promise<string> {
+  return buildBlueprint(work, name, shellImage(script, name));
 }
 
 const server = await blueprint('server', serverScript);
