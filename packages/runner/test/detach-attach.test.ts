@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import t from 'tap';
 import { alive, baseEntries, buildBlueprint, counterImage, finished, qemuUnder, runTool, startTool, toolPath } from '@ark/test-images';
-import type { ListedRun } from '../src/list-runs.ts';
+import type { ListedRun } from '@ark/runner';
 
 // Real VMs driven through a terminal of a tmux server of this test's own:
 // detach, --list, --attach by name and PID, Ctrl-C after a reattach, and the
