@@ -6,8 +6,7 @@ import { readFrames, sendMessage, type RunnerMessage } from './control-protocol.
 import { DetachKeyScanner, describeDetachKeys } from './detach-keys.ts';
 
 export interface AttachOptions {
-  /** the runner's own first client (the process the shell started), rather than `--attach` */
-  initial: boolean;
+  /** what detaches, typed on this process's terminal */
   detachKeys: Buffer;
 }
 
@@ -24,7 +23,7 @@ export async function attachToRun(socketPath: string, options: AttachOptions): P
   const socket = await connect(socketPath);
   const out = process.stdout;
   const size = (): TerminalSize | undefined => (out.isTTY ? { rows: out.rows || 24, cols: out.columns || 80 } : undefined);
-  sendMessage(socket, { kind: 'attach', clientPid: process.pid, size: size(), initial: options.initial });
+  sendMessage(socket, { kind: 'attach', clientPid: process.pid, size: size() });
 
   const cleanups: Array<() => void> = [];
   let exitCode: number | undefined;

@@ -8,8 +8,8 @@ import { FrameDecoder, FrameType, encodeMessage, type TerminalSize } from '@ark/
  * input) from the client, and JSON messages both ways.
  */
 export type ClientMessage =
-  /** the first message of a client: its terminal's size when it has one; `initial` for the runner's own first client */
-  | { kind: 'attach'; clientPid: number; size?: TerminalSize; initial: boolean }
+  /** the first message of a client: its terminal's size when it has one */
+  | { kind: 'attach'; clientPid: number; size?: TerminalSize }
   | { kind: 'resize'; size: TerminalSize }
   /** the client received this signal (Ctrl-C without -t, SIGTERM, its terminal closing): the run stops as the runner would */
   | { kind: 'stop'; signal: StopSignal }

@@ -66,7 +66,7 @@ export async function main(argv: string[]): Promise<void> {
       } else if (process.stdin.isTTY && (plan.interactive || plan.tty)) {
         // detachable: the VM belongs to a runner in the background, this process is its terminal
         const { socketPath } = await startBackgroundRunner();
-        code = await attachToRun(socketPath, { initial: true, detachKeys: plan.detachKeys });
+        code = await attachToRun(socketPath, { detachKeys: plan.detachKeys });
       } else {
         code = await runInForeground(plan);
       }
@@ -133,7 +133,7 @@ async function controlCommand(path: string | undefined, options: RunnerOptions):
   if (options.json === true) throw usage('--json is for --list', "run 'ark-runner --list --json'");
   const target = oneValue(options.attach, '--attach');
   const { socketPath } = findRun(target);
-  const code = await attachToRun(socketPath, { initial: false, detachKeys: detachKeys(options) });
+  const code = await attachToRun(socketPath, { detachKeys: detachKeys(options) });
   if (code !== 0) throw new ExitError(code);
 }
 

@@ -93,8 +93,10 @@ export class RuntimeDir {
     const dir = new RuntimeDir(path, { ...info, pid: process.pid, processStart: processStartTime(process.pid) ?? '', startedAt: new Date().toISOString() });
     process.on('exit', dir.#onExit);
     dir.#write();
+    // looking removes stale directories too, named or not
+    const others = liveRuns().filter((run) => run.pid !== process.pid);
     if (info.name !== null) {
-      const holder = liveRuns().find((run) => run.name === info.name && run.pid !== process.pid);
+      const holder = others.find((run) => run.name === info.name);
       if (holder) {
         dir.remove();
         throw new ArkError('NAME_IN_USE', `the name ${info.name} is taken: the runner with PID ${holder.pid} runs ${holder.path} under it`, {

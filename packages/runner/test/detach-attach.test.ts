@@ -27,7 +27,7 @@ t.teardown(() => {
 const runner = `NO_COLOR=1 '${process.execPath}' '${toolPath('runner', 'ark-runner')}'`;
 
 function pane(): string {
-  return tmux('capture-pane', '-p', '-J', '-t', session, '-S', '-3000');
+  return tmux('capture-pane', '-p', '-J', '-t', session, '-S', '-');
 }
 
 /** Waits until the pane shows `pattern` (in the text after `after`, when given); returns that text. */
@@ -54,13 +54,15 @@ async function listed(): Promise<ListedRun[]> {
 }
 
 // an interactive shell with job control, as a user's, in the test's runtime directory
-tmux('new-session', '-d', '-s', session, '-x', '160', '-y', '50', `env ARK_RUNTIME_DIR='${process.env.ARK_RUNTIME_DIR}' PS1='host$ ' sh -i`);
+// with room in its history for the 64 KiB of output kept while detached, and what came before
+tmux('start-server', ';', 'set-option', '-g', 'history-limit', '100000', ';', 'new-session', '-d', '-s', session, '-x', '160', '-y', '50', `env ARK_RUNTIME_DIR='${process.env.ARK_RUNTIME_DIR}' PS1='host$ ' sh -i`);
 
 t.test('-it: detach with ctrl-], --list, --attach by name and by PID (custom keys), a second client refused, the exit code', async (t) => {
   const dir = await buildBlueprint(work, 'sh', { tag: 'sh', layers: [{ entries: baseEntries() }], config: { Cmd: ['sh'], Env: ['PATH=/usr/bin:/bin'] } });
   type(`${runner} -it --name att-sh ${dir}; echo "runner-exit=$?"`);
   await paneShows(/^\/ # ?$/m);
-  type('echo one-$((0+1)); (sleep 5; echo while-detached-$((2+3))) &');
+  // 20000 lines (109 KiB) while detached: more than the 64 KiB kept
+  type('echo one-$((0+1)); (sleep 5; echo while-detached-$((2+3)); seq 1 20000; echo flood-$((1+1))-done) &');
   await paneShows(/^one-1\r?$/m);
   tmux('send-keys', '-t', session, 'C-]');
   let text = await paneShows(/runner-exit=\d+/);
@@ -82,8 +84,9 @@ t.test('-it: detach with ctrl-], --list, --attach by name and by PID (custom key
 
   await sleep(5000);
   type(`${runner} --attach att-sh; echo "attach-exit=$?"`);
-  await paneShows(/while-detached-5/, '--attach att-sh');
-  t.pass('output written while detached is shown after the reattach');
+  text = await paneShows(/^flood-2-done\r?$/m, '--attach att-sh');
+  t.match(text, /ark-runner: \d+ bytes of output written while detached were dropped \(the last 64 KiB follow\)/, 'what did not fit was dropped, and counted');
+  t.match(text, /^19999\r?\n20000\r?$/m, 'the tail of the output written while detached is shown after the reattach');
   type('echo two-$((1+1))');
   await paneShows(/^two-2\r?$/m, '--attach att-sh');
   t.pass('the reattached terminal takes input and shows new output');
