@@ -75,6 +75,7 @@ export async function main(argv: string[]): Promise<void> {
   // cac gives a --no-X option the default true, and says so in the help; no --no-persist means "not given" here
   const persist = command.options.find((option) => option.name === 'persist');
   if (persist) persist.config.default = undefined;
+  command.usage('PACKAGE|BLUEPRINT [OPTIONS] [-- COMMAND [ARG...]]\n  $ ark-runner --attach NAME|PID [--detach-keys KEYS]\n  $ ark-runner --list [--json]');
   cli.help();
   cli.version('0.1.0');
   await runCli(cli, argv);
