@@ -47,8 +47,13 @@ export async function attachToRun(socketPath: string, options: AttachOptions): P
       process.on(signal, listener);
       cleanups.push(() => process.off(signal, listener));
     }
+    let gone = false;
     const onGone = (error: NodeJS.ErrnoException) => {
-      if (isGoneOutput(error)) relayStop('SIGPIPE');
+      // every later write fails too: one request, or a blueprint's second would power it off
+      if (isGoneOutput(error) && !gone) {
+        gone = true;
+        relayStop('SIGPIPE');
+      }
     };
     for (const stream of [process.stdout, process.stderr]) {
       stream.on('error', onGone);
