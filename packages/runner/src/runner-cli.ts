@@ -50,7 +50,7 @@ export async function main(argv: string[]): Promise<void> {
     .example('ark-runner out/redis --netns ark0 --publish 6379:6379')
     .example("ark-runner out/busybox -e GREETING=hi -w /tmp -- sh -c 'echo $GREETING from $(pwd)'")
     .example('echo hi | ark-runner -i out/busybox -- cat')
-    .example('ark-runner -it --name shell out/busybox -- sh    (then ctrl-] to detach)')
+    .example('ark-runner -it --name shell out/busybox -- sh')
     .example('ark-runner --attach shell')
     .example('ark-runner --list --json')
     .action(async (path: string | undefined, options: RunnerOptions) => {
@@ -124,7 +124,15 @@ function detachKeys(options: RunnerOptions): Buffer {
 
 /** --list [--json] and --attach NAME|PID: about runs, not a run. */
 async function controlCommand(path: string | undefined, options: RunnerOptions): Promise<void> {
-  if (path !== undefined) throw usage(`${options.list === true ? '--list' : '--attach'} takes no package or blueprint (${String(path)})`, "run 'ark-runner --help'");
+  const what = options.list === true ? '--list' : '--attach';
+  if (path !== undefined) throw usage(`${what} takes no package or blueprint (${String(path)})`, "run 'ark-runner --help'");
+  // cac lists an option under each of its names (-e and env): any given one is for a run
+  const forRuns = Object.keys(options).filter((key) => !['list', 'json', 'attach', 'detachKeys', 'detach-keys', '--'].includes(key) && options[key as keyof RunnerOptions] !== undefined);
+  if (forRuns.length > 0) {
+    const name = forRuns.find((key) => key.length > 1) ?? forRuns[0]!;
+    const option = name === 'persist' ? '--no-persist' : `${name.length > 1 ? '--' : '-'}${name.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`;
+    throw usage(`${what} takes no run options (${option})`, "run 'ark-runner --help'");
+  }
   if (options.list === true) {
     if (options.attach !== undefined) throw usage('--list and --attach exclude each other', 'pick one');
     const runs = listRuns();
@@ -133,8 +141,9 @@ async function controlCommand(path: string | undefined, options: RunnerOptions):
   }
   if (options.json === true) throw usage('--json is for --list', "run 'ark-runner --list --json'");
   const target = oneValue(options.attach, '--attach');
+  const keys = detachKeys(options);
   const { socketPath } = findRun(target);
-  const code = await attachToRun(socketPath, { detachKeys: detachKeys(options) });
+  const code = await attachToRun(socketPath, { detachKeys: keys });
   if (code !== 0) throw new ExitError(code);
 }
 
