@@ -118,7 +118,7 @@ t.test('-it: detach with ctrl-], --list, --attach by name and by PID (custom key
   t.same(readdirSync(runtimeDirs), [], 'its runtime directory is gone');
 });
 
-t.test('a package: a duplicate name, an unattachable run, a stale directory after SIGKILL; detach, reattach and Ctrl-C flush; SIGTERM to the runner alone', async (t) => {
+t.test('a package: a duplicate name, an unattachable run, a stale directory after SIGKILL; detach, reattach and Ctrl-C flush; a killed client; SIGTERM to the runner alone', async (t) => {
   const blueprint = await buildBlueprint(work, 'counter', counterImage());
   const pkg = join(work, 'counter.ark');
   const packaged = await runTool('packager', 'ark-packager', [blueprint, pkg, '--memory', '256']);
@@ -165,6 +165,21 @@ t.test('a package: a duplicate name, an unattachable run, a stale directory afte
   t.match(text, /attach-exit=0/, `Ctrl-C after the reattach flushed the package:\n${text}`);
   t.match(text, /snapshot written to/);
   t.same(await listed(), [], 'the run is gone');
+  const flushed = Math.max(...counts(text));
+
+  // a client killed without detaching is a terminal that went away: the run stops as at SIGHUP, a package is flushed
+  type(`${runner} -i --name att-kill ${pkg}; echo "killed-exit=$?"`);
+  text = await paneShows(/^\d+ [\d.]+\r?\n\d+ [\d.]+\r?$/m, '--name att-kill');
+  t.ok(counts(text)[0]! > flushed, `the next run resumed at ${counts(text)[0]}, after the ${flushed} shown before Ctrl-C`);
+  const [owner] = await listed();
+  const shell = tmux('display-message', '-p', '-t', session, '#{pane_pid}').trim();
+  const client = Number(execFileSync('pgrep', ['-P', shell], { encoding: 'utf8' }).trim());
+  t.not(client, owner?.pid, 'the client is not the runner that owns the VM');
+  process.kill(client, 'SIGKILL');
+  text = await paneShows(/killed-exit=\d+/, '--name att-kill');
+  for (let i = 0; i < 600 && alive(owner!.pid); i++) await sleep(100);
+  t.notOk(alive(owner!.pid), 'the runner ended');
+  t.same(await listed(), [], 'and is not listed');
   const shown = Math.max(...counts(text));
 
   // the next run resumes where the flush left it; as systemd stops a unit (KillMode=mixed): SIGTERM to the runner alone, later SIGKILL to the rest
@@ -174,7 +189,7 @@ t.test('a package: a duplicate name, an unattachable run, a stale directory afte
   child.stdout!.on('data', (chunk: Buffer) => (out += chunk.toString()));
   for (let i = 0; i < 1200 && counts(out).length < 2; i++) await sleep(100);
   const resumed = counts(out)[0]!;
-  t.ok(resumed > shown, `resumed at ${resumed}, after the ${shown} shown before the flush`);
+  t.ok(resumed > shown, `resumed at ${resumed}, after the ${shown} shown before the killed client: the package was flushed`);
   const vm = qemuUnder(child.pid!);
   t.equal(vm.length, 1);
   process.kill(child.pid!, 'SIGTERM');
