@@ -1,5 +1,5 @@
 import type { Readable } from 'node:stream';
-import { ExitCode, colour, printable, reportError, stopSignals } from '@ark/cli';
+import { ExitCode, colour, printable, reportError, stopSignals, type StopSignal } from '@ark/cli';
 import { describePublished } from './publish-spec.ts';
 import { runPackage, type PackageRunEvent } from './run-package.ts';
 import { runBlueprint, type RunEvent, type TerminalOptions } from './run-blueprint.ts';
@@ -34,7 +34,7 @@ export interface RunIo {
   tty?: TerminalOptions;
   runtimeDir: RuntimeDir;
   /** a stop request that came another way than a signal to this process */
-  onStopRequests?: (request: (signal: 'SIGINT' | 'SIGTERM' | 'SIGHUP' | 'SIGPIPE') => void) => void;
+  onStopRequests?: (request: (signal: StopSignal) => void) => void;
 }
 
 const defaultShape = { cpus: 1, memoryMiB: 512 };
