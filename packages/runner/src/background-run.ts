@@ -26,6 +26,8 @@ export async function startBackgroundRunner(): Promise<{ socketPath: string; pid
     stdio: ['ignore', 'ignore', 'ignore', 'pipe'],
     env: { ...process.env, [backgroundRunnerVariable]: '3' },
   });
+  // a runner that cannot be started at all says nothing either: the end of the pipe tells
+  child.on('error', () => {});
   let text = '';
   for await (const chunk of child.stdio[3] as Readable) text += String(chunk);
   child.unref();
