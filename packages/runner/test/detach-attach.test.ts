@@ -80,7 +80,7 @@ t.test('-it: detach with ctrl-], --list, --attach by name and by PID (custom key
   t.ok(run && alive(run.pid) && qemuUnder(run.pid).length === 1, 'its runner runs on, with its QEMU');
   const pid = run!.pid;
   const table = await runTool('runner', 'ark-runner', ['--list']);
-  t.match(table.stdout, new RegExp(`^NAME +PID +UPTIME +ATTACHED +PORTS +PACKAGE OR BLUEPRINT\\natt-sh +${pid} +\\d+s +no +- +${dir}\\n$`), `the table:\n${table.stdout}`);
+  t.match(table.stdout, new RegExp(`^NAME +PID +UPTIME +ATTACHED +PORTS +PACKAGE OR BLUEPRINT\\natt-sh +${pid} +\\d\\w* +no +- +${dir}\\n$`), `the table:\n${table.stdout}`);
 
   await sleep(5000);
   type(`${runner} --attach att-sh; echo "attach-exit=$?"`);
