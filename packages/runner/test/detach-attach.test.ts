@@ -22,6 +22,8 @@ t.teardown(() => {
   } catch {
     // no server was started
   }
+  // the server's socket stays behind it
+  rmSync(join(process.env.TMUX_TMPDIR ?? '/tmp', `tmux-${process.getuid?.()}`, server), { force: true });
   rmSync(work, { recursive: true, force: true });
 });
 const runner = `NO_COLOR=1 '${process.execPath}' '${toolPath('runner', 'ark-runner')}'`;
