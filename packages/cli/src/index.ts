@@ -13,3 +13,4 @@ export { lockPackage, processStartTime } from './path-lock.ts';
 export type { PackageLock } from './path-lock.ts';
 export { rawOptionValue } from './raw-option.ts';
 export { arkCacheDir } from './cache-dir.ts';
+export { isGoneOutput } from './gone-output.ts';

@@ -36,18 +36,19 @@ function ignoreBrokenPipe(error: NodeJS.ErrnoException): void {
   if (!isGoneOutput(error)) throw error;
 }
 
-export function reportError(name: string, error: unknown): number {
+/** Says why a command failed (on stderr, or through `write`) and returns its exit code. */
+export function reportError(name: string, error: unknown, write: (text: string) => void = (text) => process.stderr.write(text)): number {
   if (error instanceof ExitError) return error.exitCode;
   if (error instanceof ArkError) {
-    process.stderr.write(`${colour.red(`${name}:`)} ${error.message}\n`);
-    if (error.hint) process.stderr.write(`${colour.dim(`${name}: hint:`)} ${error.hint}\n`);
+    write(`${colour.red(`${name}:`)} ${error.message}\n`);
+    if (error.hint) write(`${colour.dim(`${name}: hint:`)} ${error.hint}\n`);
     return error.exitCode;
   }
   // cac raises CACError for unknown options and missing arguments
   if (error instanceof Error && error.name === 'CACError') {
-    process.stderr.write(`${name}: ${error.message}\n${name}: hint: run '${name} --help'\n`);
+    write(`${name}: ${error.message}\n${name}: hint: run '${name} --help'\n`);
     return ExitCode.usage;
   }
-  process.stderr.write(`${name}: internal error (a bug; please report it):\n${error instanceof Error ? error.stack : String(error)}\n`);
+  write(`${name}: internal error (a bug; please report it):\n${error instanceof Error ? error.stack : String(error)}\n`);
   return ExitCode.failure;
 }

@@ -14,6 +14,8 @@ export interface StopRequests extends Disposable {
   readonly count: number;
   /** resolves with the first request after the first `seen` ones (at once if it has arrived) */
   after(seen: number): Promise<StopSignal>;
+  /** a request that came another way than a signal (e.g. relayed by a client that received the signal) */
+  request(signal: StopSignal): void;
 }
 
 /**
@@ -58,6 +60,7 @@ export function stopSignals(options: { onRepeat?: (signal: StopSignal, count: nu
       if (signal !== undefined) return Promise.resolve(signal);
       return new Promise((resolve) => waiters.push({ seen, resolve }));
     },
+    request,
     [Symbol.dispose]() {
       for (const [name, listener] of listeners) process.off(name, listener);
       process.stdout.off('error', onStreamError);

@@ -20,3 +20,9 @@ export { guestNameservers, hostNameservers, parseResolvConf, validateNameservers
 export type { GuestNameservers } from './nameservers.ts';
 // the packager records the monitor in the packages it writes, as a flush does
 export { installedVmm } from '@ark/vmm';
+export { DetachKeyScanner, defaultDetachKeys, describeDetachKeys, parseDetachKeys } from './detach-keys.ts';
+export { RuntimeDir, checkRunName, findRun, liveRuns, runtimeBase } from './runtime-dir.ts';
+export type { RunInfo } from './runtime-dir.ts';
+export { formatRunTable, formatUptime, listRuns } from './list-runs.ts';
+export type { ListedRun } from './list-runs.ts';
+export { attachToRun } from './attach-client.ts';

@@ -1,12 +1,19 @@
 import { cac } from 'cac';
+import { resolve } from 'node:path';
 import { statSync } from 'node:fs';
-import { ArkError, ExitCode, ExitError, colour, printable, rawOptionValue, runCli, stopSignals } from '@ark/cli';
+import { ArkError, ExitCode, ExitError, rawOptionValue, runCli } from '@ark/cli';
+import { attachToRun } from './attach-client.ts';
+import { backgroundRunnerVariable, runInBackground, startBackgroundRunner } from './background-run.ts';
+import { ControlServer } from './control-server.ts';
+import { defaultDetachKeys, parseDetachKeys } from './detach-keys.ts';
+import { executeRun, type RunPlan } from './execute-run.ts';
+import { formatRunTable, listRuns } from './list-runs.ts';
 import { validateNameservers } from './nameservers.ts';
-import { describePublished, parsePublishSpec, publishSyntax } from './publish-spec.ts';
+import { parsePublishSpec, publishSyntax } from './publish-spec.ts';
 import { checkInputPath } from './output-path.ts';
 import { checkHostname, environmentOptions, givenOverrides, type RunOverrides } from './run-overrides.ts';
-import { runPackage, type PackageRunEvent } from './run-package.ts';
-import { defaultStopTimeoutMs, runBlueprint, type RunEvent } from './run-blueprint.ts';
+import { defaultStopTimeoutMs } from './run-blueprint.ts';
+import { RuntimeDir, checkRunName, findRun } from './runtime-dir.ts';
 import type { VmNetworkOptions } from './vm-network.ts';
 import type { TerminalOptions } from './run-blueprint.ts';
 
@@ -16,7 +23,7 @@ const defaults = { cpus: 1, memoryMiB: 512, stopTimeoutSeconds: defaultStopTimeo
 export async function main(argv: string[]): Promise<void> {
   const cli = cac('ark-runner');
   const command = cli
-    .command('<path>', 'Resume a package (or boot a blueprint directory) and run its workload; exits with the workload\'s exit code')
+    .command('[path]', 'Resume a package (or boot a blueprint directory) and run its workload; exits with the workload\'s exit code')
     .option('--cpus <n>', `Virtual CPUs, 1 to 64, for a cold boot (default ${defaults.cpus}; not for a package with a snapshot, which keeps its own)`)
     .option('--memory <MiB>', `Guest memory in MiB, ${memoryRange.min} to ${memoryRange.max}, for a cold boot (default ${defaults.memoryMiB}; not for a package with a snapshot)`)
     .option('--stop-timeout <seconds>', `Blueprint: on SIGINT/SIGTERM the workload gets its image's stop signal and this long to exit before the VM is powered off (default ${defaults.stopTimeoutSeconds})`)
@@ -32,66 +39,148 @@ export async function main(argv: string[]): Promise<void> {
     .option('-u, --user <user>', 'Blueprint: run the workload as name, uid, name:group or uid:gid, looked up in the image')
     .option('--hostname <name>', "Blueprint: the guest's hostname (default ark)")
     .option('-i, --interactive', "Connect this process's stdin to the workload's stdin, its end included (default: /dev/null)")
-    .option('-t, --tty', 'Blueprint: run the workload on a pseudo-terminal of this terminal\'s size; with -i this terminal is put in raw mode (Ctrl-C goes to the workload)')
+    .option('-t, --tty', 'Blueprint: run the workload on a pseudo-terminal of this terminal\'s size; with -i this terminal is put in raw mode (Ctrl-C goes to the workload); on a terminal the run can be detached')
+    .option('--name <name>', 'Name this run (for --attach and --list); a name a running VM has is refused')
+    .option('--detach-keys <keys>', `The keys that detach from a run started with -i or -t on a terminal, leaving it running: docker's syntax, e.g. ctrl-p,ctrl-q (default ${defaultDetachKeys})`)
+    .option('--attach <name|pid>', "Become the terminal of a detached run again (its output, input and window size)")
+    .option('--list', 'List the running VMs of this host: name, PID, uptime, published ports, package or blueprint')
+    .option('--json', 'With --list: a JSON array on stdout')
     .example('ark-runner app.ark')
     .example('ark-runner out/redis')
     .example('ark-runner out/redis --netns ark0 --publish 6379:6379')
     .example("ark-runner out/busybox -e GREETING=hi -w /tmp -- sh -c 'echo $GREETING from $(pwd)'")
     .example('echo hi | ark-runner -i out/busybox -- cat')
-    .action(async (path: string, options: RunnerOptions) => {
-      checkInputPath(String(path), 'the package or blueprint');
-      // cac turns '' and digits into numbers: take these options' values as typed
-      for (const [key, names] of [['entrypoint', ['--entrypoint']], ['workdir', ['-w', '--workdir']], ['user', ['-u', '--user']], ['hostname', ['--hostname']]] as const) {
-        if (options[key] !== undefined) options[key] = lastRawValue(argv, names) ?? options[key];
+    .example('ark-runner -it --name shell out/busybox -- sh')
+    .example('ark-runner --attach shell')
+    .example('ark-runner --list --json')
+    .action(async (path: string | undefined, options: RunnerOptions) => {
+      if (options.list === true || options.attach !== undefined) return controlCommand(path, options);
+      if (options.json === true) throw usage('--json is for --list', "run 'ark-runner --list --json'");
+      if (path === undefined) throw usage('missing the package or blueprint to run', "run 'ark-runner --help'");
+      const plan = runPlan(String(path), options, argv);
+      const background = process.env[backgroundRunnerVariable];
+      let code: number;
+      if (background !== undefined) {
+        delete process.env[backgroundRunnerVariable];
+        code = await runInBackground(plan, Number(background));
+      } else if (process.stdin.isTTY && (plan.interactive || plan.tty)) {
+        // detachable: the VM belongs to a runner in the background, this process is its terminal
+        const { socketPath } = await startBackgroundRunner();
+        code = await attachToRun(socketPath, { detachKeys: plan.detachKeys });
+      } else {
+        code = await runInForeground(plan);
       }
-      const cpus = options.cpus === undefined ? undefined : wholeNumber(options.cpus, '--cpus', 1, 64);
-      const memoryMiB = options.memory === undefined ? undefined : wholeNumber(options.memory, '--memory', memoryRange.min, memoryRange.max);
-      const stopTimeout = options.stopTimeout === undefined ? undefined : wholeNumber(options.stopTimeout, '--stop-timeout', 0, 3600);
-      // as typed: cac makes '' and '0123' numbers
-      if (options.out !== undefined) options.out = rawOptionValue(process.argv, '--out') ?? String(options.out);
-      const isPackage = statSync(path, { throwIfNoEntry: false })?.isFile() === true;
-      if (!isPackage && (options.out !== undefined || options.persist === false)) {
-        throw new ArkError('USAGE', '--out and --no-persist are for packages', { hint: 'a blueprint run never changes the blueprint', exitCode: ExitCode.usage });
-      }
-      if (isPackage && stopTimeout !== undefined) {
-        throw new ArkError('USAGE', '--stop-timeout is for blueprints: Ctrl-C flushes a package (or discards it with --no-persist)', { hint: 'leave out --stop-timeout', exitCode: ExitCode.usage });
-      }
-      if (options.out !== undefined && options.persist === false) {
-        throw new ArkError('USAGE', '--out and --no-persist exclude each other', { hint: 'pick one', exitCode: ExitCode.usage });
-      }
-      const network = networkOptions(options);
-      const overrides = runOverrides(options);
-      // a package's flush cannot be interrupted without losing the session: a repeated request is answered, not obeyed
-      let flushing = false;
-      using stop = stopSignals({ onRepeat: (signal) => {
-        if (flushing) process.stderr.write(`ark-runner: ${signal}: the snapshot is still being written; the flush is being finished (the VM ends once it is written)\n`);
-      } });
-      {
-        const onPackageEvent = (event: PackageRunEvent) => {
-          if (event.kind === 'flushing' || event.kind === 'flush-failed') flushing = event.kind === 'flushing';
-          reportPackageEvent(event);
-        };
-        const stdin = options.interactive === true ? process.stdin : undefined;
-        const tty = options.tty === true ? userTerminal(stdin !== undefined) : undefined;
-        const io = { signal: stop.signal, nextStop: () => stop.after(stop.count), network, overrides, stdin, tty, onEvent: reportRunEvent, onStdout: (chunk: Buffer) => process.stdout.write(chunk), onStderr: (chunk: Buffer) => process.stderr.write(chunk) };
-        try {
-          const result = isPackage
-            ? await runPackage(path, { ...io, cpus, memoryMiB, out: options.out, noPersist: options.persist === false, onPackageEvent })
-            : await runBlueprint(path, { ...io, cpus: cpus ?? defaults.cpus, memoryMiB: memoryMiB ?? defaults.memoryMiB, stopTimeoutMs: stopTimeout === undefined ? undefined : stopTimeout * 1000 });
-          if (result.exitCode !== 0) throw new ExitError(result.exitCode);
-        } finally {
-          restoreTerminal();
-          // input the workload did not read has no reader any more, and must not keep the runner alive
-          stdin?.destroy();
-        }
-      }
+      if (code !== 0) throw new ExitError(code);
     });
   // cac gives a --no-X option the default true, and says so in the help; no --no-persist means "not given" here
   const persist = command.options.find((option) => option.name === 'persist');
   if (persist) persist.config.default = undefined;
+  command.usage('PACKAGE|BLUEPRINT [OPTIONS] [-- COMMAND [ARG...]]\n  $ ark-runner --attach NAME|PID [--detach-keys KEYS]\n  $ ark-runner --list [--json]');
   cli.help();
   cli.version('0.1.0');
   await runCli(cli, argv);
+}
+
+/** The command line of a run, checked: every usage error before anything starts. */
+function runPlan(path: string, options: RunnerOptions, argv: string[]): RunPlan {
+  checkInputPath(path, 'the package or blueprint');
+  // cac turns '' and digits into numbers: take these options' values as typed
+  for (const [key, names] of [['entrypoint', ['--entrypoint']], ['workdir', ['-w', '--workdir']], ['user', ['-u', '--user']], ['hostname', ['--hostname']], ['name', ['--name']]] as const) {
+    if (options[key] !== undefined) options[key] = lastRawValue(argv, names) ?? options[key];
+  }
+  const cpus = options.cpus === undefined ? undefined : wholeNumber(options.cpus, '--cpus', 1, 64);
+  const memoryMiB = options.memory === undefined ? undefined : wholeNumber(options.memory, '--memory', memoryRange.min, memoryRange.max);
+  const stopTimeout = options.stopTimeout === undefined ? undefined : wholeNumber(options.stopTimeout, '--stop-timeout', 0, 3600);
+  // as typed: cac makes '' and '0123' numbers
+  if (options.out !== undefined) options.out = rawOptionValue(argv, '--out') ?? String(options.out);
+  const isPackage = statSync(path, { throwIfNoEntry: false })?.isFile() === true;
+  if (!isPackage && (options.out !== undefined || options.persist === false)) {
+    throw usage('--out and --no-persist are for packages', 'a blueprint run never changes the blueprint');
+  }
+  if (isPackage && stopTimeout !== undefined) {
+    throw usage('--stop-timeout is for blueprints: Ctrl-C flushes a package (or discards it with --no-persist)', 'leave out --stop-timeout');
+  }
+  if (options.out !== undefined && options.persist === false) throw usage('--out and --no-persist exclude each other', 'pick one');
+  return {
+    path,
+    isPackage,
+    cpus,
+    memoryMiB,
+    stopTimeoutMs: stopTimeout === undefined ? undefined : stopTimeout * 1000,
+    out: options.out,
+    noPersist: options.persist === false,
+    network: networkOptions(options),
+    overrides: runOverrides(options),
+    interactive: options.interactive === true,
+    tty: options.tty === true,
+    name: options.name === undefined ? null : checkRunName(oneValue(options.name, '--name')),
+    detachKeys: detachKeys(options),
+  };
+}
+
+function detachKeys(options: RunnerOptions): Buffer {
+  return parseDetachKeys(options.detachKeys === undefined ? defaultDetachKeys : oneValue(options.detachKeys, '--detach-keys'));
+}
+
+/** --list [--json] and --attach NAME|PID: about runs, not a run. */
+async function controlCommand(path: string | undefined, options: RunnerOptions): Promise<void> {
+  const what = options.list === true ? '--list' : '--attach';
+  if (path !== undefined) throw usage(`${what} takes no package or blueprint (${String(path)})`, "run 'ark-runner --help'");
+  // cac lists an option under each of its names (-e and env): any given one is for a run
+  const forRuns = Object.keys(options).filter((key) => !['list', 'json', 'attach', 'detachKeys', 'detach-keys', '--'].includes(key) && options[key as keyof RunnerOptions] !== undefined);
+  if (forRuns.length > 0) {
+    const name = forRuns.find((key) => key.length > 1) ?? forRuns[0]!;
+    const option = name === 'persist' ? '--no-persist' : `${name.length > 1 ? '--' : '-'}${name.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`;
+    throw usage(`${what} takes no run options (${option})`, "run 'ark-runner --help'");
+  }
+  if (options.list === true) {
+    if (options.attach !== undefined) throw usage('--list and --attach exclude each other', 'pick one');
+    const runs = listRuns();
+    process.stdout.write(options.json === true ? `${JSON.stringify(runs, null, 2)}\n` : formatRunTable(runs));
+    return;
+  }
+  if (options.json === true) throw usage('--json is for --list', "run 'ark-runner --list --json'");
+  const target = oneValue(options.attach, '--attach');
+  const keys = detachKeys(options);
+  const { socketPath } = findRun(target);
+  const code = await attachToRun(socketPath, { detachKeys: keys });
+  if (code !== 0) throw new ExitError(code);
+}
+
+/**
+ * A run that cannot be detached (no terminal on stdin, or neither -i nor -t):
+ * this process owns the VM and its output is this process's. Its runtime
+ * directory lists it; its socket refuses clients.
+ */
+async function runInForeground(plan: RunPlan): Promise<number> {
+  const runtimeDir = RuntimeDir.create({ name: plan.name, kind: plan.isPackage ? 'package' : 'blueprint', path: resolve(plan.path), published: [], attached: true, attachable: false });
+  const control = await ControlServer.listen(runtimeDir, { attachable: false, tty: plan.tty, interactive: plan.interactive });
+  const stdin = plan.interactive ? process.stdin : undefined;
+  try {
+    return await executeRun(plan, {
+      stdout: (chunk) => process.stdout.write(chunk),
+      stderr: (chunk) => process.stderr.write(chunk),
+      say: (text) => process.stderr.write(text),
+      stdin,
+      tty: plan.tty ? userTerminal() : undefined,
+      runtimeDir,
+    });
+  } finally {
+    control.close();
+    runtimeDir.remove();
+    // input the workload did not read has no reader any more, and must not keep the runner alive
+    stdin?.destroy();
+  }
+}
+
+function usage(message: string, hint: string): ArkError {
+  return new ArkError('USAGE', message, { hint, exitCode: ExitCode.usage });
+}
+
+/** An option given once, as text (cac reads digits as numbers and a repeated option as an array). */
+function oneValue(value: unknown, name: string): string {
+  if (typeof value === 'number' || (typeof value === 'string' && value !== '')) return String(value);
+  throw usage(`${name} takes one value`, "run 'ark-runner --help'");
 }
 
 interface RunnerOptions {
@@ -111,6 +200,11 @@ interface RunnerOptions {
   hostname?: unknown;
   interactive?: boolean;
   tty?: boolean;
+  name?: unknown;
+  detachKeys?: unknown;
+  attach?: unknown;
+  list?: boolean;
+  json?: boolean;
   /** the arguments after `--` */
   '--'?: string[];
 }
@@ -139,24 +233,10 @@ function runOverrides(options: RunnerOptions): RunOverrides | undefined {
   return givenOverrides(overrides).length > 0 ? overrides : undefined;
 }
 
-let restoreTerminal = (): void => {};
-
-/**
- * `-t`: the size of the user's terminal (24x80 when there is none) and its
- * changes; with `-i` on a terminal, raw mode (keys, Ctrl-C included, go to the
- * workload's terminal as they are typed), undone on every way out.
- */
-function userTerminal(interactive: boolean): TerminalOptions {
+/** `-t` in the foreground (stdin is not a terminal): the size of this stdout's terminal (24x80 when there is none) and its changes. */
+function userTerminal(): TerminalOptions {
   const out = process.stdout.isTTY ? process.stdout : undefined;
   const size = () => ({ rows: out?.rows || 24, cols: out?.columns || 80 });
-  if (interactive && process.stdin.isTTY) {
-    process.stdin.setRawMode(true);
-    const restore = () => {
-      if (process.stdin.isTTY && process.stdin.isRaw) process.stdin.setRawMode(false);
-    };
-    process.once('exit', restore);
-    restoreTerminal = restore;
-  }
   return {
     size: size(),
     onResize: out && ((listener) => {
@@ -200,43 +280,6 @@ function networkOptions(options: { netns?: unknown; publish?: string[]; dns?: st
     throw new ArkError('USAGE', '--netns takes one namespace name', { hint: 'for example --netns ark0', exitCode: ExitCode.usage });
   }
   return { namespace, publish, nameservers: dns && validateNameservers(dns) };
-}
-
-function reportRunEvent(event: RunEvent): void {
-  if (event.kind === 'booting') {
-    process.stderr.write(colour.dim(`ark-runner: booting ${event.what} (${event.cpus} CPU, ${event.memoryMiB} MiB)…\n`));
-  } else if (event.kind === 'stopping') {
-    process.stderr.write(colour.dim(`ark-runner: ${event.reason}: sending ${printable(event.stopSignal)} to the workload; the VM is powered off if it has not exited within ${event.timeoutMs / 1000} s (Ctrl-C again: at once)\n`));
-  } else if (event.kind === 'powering-off') {
-    process.stderr.write(`ark-runner: powering the VM off: ${printable(event.why)}\n`);
-  } else if (event.kind === 'published') {
-    process.stderr.write(colour.dim(`ark-runner: published ${describePublished(event)} of ${event.namespace}\n`));
-  } else if (event.kind === 'warning') {
-    process.stderr.write(`${colour.yellow('ark-runner: warning:')} ${event.message}\n`);
-  }
-}
-
-function reportPackageEvent(event: PackageRunEvent): void {
-  switch (event.kind) {
-    case 'resumed':
-      process.stderr.write(colour.dim(`ark-runner: resumed in ${event.ms} ms\n`));
-      break;
-    case 'cold-boot':
-      process.stderr.write(colour.dim('ark-runner: the package has no snapshot; booting\n'));
-      break;
-    case 'flushing':
-      process.stderr.write(colour.dim('ark-runner: suspending and writing the snapshot…\n'));
-      break;
-    case 'flush-failed':
-      process.stderr.write(`${colour.red('ark-runner:')} ${event.message}\n${colour.dim('ark-runner: hint:')} ${event.hint}\n`);
-      break;
-    case 'flushed':
-      process.stderr.write(`ark-runner: snapshot written to ${event.path} in ${event.ms} ms; run it again to resume\n`);
-      break;
-    case 'warning':
-      process.stderr.write(`${colour.yellow('ark-runner: warning:')} ${event.message}\n`);
-      break;
-  }
 }
 
 function wholeNumber(value: unknown, name: string, min: number, max: number): number {

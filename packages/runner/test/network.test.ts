@@ -5,12 +5,14 @@ import { join } from 'node:path';
 import t from 'tap';
 import { setupNetwork, teardownNetwork } from '@ark/network-setup';
 import { hostNameservers } from '@ark/runner';
-import { finished, freePort, freeTestCidr, gatewayServer, httpGet, networkResidue, runTool, shellImage, startTool, testNetworkPrefix, writeOciLayout } from '@ark/test-images';
+import { buildBlueprint, finished, freePort, freeTestCidr, gatewayServer, httpGet, networkResidue, runTool, shellImage, startTool, testNetworkPrefix } from '@ark/test-images';
 
 // Real VMs in real namespaces made here; traffic only between the host and those namespaces.
 const prefix = testNetworkPrefix('r');
 const work = mkdtempSync(join(tmpdir(), 'ark-network-test-'));
 t.teardown(() => rmSync(work, { recursive: true, force: true }));
+// the runners of this test list themselves here, not among the host's
+process.env.ARK_RUNTIME_DIR = join(work, 'rt');
 t.teardown(async () => {
   await teardownNetwork({ prefix });
   spawnSync('ip', ['netns', 'delete', `${prefix}-notap`], { stdio: 'ignore' });
@@ -43,13 +45,8 @@ echo "direct: $(fetch ${ns0.namespaceAddress} 8080)"
 echo "published: $(fetch ${ns1.hostAddress} ${onEvery})"
 exit 5`;
 
-async function blueprint(name: string, script: string): Promise<string> {
-  const layout = join(work, `${name}-oci`);
-  await writeOciLayout(layout, shellImage(script, name));
-  const out = join(work, name);
-  const result = await runTool('builder', 'ark-builder', [`oci:${layout}:${name}`, out]);
-  if (result.code !== 0) throw new Error(`ark-builder failed: ${result.stderr}`);
-  return out;
+function blueprint(name: string, script: string): Promise<string> {
+  return buildBlueprint(work, name, shellImage(script, name));
 }
 
 const server = await blueprint('server', serverScript);
@@ -136,6 +133,10 @@ t.test('a VM in a namespace: its network, published ports, the gateway, isolatio
   const done = finished(child);
   t.teardown(() => child.kill('SIGKILL'));
   await waitForLine(child, /^ready$/m);
+  const listed = JSON.parse((await runTool('runner', 'ark-runner', ['--list', '--json'])).stdout) as Array<{ pid: number; published: Array<{ hostAddress: string; hostPort: number; guestPort: number; protocol: string }> }>;
+  t.same(listed.map((run) => [run.pid, run.published.map((p) => `${p.hostAddress}:${p.hostPort}→${p.guestPort}/${p.protocol}`)]), [
+    [child.pid, [`${ns0.hostAddress}:${onHostAddress}→8080/tcp`, `127.0.0.1:${onLoopback}→8080/tcp`, `0.0.0.0:${onEvery}→8080/tcp`]],
+  ], '--list shows the run with its published ports');
 
   const hello = 'hello from the guest';
   t.equal(await httpGet(ns0.hostAddress, onHostAddress), hello, 'a host address (kernel DNAT)');

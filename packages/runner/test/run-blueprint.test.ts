@@ -4,18 +4,13 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import t from 'tap';
-import { alive, finished, probeExpectations, probeImage, qemuUnder, runTool, shellImage, startTool, writeOciLayout } from '@ark/test-images';
+import { alive, buildBlueprint, finished, probeExpectations, probeImage, qemuUnder, runTool, shellImage, startTool, writeOciLayout } from '@ark/test-images';
 
 const work = mkdtempSync(join(tmpdir(), 'ark-run-test-'));
 t.teardown(() => rmSync(work, { recursive: true, force: true }));
 
-async function blueprint(name: string, spec: Parameters<typeof writeOciLayout>[1]): Promise<string> {
-  const layout = join(work, `${name}-oci`);
-  await writeOciLayout(layout, spec);
-  const out = join(work, name);
-  const result = await runTool('builder', 'ark-builder', [`oci:${layout}:${spec.tag ?? 'latest'}`, out]);
-  if (result.code !== 0) throw new Error(`ark-builder failed: ${result.stderr}`);
-  return out;
+function blueprint(name: string, spec: Parameters<typeof writeOciLayout>[1]): Promise<string> {
+  return buildBlueprint(work, name, spec);
 }
 
 t.test('the workload sees its image as the config says, its output reaches stdout and stderr, its exit code is the runner\'s', async (t) => {

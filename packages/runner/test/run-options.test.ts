@@ -5,18 +5,13 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import t from 'tap';
 import { writePackage } from '@ark/package-format';
-import { baseEntries, finished, probeImage, runTool, toolPath, writeOciLayout, type ImageSpec } from '@ark/test-images';
+import { baseEntries, buildBlueprint, finished, probeImage, runTool, toolPath, type ImageSpec } from '@ark/test-images';
 
 const work = mkdtempSync(join(tmpdir(), 'ark-run-options-test-'));
 t.teardown(() => rmSync(work, { recursive: true, force: true }));
 
-async function blueprint(name: string, spec: ImageSpec): Promise<string> {
-  const layout = join(work, `${name}-oci`);
-  await writeOciLayout(layout, spec);
-  const out = join(work, name);
-  const result = await runTool('builder', 'ark-builder', [`oci:${layout}:${spec.tag ?? 'latest'}`, out]);
-  if (result.code !== 0) throw new Error(`ark-builder failed: ${result.stderr}`);
-  return out;
+function blueprint(name: string, spec: ImageSpec): Promise<string> {
+  return buildBlueprint(work, name, spec);
 }
 
 /** The runner with `input` as its stdin (and the end of it). */

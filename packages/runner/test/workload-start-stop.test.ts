@@ -3,18 +3,13 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import t from 'tap';
-import { alive, baseEntries, finished, qemuUnder, runTool, startTool, writeOciLayout, type ImageSpec } from '@ark/test-images';
+import { alive, baseEntries, buildBlueprint, finished, qemuUnder, runTool, startTool, type ImageSpec } from '@ark/test-images';
 
 const work = mkdtempSync(join(tmpdir(), 'ark-start-stop-test-'));
 t.teardown(() => rmSync(work, { recursive: true, force: true }));
 
-async function blueprint(name: string, config: ImageSpec['config'], extra: ImageSpec['layers'][number]['entries'] = []): Promise<string> {
-  const layout = join(work, `${name}-oci`);
-  await writeOciLayout(layout, { tag: name, layers: [{ entries: [...baseEntries(), ...extra] }], config: { Env: ['PATH=/usr/bin:/bin'], ...config } });
-  const out = join(work, name);
-  const result = await runTool('builder', 'ark-builder', [`oci:${layout}:${name}`, out]);
-  if (result.code !== 0) throw new Error(`ark-builder failed: ${result.stderr}`);
-  return out;
+function blueprint(name: string, config: ImageSpec['config'], extra: ImageSpec['layers'][number]['entries'] = []): Promise<string> {
+  return buildBlueprint(work, name, { tag: name, layers: [{ entries: [...baseEntries(), ...extra] }], config: { Env: ['PATH=/usr/bin:/bin'], ...config } });
 }
 
 function waitForStdout(child: ReturnType<typeof startTool>, text: string): Promise<void> {

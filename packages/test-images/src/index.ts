@@ -10,3 +10,4 @@ export type { ToolResult } from './run-tool.ts';
 export { freeTestCidr, gatewayServer, httpGet, networkResidue, testNetworkPrefix } from './test-network.ts';
 export { defaultKernelDir, kernelImageSpec, modulesSquashfs, writeKernelImage } from './kernel-image-writer.ts';
 export type { KernelImageParts } from './kernel-image-writer.ts';
+export { buildBlueprint } from './build-blueprint.ts';
