@@ -20,3 +20,5 @@ export { guestNameservers, hostNameservers, parseResolvConf, validateNameservers
 export type { GuestNameservers } from './nameservers.ts';
 // the packager records the monitor in the packages it writes, as a flush does
 export { installedVmm } from '@ark/vmm';
+// ark-oci-runtime hands its container's process to the agent as the runner does
+export { handOverRun, pumpInput } from './agent-run.ts';
