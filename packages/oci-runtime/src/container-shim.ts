@@ -62,6 +62,7 @@ export async function runShim(root: string, id: string): Promise<number> {
     report(`cannot boot the VM: ${(error as Error).message}`);
     return 1;
   }
+  log(`QEMU runs (console: ${guest.vm.consoleLogPath})`);
   const shim = new ContainerShim(paths, record, plan, guest, log);
   const server = await shim.listen();
   report('ok');
@@ -154,8 +155,11 @@ class ContainerShim {
       });
       void this.#guest.vm.exited.then(() => reject(new Error(`the VM stopped before the process started; console:\n${this.#guest.consoleTail(10)}`)));
     });
+    void this.#guest.hello.then(() => this.#log('the agent said hello'));
     await handOverRun(this.#guest, this.record.id, image, { overrides: hostname ? { hostname } : {}, stdin });
+    this.#log('the process was handed to the agent');
     await started;
+    this.#log('the process started');
     this.record = { ...this.record, status: 'running' };
     writeRecord(this.#paths, this.record);
   }

@@ -15,10 +15,10 @@ t.teardown(() => rmSync(work, { recursive: true, force: true }));
 const runtime = (args: string[]) => runTool('oci-runtime', 'ark-oci-runtime', ['--root', root, ...args]);
 
 /** create with stdout/stderr in files (the shim keeps them open until the workload ends, as conmon's pipes). */
-async function create(id: string, bundle: string): Promise<{ code: number | null; stderr: string; pid: number; out: string; err: string }> {
-  const out = join(work, `${id}.out`);
-  const err = join(work, `${id}.err`);
-  const pidFile = join(work, `${id}.pid`);
+async function create(id: string, bundle: string, files = id): Promise<{ code: number | null; stderr: string; pid: number; out: string; err: string }> {
+  const out = join(work, `${files}.out`);
+  const err = join(work, `${files}.err`);
+  const pidFile = join(work, `${files}.pid`);
   const [outFd, errFd] = [openSync(out, 'w'), openSync(err, 'w')];
   const child = spawn(process.execPath, [toolPath('oci-runtime', 'ark-oci-runtime'), '--root', root, 'create', '--bundle', bundle, '--pid-file', pidFile, id], { stdio: ['ignore', outFd, errFd] });
   closeSync(outFd);
@@ -46,8 +46,9 @@ t.test('create, start, state, exit code, delete: the workload runs in the guest 
   t.equal(qemuUnder(created.pid).length, 1, 'the shim owns one QEMU');
   const state = JSON.parse((await runtime(['state', 'oci-b1'])).stdout) as { status: string; pid: number; bundle: string };
   t.match(state, { status: 'created', pid: created.pid, bundle: dir });
-  const again = await create('oci-b1', dir);
+  const again = await create('oci-b1', dir, 'oci-b1-again');
   t.equal(again.code, 1, 'a second create of the same id fails');
+  t.match(again.stderr, /container oci-b1 exists already/);
   const started = await runtime(['start', 'oci-b1']);
   t.equal(started.code, 0, started.stderr);
   await waitGone(created.pid);
@@ -55,7 +56,7 @@ t.test('create, start, state, exit code, delete: the workload runs in the guest 
   t.match(kernel, /^6\.1\.0-.*-cloud-amd64$/, "the guest's kernel, not the host's");
   t.not(kernel, readFileSync('/proc/sys/kernel/osrelease', 'utf8').trim());
   t.equal(hostname, 'bundle-test', 'config.json hostname');
-  t.equal(readFileSync(created.err, 'utf8'), 'to-stderr\n');
+  t.equal(readFileSync(created.err, 'utf8'), 'to-stderr\n', 'stderr is the workload\'s alone');
   const stopped = JSON.parse((await runtime(['state', 'oci-b1'])).stdout) as { status: string; exitCode: number; pid: number };
   t.match(stopped, { status: 'stopped', exitCode: 3, pid: 0 });
   const deleted = await runtime(['delete', 'oci-b1']);
