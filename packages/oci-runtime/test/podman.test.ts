@@ -43,11 +43,11 @@ t.test('run --rm: the guest kernel, the output, the exit code; nothing left', as
 
 t.test('-e, -w, -u, --entrypoint, --hostname, -i', async (t) => {
   const run = await podman.run(
-    ['run', '--rm', '-i', '--network=none', '-e', 'GREETING=hello there', '-w', '/srv/work', '-u', '1000:1000', '--hostname', 'boxy', '--entrypoint', '/bin/sh', image, '-c', 'echo "$GREETING"; pwd; id -u; id -g; hostname; cat; echo end'],
+    ['run', '--rm', '-i', '--network=none', '-e', 'GREETING=hello there', '-w', '/usr/sbin', '-u', '1000:1000', '--hostname', 'boxy', '--entrypoint', '/bin/sh', image, '-c', 'echo "$GREETING"; pwd; id -u; id -g; hostname; cat; echo end'],
     'from stdin\n',
   );
   t.equal(run.code, 0, run.stderr);
-  t.same(run.stdout.trim().split('\n'), ['hello there', '/srv/work', '1000', '1000', 'boxy', 'from stdin', 'end']);
+  t.same(run.stdout.trim().split('\n'), ['hello there', '/usr/sbin', '1000', '1000', 'boxy', 'from stdin', 'end']);
 });
 
 t.test('-d, ps, logs, kill -s, pause/unpause, stop (SIGTERM reaches the workload), wait, rm', async (t) => {
