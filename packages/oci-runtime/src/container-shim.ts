@@ -1,16 +1,19 @@
-import { appendFileSync, closeSync, fstatSync, readFileSync, rmSync, writeSync } from 'node:fs';
+import { randomUUID } from 'node:crypto';
+import { appendFileSync, readFileSync, rmSync } from 'node:fs';
 import { createServer, type Server, type Socket } from 'node:net';
 import { constants } from 'node:os';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { rootDiskSerial, runtimeDiskSerial, type RunConfig } from '@ark/blueprint';
 import { processStartTime } from '@ark/cli';
-import { awaitRunArgument } from '@ark/guest-protocol';
+import { awaitRunArgument, type AgentMessage } from '@ark/guest-protocol';
 import { GuestVm, handOverRun } from '@ark/runner';
 import type { BootFiles } from './boot-files.ts';
 import { containerPaths, readRecord, writeRecord, type ContainerPaths, type ContainerRecord } from './container-state.ts';
 import type { ContainerSpec } from './oci-spec.ts';
-import type { ShimReply, ShimRequest } from './shim-control.ts';
+import type { ExecEvent, ShimReply, ShimRequest } from './shim-control.ts';
 import { signalName } from './signal-names.ts';
+import { hasInput, writeOut } from './stdio-relay.ts';
+import { reportReadiness } from './detached-process.ts';
 
 /** spec.json: what create prepared for the shim. */
 export interface ShimPlan {
@@ -21,8 +24,6 @@ export interface ShimPlan {
   memoryMiB: number;
 }
 
-/** The fd on which the shim tells create that the VM is up ("ok") or why not. */
-export const readinessFd = 3;
 /** How long the workload has after a SIGKILL it could not be sent before the VM is powered off. */
 const killGraceMs = 3000;
 
@@ -59,13 +60,13 @@ export async function runShim(root: string, id: string): Promise<number> {
       onStderr: (chunk) => writeOut(2, chunk),
     });
   } catch (error) {
-    report(`cannot boot the VM: ${(error as Error).message}`);
+    reportReadiness(`cannot boot the VM: ${(error as Error).message}`);
     return 1;
   }
   log(`QEMU runs (console: ${guest.vm.consoleLogPath})`);
   const shim = new ContainerShim(paths, record, plan, guest, log);
   const server = await shim.listen();
-  report('ok');
+  reportReadiness('ok');
   for (const signal of ['SIGTERM', 'SIGINT', 'SIGHUP', 'SIGQUIT', 'SIGUSR1', 'SIGUSR2'] as const) {
     // a signal for the pid in the pid file is for the workload, as it would be for a container's init
     process.on(signal, () => void shim.kill(constants.signals[signal]).catch((error: Error) => log(`${signal}: ${error.message}`)));
@@ -176,6 +177,9 @@ class ContainerShim {
         this.record = { ...this.record, status: 'paused' };
         writeRecord(this.#paths, this.record);
         return;
+      case 'exec':
+      case 'exec-stdin':
+        throw new Error(`${request.op} belongs on an exec connection`);
       case 'resume':
         if (this.record.status !== 'paused') throw new Error(`it is ${this.record.status}, not paused`);
         await this.#guest.vm.qmp.execute('cont');
@@ -183,6 +187,62 @@ class ContainerShim {
         writeRecord(this.#paths, this.record);
         return;
     }
+  }
+
+  /**
+   * `exec`: the agent runs the process beside the workload; its output and
+   * status go back on this connection, its stdin comes on it. A client that
+   * goes away kills the process.
+   */
+  async #exec(socket: Socket, request: Extract<ShimRequest, { op: 'exec' }>, pending: string): Promise<void> {
+    const send = (line: ShimReply | ExecEvent) => socket.write(`${JSON.stringify(line)}\n`);
+    if (this.record.status !== 'running') {
+      socket.end(`${JSON.stringify({ ok: false, error: `it is ${this.record.status}, not running` } satisfies ShimReply)}\n`);
+      return;
+    }
+    const agent = this.#guest.agent;
+    const execId = randomUUID();
+    let exited = false;
+    const onMessage = (message: AgentMessage) => {
+      if (message.kind === 'exec-output' && message.execId === execId) send({ stream: message.stream, data: message.data });
+      if (message.kind === 'exec-exit' && message.execId === execId) {
+        exited = true;
+        agent.off('message', onMessage);
+        socket.end(`${JSON.stringify({ exit: message.code } satisfies ExecEvent)}\n`);
+      }
+    };
+    agent.on('message', onMessage);
+    const { process: p, stdin } = request;
+    const reply = await agent.request({ kind: 'exec', execId, spec: { entrypoint: p.args, cmd: [], env: p.env, workingDir: p.cwd, user: p.user }, stdin }).catch((error: Error) => ({ ok: false as const, error: error.message }));
+    if (!reply.ok) {
+      agent.off('message', onMessage);
+      socket.end(`${JSON.stringify({ ok: false, error: reply.error } satisfies ShimReply)}\n`);
+      return;
+    }
+    send({ ok: true });
+    let received = pending;
+    const onLine = (line: string) => {
+      try {
+        const input = JSON.parse(line) as ShimRequest;
+        if (input.op === 'exec-stdin') void agent.request({ kind: 'exec-stdin', execId, data: input.data }).catch(() => {});
+      } catch {
+        // not a line of ours
+      }
+    };
+    for (let at = received.indexOf('\n'); at >= 0; at = received.indexOf('\n')) {
+      onLine(received.slice(0, at));
+      received = received.slice(at + 1);
+    }
+    socket.on('data', (chunk: Buffer) => {
+      received += chunk.toString('utf8');
+      for (let at = received.indexOf('\n'); at >= 0; at = received.indexOf('\n')) {
+        onLine(received.slice(0, at));
+        received = received.slice(at + 1);
+      }
+    });
+    socket.on('close', () => {
+      if (!exited) void agent.request({ kind: 'exec-signal', execId, signal: 'SIGKILL' }).catch(() => {});
+    });
   }
 
   #serve(socket: Socket): void {
@@ -201,6 +261,11 @@ class ContainerShim {
         socket.end(`${JSON.stringify({ ok: false, error: 'unreadable request' } satisfies ShimReply)}\n`);
         return;
       }
+      if (request.op === 'exec') {
+        socket.removeAllListeners('data');
+        void this.#exec(socket, request, received);
+        return;
+      }
       this.#handle(request).then(
         () => socket.end(`${JSON.stringify({ ok: true } satisfies ShimReply)}\n`),
         (error: Error) => {
@@ -209,33 +274,5 @@ class ContainerShim {
         },
       );
     });
-  }
-}
-
-/** conmon gives create a pipe for stdin with `-i`, /dev/null without. */
-function hasInput(): boolean {
-  try {
-    const info = fstatSync(0);
-    return info.isFIFO() || info.isSocket();
-  } catch {
-    return false;
-  }
-}
-
-function writeOut(fd: number, chunk: Buffer): void {
-  try {
-    for (let at = 0; at < chunk.length; ) at += writeSync(fd, chunk, at);
-  } catch {
-    // conmon went away: the output has no reader
-  }
-}
-
-/** One line to create on the readiness pipe, then it is closed. */
-function report(line: string): void {
-  try {
-    writeSync(readinessFd, `${line.replaceAll('\n', ' ')}\n`);
-    closeSync(readinessFd);
-  } catch {
-    // create is gone (killed): nobody waits
   }
 }

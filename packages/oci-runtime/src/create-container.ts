@@ -1,10 +1,9 @@
-import { spawn } from 'node:child_process';
 import { mkdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
-import { fileURLToPath } from 'node:url';
 import { ArkError, ExitCode } from '@ark/cli';
 import { ensureBootFiles } from './boot-files.ts';
 import { checkContainerId, containerPaths, writeRecord } from './container-state.ts';
-import { readinessFd, type ShimPlan } from './container-shim.ts';
+import type { ShimPlan } from './container-shim.ts';
+import { startDetached } from './detached-process.ts';
 import { readContainerSpec } from './oci-spec.ts';
 import { writeRootfsDisk } from './rootfs-disk.ts';
 
@@ -19,7 +18,6 @@ export interface CreateOptions {
 }
 
 export const defaultMemoryMiB = 512;
-const binPath = fileURLToPath(new URL('../bin/ark-oci-runtime.ts', import.meta.url));
 /** Unix socket paths hold at most 107 bytes. */
 const maxSocketPath = 107;
 
@@ -51,7 +49,7 @@ export async function createContainer(options: CreateOptions): Promise<number> {
     const [boot] = await Promise.all([ensureBootFiles(paths.dir), writeRootfsDisk(spec, paths.disk)]);
     const plan: ShimPlan = { spec, boot, diskPath: paths.disk, cpus: 1, memoryMiB: spec.memoryMiB ?? options.memoryMiB ?? defaultMemoryMiB };
     writeFileSync(paths.spec, `${JSON.stringify(plan)}\n`);
-    const pid = await startShim(options.root, id);
+    const pid = await startDetached(['--root', options.root, 'shim', id], 'container shim', 'see shim.log in the container directory (kept only while it exists) and the console output');
     if (options.pidFile !== undefined) writePidFile(options.pidFile, pid);
     return pid;
   } catch (error) {
@@ -60,36 +58,7 @@ export async function createContainer(options: CreateOptions): Promise<number> {
   }
 }
 
-/**
- * Starts the shim in a session of its own (signals for conmon's process
- * group do not reach it) with create's stdio, and waits for its report.
- * When create exits, the shim is reparented to conmon (a subreaper), which
- * reaps it and so learns the workload's exit status.
- */
-async function startShim(root: string, id: string): Promise<number> {
-  const child = spawn(process.execPath, ['--no-warnings', binPath, '--root', root, 'shim', id], {
-    detached: true,
-    cwd: '/',
-    stdio: ['inherit', 'inherit', 'inherit', 'pipe'],
-  });
-  const readiness = child.stdio[readinessFd] as NodeJS.ReadableStream;
-  let said = '';
-  readiness.setEncoding('utf8');
-  for await (const chunk of readiness) {
-    said += chunk as string;
-    if (said.includes('\n')) break;
-  }
-  const line = said.split('\n')[0] ?? '';
-  if (line !== 'ok' || child.pid === undefined) {
-    child.kill('SIGKILL');
-    throw new ArkError('BOOT_FAILED', line === '' ? 'the container shim stopped before the VM was up' : line, { hint: 'see shim.log in the container directory (kept only while it exists) and the console output', exitCode: ExitCode.failure });
-  }
-  (readiness as unknown as { destroy: () => void }).destroy();
-  child.unref();
-  return child.pid;
-}
-
-function writePidFile(path: string, pid: number): void {
+export function writePidFile(path: string, pid: number): void {
   const temp = `${path}.${process.pid}.partial`;
   writeFileSync(temp, String(pid));
   renameSync(temp, path);

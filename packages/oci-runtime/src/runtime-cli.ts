@@ -4,6 +4,7 @@ import { containerState, deleteContainer, killContainer, listContainers, pauseCo
 import { runShim } from './container-shim.ts';
 import { defaultStateRoot } from './container-state.ts';
 import { createContainer } from './create-container.ts';
+import { execInContainer, runExecRelay } from './exec-container.ts';
 import { parseSignal } from './signal-names.ts';
 
 const name = 'ark-oci-runtime';
@@ -11,13 +12,14 @@ const name = 'ark-oci-runtime';
 const usage = `usage: ${name} [--root DIR] [--log FILE] [--log-format text|json] COMMAND [OPTIONS] ID
 commands (as runc and podman call them):
   create --bundle DIR [--pid-file FILE] [--console-socket SOCKET] ID
+  exec [--process FILE] [--pid-file FILE] [--detach] ID [COMMAND...]
   start ID          state ID          kill ID [SIGNAL]          delete [--force] ID
   pause ID          resume ID         list                      features
 global options: --root DIR (default ${defaultStateRoot}), --log FILE, --log-format text|json;
   --systemd-cgroup, --debug, --rootless are accepted and ignored (a VM has no host cgroup)`;
 
 /** Options that take a value; every other option is a flag. */
-const valued = new Set(['--root', '--log', '--log-format', '--bundle', '-b', '--pid-file', '--console-socket', '--preserve-fds', '--criu', '--rootless']);
+const valued = new Set(['--process', '--root', '--log', '--log-format', '--bundle', '-b', '--pid-file', '-p', '--console-socket', '--preserve-fds', '--criu', '--rootless']);
 
 interface Parsed {
   options: Map<string, string | true>;
@@ -105,6 +107,21 @@ export async function main(argv: string[]): Promise<void> {
       case 'features':
         process.stdout.write(`${JSON.stringify(runtimeFeatures(), null, 2)}\n`);
         return;
+      case 'exec':
+        process.exitCode = await execInContainer({
+          root,
+          id: id ?? '',
+          processFile: stringOption(rest, '--process') ?? stringOption(rest, '-p'),
+          args: rest.positional.slice(1),
+          pidFile: stringOption(rest, '--pid-file'),
+          detach: rest.options.has('--detach') || rest.options.has('-d'),
+          tty: rest.options.has('--tty') || rest.options.has('-t') || rest.options.has('--console-socket'),
+        });
+        return;
+      case 'exec-relay':
+        // the detached exec's relay exec starts (not for users)
+        process.exitCode = await runExecRelay(root, id ?? '', rest.positional[1] ?? '{}');
+        return;
       case 'shim':
         // the per-container process create starts (not for users)
         process.exitCode = await runShim(root, id ?? '');
@@ -118,7 +135,7 @@ export async function main(argv: string[]): Promise<void> {
   }
 }
 
-const commands = new Set(['create', 'start', 'state', 'kill', 'delete', 'pause', 'resume', 'list', 'features']);
+const commands = new Set(['exec', 'create', 'start', 'state', 'kill', 'delete', 'pause', 'resume', 'list', 'features']);
 
 function stringOption(parsed: Parsed, key: string): string | undefined {
   const value = parsed.options.get(key);

@@ -6,7 +6,13 @@ export type ShimRequest =
   | { op: 'start' }
   | { op: 'kill'; signal: number }
   | { op: 'pause' }
-  | { op: 'resume' };
+  | { op: 'resume' }
+  /** run a process beside the workload; the connection then carries ExecEvent lines to the client and exec-stdin lines from it */
+  | { op: 'exec'; process: { args: string[]; env: string[]; cwd: string; user: string }; stdin: boolean }
+  | { op: 'exec-stdin'; data: string };
+
+/** After an exec's `{ ok: true }`: its output (base64), then its status. */
+export type ExecEvent = { stream: 'stdout' | 'stderr'; data: string } | { exit: number };
 
 export type ShimReply = { ok: true } | { ok: false; error: string };
 

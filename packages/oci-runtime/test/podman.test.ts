@@ -60,6 +60,15 @@ t.test('-d, ps, logs, kill -s, pause/unpause, stop (SIGTERM reaches the workload
   const { pid, id } = await inspect(name);
   t.ok(alive(pid), "podman's pid is the live shim");
   t.ok(existsSync(join(defaultStateRoot, id)), 'the runtime keeps its state under /run/ark-oci');
+  const exec = await podman.run(['exec', name, 'sh', '-c', 'echo in-exec; echo exec-err >&2; exit 5']);
+  t.equal(exec.code, 5, `exec: its exit code (${exec.stderr})`);
+  t.equal(exec.stdout, 'in-exec\n', 'exec: its output');
+  t.equal(exec.stderr, 'exec-err\n', 'exec: its stderr');
+  const execInput = await podman.run(['exec', '-i', '-u', '1000:1000', '-w', '/usr', name, 'sh', '-c', 'id -u; pwd; cat'], 'piped in\n');
+  t.equal(execInput.code, 0, execInput.stderr);
+  t.equal(execInput.stdout, '1000\n/usr\npiped in\n', 'exec -i -u -w');
+  const missing = await podman.run(['exec', name, 'no-such-command']);
+  t.equal(missing.code, 127, 'exec of a missing command: 127 as with runc');
   t.equal((await podman.run(['kill', '-s', 'USR1', name])).code, 0);
   t.match(await waitForLog(name, 'got-usr1'), /got-usr1/);
   t.equal((await podman.run(['pause', name])).code, 0);
@@ -78,11 +87,11 @@ t.test('-d, ps, logs, kill -s, pause/unpause, stop (SIGTERM reaches the workload
 
 t.test('stop: a workload that ignores SIGTERM is killed after the timeout; rm -f of a running one', async (t) => {
   const name = 'oci-stubborn';
-  t.equal((await podman.run(['run', '-d', '--name', name, '--network=none', image, 'sh', '-c', 'trap "echo ignored" TERM; echo started; while :; do sleep 1; done'])).code, 0);
+  t.equal((await podman.run(['run', '-d', '--name', name, '--network=none', image, 'sh', '-c', 'trap "echo ignored" TERM; echo started; while :; do sleep 0.2; done'])).code, 0);
   await waitForLog(name, 'started');
   const before = Date.now();
-  t.equal((await podman.run(['stop', '-t', '2', name])).code, 0);
-  t.ok(Date.now() - before >= 2000, 'podman waited for the timeout');
+  t.equal((await podman.run(['stop', '-t', '4', name])).code, 0);
+  t.ok(Date.now() - before >= 4000, 'podman waited for the timeout');
   t.equal((await podman.run(['wait', name])).stdout.trim(), '137', 'SIGKILL after the timeout');
   t.match((await podman.run(['logs', name])).stdout, /ignored/);
   t.equal((await podman.run(['start', name])).code, 0, 'a stopped container starts again (a new VM)');
