@@ -3,11 +3,10 @@ import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import t from 'tap';
-import { alive } from '@ark/test-images';
+import { TestPodman, alive, toolPath } from '@ark/test-images';
 import { defaultStateRoot } from '@ark/oci-runtime';
-import { TestPodman } from './podman-harness.ts';
 
-const podman = new TestPodman();
+const podman = new TestPodman(toolPath('oci-runtime', 'ark-oci-runtime'));
 const image = 'localhost/oci-busybox:test';
 t.before(() => podman.importBusybox(image));
 t.teardown(() => podman.cleanUp());

@@ -10,3 +10,5 @@ export type { ToolResult } from './run-tool.ts';
 export { freeTestCidr, gatewayServer, httpGet, networkResidue, testNetworkPrefix } from './test-network.ts';
 export { defaultKernelDir, kernelImageSpec, modulesSquashfs, writeKernelImage } from './kernel-image-writer.ts';
 export type { KernelImageParts } from './kernel-image-writer.ts';
+export { TestPodman } from './podman-sandbox.ts';
+export type { PodmanResult } from './podman-sandbox.ts';

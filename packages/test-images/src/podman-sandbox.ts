@@ -1,9 +1,9 @@
-import { spawn } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { toolPath } from '@ark/test-images';
-import { writeBusyboxTar } from './busybox-rootfs.ts';
+import { baseEntries } from './debian-images.ts';
+import { tarLayer } from './oci-layout-writer.ts';
 
 export interface PodmanResult {
   code: number | null;
@@ -14,16 +14,15 @@ export interface PodmanResult {
 /**
  * podman with everything of its own under a temp directory: containers.conf
  * (cgroupfs, file events, ulimits within this host's hard limits), storage,
- * run root and tmpdir, so the host's podman state is never touched. The
- * runtime is this checkout's ark-oci-runtime.
+ * run root and tmpdir, so the host's podman state is never touched.
+ * `runtime`: the OCI runtime's path (default: podman's own, runc here).
  */
 export class TestPodman {
   readonly dir: string;
-  readonly runtime = toolPath('oci-runtime', 'ark-oci-runtime');
   readonly #env: NodeJS.ProcessEnv;
   readonly #global: string[];
 
-  constructor() {
+  constructor(runtime?: string) {
     this.dir = mkdtempSync(join(tmpdir(), 'oci-podman-'));
     const conf = join(this.dir, 'containers.conf');
     writeFileSync(conf, [
@@ -37,11 +36,16 @@ export class TestPodman {
     ].join('\n'));
     for (const sub of ['storage', 'run', 'tmp']) mkdirSync(join(this.dir, sub));
     this.#env = { ...process.env, CONTAINERS_CONF: conf };
-    this.#global = ['--root', join(this.dir, 'storage'), '--runroot', join(this.dir, 'run'), '--tmpdir', join(this.dir, 'tmp'), '--storage-driver', 'overlay', '--runtime', this.runtime];
+    this.#global = ['--root', join(this.dir, 'storage'), '--runroot', join(this.dir, 'run'), '--tmpdir', join(this.dir, 'tmp'), '--storage-driver', 'overlay', ...(runtime ? ['--runtime', runtime] : [])];
+  }
+
+  /** Starts podman with this sandbox's options (stdout and stderr piped). */
+  spawn(args: string[], input?: string): ChildProcess {
+    return spawn('podman', [...this.#global, ...args], { env: this.#env, stdio: [input === undefined ? 'ignore' : 'pipe', 'pipe', 'pipe'] });
   }
 
   run(args: string[], input?: string): Promise<PodmanResult> {
-    const child = spawn('podman', [...this.#global, ...args], { env: this.#env, stdio: [input === undefined ? 'ignore' : 'pipe', 'pipe', 'pipe'] });
+    const child = this.spawn(args, input);
     if (input !== undefined) child.stdin?.end(input);
     let stdout = '';
     let stderr = '';
@@ -53,7 +57,7 @@ export class TestPodman {
   /** Imports a busybox root as IMAGE (podman import: no registry). */
   async importBusybox(image: string): Promise<void> {
     const tar = join(this.dir, 'busybox.tar');
-    await writeBusyboxTar(tar);
+    writeFileSync(tar, await tarLayer(baseEntries()));
     const result = await this.run(['import', tar, image]);
     if (result.code !== 0) throw new Error(`podman import failed: ${result.stderr}`);
   }
