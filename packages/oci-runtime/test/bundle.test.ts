@@ -67,12 +67,15 @@ t.test('create, start, state, exit code, delete: the workload runs in the guest 
   t.match(missing.stderr, /container oci-b1 does not exist/);
 });
 
-t.test('kill by name reaches the workload; the pid file process exits 128+n', async (t) => {
+t.test('exec, pause/resume; kill by name reaches the workload; the pid file process exits 128+n', async (t) => {
   const dir = await bundle('b2', ['sh', '-c', 'trap "echo got-term; exit 143" TERM; echo ready; while :; do sleep 1; done']);
   const created = await create('oci-b2', dir);
   t.equal(created.code, 0, created.stderr);
   t.equal((await runtime(['start', 'oci-b2'])).code, 0);
   for (let i = 0; i < 300 && !readFileSync(created.out, 'utf8').includes('ready'); i++) await sleep(100);
+  const exec = await runtime(['exec', 'oci-b2', 'sh', '-c', 'echo in-exec; hostname; exit 4']);
+  t.equal(exec.code, 4, `exec exits with the process's status (${exec.stderr})`);
+  t.equal(exec.stdout, 'in-exec\nbundle-test\n', 'exec runs in the same VM');
   const paused = await runtime(['pause', 'oci-b2']);
   t.equal(paused.code, 0, paused.stderr);
   t.match(JSON.parse((await runtime(['state', 'oci-b2'])).stdout), { status: 'paused' });
