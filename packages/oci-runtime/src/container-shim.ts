@@ -42,6 +42,11 @@ export async function runShim(root: string, id: string): Promise<number> {
       // the directory was deleted under us
     }
   };
+  // the shim's stderr is the container's: its own failures go to shim.log, never into the workload's output
+  process.on('uncaughtException', (error) => {
+    log(`shim failure: ${error.stack ?? error.message}`);
+    process.exit(1);
+  });
   const plan = JSON.parse(readFileSync(paths.spec, 'utf8')) as ShimPlan;
   const record = readRecord(paths, id);
   let guest: GuestVm;
