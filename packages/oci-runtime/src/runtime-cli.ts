@@ -26,14 +26,14 @@ interface Parsed {
   positional: string[];
 }
 
-/** runc's command line: `--name value`, `--name=value`, flags; positionals in order. */
-export function parseArguments(args: string[]): Parsed {
+/** runc's command line: `--name value`, `--name=value`, flags; positionals in order; after `optionsEndAfter` positionals everything is positional (exec's command). */
+export function parseArguments(args: string[], optionsEndAfter = Infinity): Parsed {
   const options = new Map<string, string | true>();
   const positional: string[] = [];
   for (let i = 0; i < args.length; i++) {
     const arg = args[i]!;
-    if (arg === '--') {
-      positional.push(...args.slice(i + 1));
+    if (arg === '--' || positional.length >= optionsEndAfter) {
+      positional.push(...args.slice(arg === '--' ? i + 1 : i));
       break;
     }
     if (!arg.startsWith('-') || arg === '-' || /^-\d+$/.test(arg)) {
@@ -73,7 +73,7 @@ export async function main(argv: string[]): Promise<void> {
     }
     if (commandAt < 0) throw usageError('missing the command');
     const command = args[commandAt]!;
-    const rest = parseArguments(args.slice(commandAt + 1));
+    const rest = parseArguments(args.slice(commandAt + 1), command === 'exec' ? 1 : Infinity);
     const root = stringOption(global, '--root') ?? defaultStateRoot;
     const id = rest.positional[0];
     if (rest.options.has('--help') || rest.options.has('-h')) {

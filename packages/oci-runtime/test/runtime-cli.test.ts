@@ -63,6 +63,9 @@ t.test('arguments as runc takes them', async (t) => {
   const parsed = parseArguments(['--bundle', '/b', '--pid-file=/p', '--force', 'id', '9']);
   t.same(Object.fromEntries(parsed.options), { '--bundle': '/b', '--pid-file': '/p', '--force': true });
   t.same(parsed.positional, ['id', '9']);
+  const exec = parseArguments(['--detach', 'id', 'sh', '-c', 'echo hi'], 1);
+  t.same(Object.fromEntries(exec.options), { '--detach': true });
+  t.same(exec.positional, ['id', 'sh', '-c', 'echo hi'], "exec: the command's own options stay its own");
 });
 
 t.test('debugfs replaces bind-mounted files, parents first', async (t) => {
