@@ -8,6 +8,7 @@ import { processStartTime } from '@ark/cli';
 import { awaitRunArgument, type AgentMessage } from '@ark/guest-protocol';
 import { GuestVm, handOverRun } from '@ark/runner';
 import type { BootFiles } from './boot-files.ts';
+import { networkKernelArguments, type ContainerNetwork } from './container-network.ts';
 import { containerPaths, readRecord, writeRecord, type ContainerPaths, type ContainerRecord } from './container-state.ts';
 import type { ContainerSpec } from './oci-spec.ts';
 import type { ExecEvent, ShimReply, ShimRequest } from './shim-control.ts';
@@ -22,6 +23,8 @@ export interface ShimPlan {
   diskPath: string;
   cpus: number;
   memoryMiB: number;
+  /** the guest's eth0 in the container's network namespace; undefined: only lo */
+  network?: ContainerNetwork;
 }
 
 /** How long the workload has after a SIGKILL it could not be sent before the VM is powered off. */
@@ -54,7 +57,8 @@ export async function runShim(root: string, id: string): Promise<number> {
     guest = await GuestVm.start({
       kernelPath: plan.boot.kernelPath,
       initramfsPath: plan.boot.initramfsPath,
-      cmdline: `${plan.boot.cmdline} ${awaitRunArgument}`,
+      cmdline: [plan.boot.cmdline, awaitRunArgument, ...(plan.network ? [networkKernelArguments(plan.network)] : [])].join(' '),
+      ...(plan.network ? { network: { namespace: plan.network.namespace, tap: plan.network.tap, mac: plan.network.mac } } : {}),
       disks: [
         { id: 'root', path: plan.diskPath, serial: rootDiskSerial },
         { id: 'runtime', path: plan.boot.runtimePath, readOnly: true, serial: runtimeDiskSerial },

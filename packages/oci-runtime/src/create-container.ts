@@ -1,6 +1,7 @@
 import { mkdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { ArkError, ExitCode } from '@ark/cli';
 import { ensureBootFiles } from './boot-files.ts';
+import { joinContainerNetwork } from './container-network.ts';
 import { checkContainerId, containerPaths, writeRecord } from './container-state.ts';
 import type { ShimPlan } from './container-shim.ts';
 import { startDetached } from './detached-process.ts';
@@ -46,8 +47,8 @@ export async function createContainer(options: CreateOptions): Promise<number> {
   }
   try {
     writeRecord(paths, { id, bundle: spec.bundle, created: new Date().toISOString(), annotations: spec.annotations, status: 'creating' });
-    const [boot] = await Promise.all([ensureBootFiles(paths.dir), writeRootfsDisk(spec, paths.disk)]);
-    const plan: ShimPlan = { spec, boot, diskPath: paths.disk, cpus: 1, memoryMiB: spec.memoryMiB ?? options.memoryMiB ?? defaultMemoryMiB };
+    const [boot, , network] = await Promise.all([ensureBootFiles(paths.dir), writeRootfsDisk(spec, paths.disk), joinContainerNetwork(spec)]);
+    const plan: ShimPlan = { spec, boot, diskPath: paths.disk, cpus: 1, memoryMiB: spec.memoryMiB ?? options.memoryMiB ?? defaultMemoryMiB, network };
     writeFileSync(paths.spec, `${JSON.stringify(plan)}\n`);
     const pid = await startDetached(['--root', options.root, 'shim', id], 'container shim', 'see shim.log in the container directory (kept only while it exists) and the console output');
     if (options.pidFile !== undefined) writePidFile(options.pidFile, pid);
