@@ -4,7 +4,7 @@ import { existsSync } from 'node:fs';
 import { connect, createServer } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 import t from 'tap';
-import { TestPodman, alive, toolPath } from '@ark/test-images';
+import { TestPodman, alive, qemuUnder, toolPath } from '@ark/test-images';
 
 const podman = new TestPodman(toolPath('oci-runtime', 'ark-oci-runtime'));
 const image = 'localhost/oci-busybox:test';
@@ -86,6 +86,25 @@ t.test("--network NET: the guest's eth0 has the container's address; -p reaches 
   const netns = (await podman.run(['inspect', '--format', '{{.NetworkSettings.SandboxKey}}', name])).stdout.trim();
   t.equal((await podman.run(['rm', '-f', '-t', '0', name])).code, 0);
   t.notOk(alive(Number(pid)), 'the shim is gone');
-  if (netns !== '') t.notOk(existsSync(netns), `the namespace (and the tap in it) is gone: ${netns}`);
+  t.match(netns, /^\/run\/netns\//, 'podman made a named namespace');
+  t.notOk(existsSync(netns), `the namespace (and the tap in it) is gone: ${netns}`);
 });
 
+
+t.test('a shim killed with SIGKILL: its QEMU goes with it, podman tears the namespace down', async (t) => {
+  const name = 'oci-net-killed';
+  const started = await podman.run(['run', '-d', '--name', name, '--network', network, image, 'sh', '-c', 'echo up; while :; do sleep 1; done']);
+  t.equal(started.code, 0, started.stderr);
+  t.match(await waitForLog(name, 'up'), /up/);
+  const [pid, netns] = (await podman.run(['inspect', '--format', '{{.State.Pid}} {{.NetworkSettings.SandboxKey}}', name])).stdout.trim().split(' ');
+  const qemu = qemuUnder(Number(pid));
+  t.equal(qemu.length, 1, 'the shim runs QEMU');
+  process.kill(Number(pid), 'SIGKILL');
+  const wait = await podman.run(['wait', name]);
+  t.equal(wait.code, 0, wait.stderr);
+  for (let waited = 0; waited < 10_000 && qemu.some(alive); waited += 250) await sleep(250);
+  t.notOk(qemu.some(alive), 'QEMU died with the shim');
+  t.equal((await podman.run(['rm', '-f', '-t', '0', name])).code, 0);
+  t.match(netns, /^\/run\/netns\//, 'podman made a named namespace');
+  t.notOk(existsSync(netns ?? ''), `the namespace (and the tap in it) is gone: ${netns}`);
+});
