@@ -1,10 +1,9 @@
 import { execFile } from 'node:child_process';
 import { readFileSync } from 'node:fs';
-import { basename, dirname } from 'node:path';
+import { basename } from 'node:path';
 import { promisify } from 'node:util';
 import { ArkError, ExitCode } from '@ark/cli';
 import type { ContainerSpec } from './oci-spec.ts';
-import { specError } from './oci-spec.ts';
 
 const run = promisify(execFile);
 
@@ -51,12 +50,9 @@ async function tc(namespace: string, args: string[]): Promise<void> {
  * Undefined when config.json names no namespace, or it has no eth0.
  */
 export async function joinContainerNetwork(spec: ContainerSpec): Promise<ContainerNetwork | undefined> {
-  const path = spec.networkNamespace;
-  if (path === undefined) return undefined;
-  if (dirname(path) !== '/run/netns') {
-    throw specError('linux.namespaces (network).path', `'${path}' is not a named namespace under /run/netns (podman's own namespaces are)`);
-  }
-  const namespace = basename(path);
+  if (spec.networkNamespace === undefined) return undefined;
+  // parseContainerSpec took only /run/netns/NAME
+  const namespace = basename(spec.networkNamespace);
   const fail = (what: string, error: Error) =>
     new ArkError('NETWORK', `cannot join the guest to network namespace ${namespace}: ${what}: ${error.message.trim()}`, { hint: 'this needs root, iproute2 (ip, tc) and a namespace made by podman', exitCode: ExitCode.failure });
   let links: IpAddress[];

@@ -120,7 +120,12 @@ function networkNamespace(linux: Record<string, unknown>): { networkNamespace?: 
   if (!Array.isArray(linux.namespaces)) throw specError('linux.namespaces', 'is not a list');
   for (const [index, item] of linux.namespaces.entries()) {
     const namespace = object(item, `linux.namespaces[${index}]`);
-    if (namespace.type === 'network' && namespace.path !== undefined) return { networkNamespace: string(namespace.path, `linux.namespaces[${index}].path`) };
+    if (namespace.type !== 'network' || namespace.path === undefined) continue;
+    const field = `linux.namespaces[${index}].path`;
+    const path = string(namespace.path, field);
+    // QEMU joins it by name (ip netns exec); podman's own namespaces are named
+    if (!/^\/run\/netns\/[A-Za-z0-9][A-Za-z0-9_.-]*$/.test(path)) throw specError(field, `'${path}' is not a named namespace under /run/netns (podman's own are; --network container:… is not supported)`);
+    return { networkNamespace: path };
   }
   return {};
 }

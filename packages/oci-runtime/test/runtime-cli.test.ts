@@ -42,6 +42,7 @@ t.test('config.json: unsupported or invalid fields are named', async (t) => {
     ['bad uid', (c) => ({ ...c, process: { ...c.process, user: { uid: -1, gid: 0 } } }), /process\.user\.uid: is not a whole number/],
     ['volume', (c) => ({ ...c, mounts: [{ destination: '/data', type: 'bind', source: work, options: ['rbind'] }] }), /mounts\[0\] \(\/data\): directory bind mounts/],
     ['tmpfs', (c) => ({ ...c, mounts: [{ destination: '/scratch', type: 'tmpfs', source: 'tmpfs' }] }), /mounts\[0\] \(\/scratch\): a 'tmpfs' mount is not supported/],
+    ['netns by pid', (c) => ({ ...c, linux: { namespaces: [{ type: 'network', path: '/proc/42/ns/net' }] } }), /linux\.namespaces\[0\]\.path: '\/proc\/42\/ns\/net' is not a named namespace under \/run\/netns/],
     ['memory', (c) => ({ ...c, linux: { resources: { memory: { limit: 1048576 } } } }), /linux\.resources\.memory\.limit: 1048576 bytes is less than/],
   ];
   for (const [name, change, message] of cases) {
