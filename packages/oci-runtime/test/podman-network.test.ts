@@ -1,6 +1,6 @@
 // slow: podman with a network of its own, the container a microVM (run under /work/vm-slot)
 import { execFileSync } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { existsSync, rmSync } from 'node:fs';
 import { connect, createServer } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 import t from 'tap';
@@ -60,11 +60,13 @@ t.before(async () => {
 t.teardown(async () => {
   await podman.run(['rm', '-a', '-f', '-t', '0']);
   await podman.run(['network', 'rm', '-f', network]);
+  // CNI's host-local IPAM keeps its leases here; network rm leaves the directory
+  rmSync(`/var/lib/cni/networks/${network}`, { recursive: true, force: true });
   await podman.cleanUp();
 });
 
 t.test("--network NET: the guest's eth0 has the container's address; -p reaches a listener in the guest; nothing left after rm -f", async (t) => {
-  const name = 'oci-net';
+  const name = 'ocn-net';
   const port = await freePort();
   const started = await podman.run([
     'run', '-d', '--name', name, '--network', network, '-p', `127.0.0.1:${port}:8080`, image,
@@ -92,7 +94,7 @@ t.test("--network NET: the guest's eth0 has the container's address; -p reaches 
 
 
 t.test('a shim killed with SIGKILL: its QEMU goes with it, podman tears the namespace down', async (t) => {
-  const name = 'oci-net-killed';
+  const name = 'ocn-net-killed';
   const started = await podman.run(['run', '-d', '--name', name, '--network', network, image, 'sh', '-c', 'echo up; while :; do sleep 1; done']);
   t.equal(started.code, 0, started.stderr);
   t.match(await waitForLog(name, 'up'), /up/);
@@ -107,4 +109,11 @@ t.test('a shim killed with SIGKILL: its QEMU goes with it, podman tears the name
   t.equal((await podman.run(['rm', '-f', '-t', '0', name])).code, 0);
   t.match(netns, /^\/run\/netns\//, 'podman made a named namespace');
   t.notOk(existsSync(netns ?? ''), `the namespace (and the tap in it) is gone: ${netns}`);
+});
+
+t.test('after the network is removed, nothing of it is left on the host', async (t) => {
+  t.equal((await podman.run(['network', 'rm', '-f', network])).code, 0);
+  t.notOk(existsSync(`/etc/cni/net.d/${network}.conflist`), 'its CNI config is gone');
+  const links = execFileSync('ip', ['-4', '-o', 'address', 'show'], { encoding: 'utf8' });
+  t.notMatch(links, subnet.slice(0, -4), `no host interface in ${subnet} (its bridge is gone)`);
 });
