@@ -85,6 +85,14 @@ t.test("--network NET: the guest's eth0 has the container's address; -p reaches 
     if (answer === '') await sleep(1000);
   }
   t.equal(answer, 'hello-from-the-guest\n', `127.0.0.1:${port} reaches the listener in the guest`);
+  const restarted = await podman.run(['restart', '-t', '0', name]);
+  t.equal(restarted.code, 0, `restart: ${restarted.stderr}`);
+  let again = '';
+  for (let attempt = 0; attempt < 90 && again === ''; attempt++) {
+    again = await readFrom(port);
+    if (again === '') await sleep(1000);
+  }
+  t.equal(again, 'hello-from-the-guest\n', 'after restart (a new VM) the port reaches the guest again');
   const netns = (await podman.run(['inspect', '--format', '{{.NetworkSettings.SandboxKey}}', name])).stdout.trim();
   t.equal((await podman.run(['rm', '-f', '-t', '0', name])).code, 0);
   t.notOk(alive(Number(pid)), 'the shim is gone');
