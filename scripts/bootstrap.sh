@@ -26,6 +26,7 @@ debs=(
   redis-server redis-tools openssl
   gcc libc6-dev
   tmux
+  podman conmon runc containernetworking-plugins iptables
 )
 missing=()
 for p in "${debs[@]}"; do

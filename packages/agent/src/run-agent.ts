@@ -5,6 +5,7 @@ import { readFileSync } from 'node:fs';
 import { constants } from 'node:os';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { FrameDecoder, FrameType, agentFeatures, awaitRunArgument, encodeFrame, encodeMessage, guestPorts, syncMarker, type AgentMessage, type AgentRequest, type RunSpec, type TerminalSize } from '@ark/guest-protocol';
+import { ExecProcesses } from './exec-processes.ts';
 import { findGuestPort } from './guest-port.ts';
 import { OutputGate } from './output-gate.ts';
 import { PortChannel } from './port-channel.ts';
@@ -19,7 +20,7 @@ interface GuestConfig {
 }
 
 const busybox = '/.ark/bin/busybox';
-const features = [agentFeatures.run, agentFeatures.stdin, agentFeatures.tty];
+const features = [agentFeatures.run, agentFeatures.stdin, agentFeatures.tty, agentFeatures.exec];
 /** @ark/blueprint's guestConfigPath (the guest has no copy of that package): /init mounts it there from the initramfs */
 const guestConfigPath = '/.ark/config/run.json';
 
@@ -46,6 +47,7 @@ export async function runAgent(configPath = guestConfigPath): Promise<never> {
   let workload: ChildProcess | undefined;
   let onTerminal = false;
   const stdin = new WorkloadStdin();
+  const execs = new ExecProcesses(send);
   // the runner sends the run spec (its overrides, whether stdin is connected) before the workload starts; the packager does not
   const awaitsRun = readFileSync('/proc/cmdline', 'utf8').split(/\s+/).includes(awaitRunArgument);
   type Run = { spec?: RunSpec; stdin: boolean; tty?: TerminalSize };
@@ -98,6 +100,13 @@ export async function runAgent(configPath = guestConfigPath): Promise<never> {
       case 'exit-ack':
         exitAcked?.();
         return;
+      case 'exec':
+      case 'exec-stdin':
+      case 'exec-signal': {
+        const error = request.kind === 'exec' ? await execs.start(request.execId, request.spec, request.stdin)
+          : request.kind === 'exec-stdin' ? execs.write(request.execId, request.data) : execs.signal(request.execId, request.signal);
+        return send(error ? { kind: 'reply', id: request.id, ok: false, error } : { kind: 'reply', id: request.id, ok: true, guestTimeMs: Date.now() });
+      }
     }
   };
   const decoder = new FrameDecoder({

@@ -18,3 +18,7 @@ export type { KernelChoice } from './kernel-option.ts';
 export { parseSize } from './disk-image.ts';
 export { defaultRuntimeSources, ensureRuntimeImage } from './runtime-image.ts';
 export type { GuestRuntimeSources, RuntimeImage } from './runtime-image.ts';
+// ark-oci-runtime boots podman's rootfs with the builder's boot files and disk writer
+export { initScript, writeInitramfs } from './initramfs.ts';
+export { defaultDiskSize, measureTree, writeExt4Image } from './disk-image.ts';
+export type { GuestKernel } from './guest-kernel.ts';

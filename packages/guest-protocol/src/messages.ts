@@ -25,6 +25,8 @@ export const agentFeatures = {
   stdin: 'stdin',
   /** it runs a workload on a pseudo-terminal (`tty` in `run`) and takes `resize` */
   tty: 'tty',
+  /** it runs further processes beside the workload (`exec`, `exec-stdin`, `exec-signal`) */
+  exec: 'exec',
 } as const;
 
 /** A terminal's size in characters. */
@@ -62,7 +64,16 @@ export type AgentRequest =
   /** send a signal (a name such as "SIGTERM", or a number) to the workload, as `docker stop` sends the image's StopSignal */
   | { kind: 'signal'; id: number; signal: string }
   /** the host has read everything up to the exit message: the guest may power off */
-  | { kind: 'exit-ack'; id: number };
+  | { kind: 'exit-ack'; id: number }
+  /**
+   * run another process beside the workload (`podman exec`), named by the host's
+   * `execId`; its output comes as exec-output messages and its end as exec-exit.
+   * The reply fails when it cannot be started (the error says why, as for the workload).
+   */
+  | { kind: 'exec'; id: number; execId: string; spec: RunSpec; stdin: boolean }
+  /** bytes (base64) for an exec'd process's stdin; empty data ends it */
+  | { kind: 'exec-stdin'; id: number; execId: string; data: string }
+  | { kind: 'exec-signal'; id: number; execId: string; signal: string };
 
 /** Guest → host messages on the agent port. */
 export type AgentMessage =
@@ -73,7 +84,11 @@ export type AgentMessage =
   | { kind: 'reply'; id: number; ok: false; error: string; features?: string[] }
   | { kind: 'started'; pid: number }
   /** `startError`: the workload could not be started (code 127: not found, 126: not executable) and this says why */
-  | { kind: 'exit'; code: number; signal: string | null; startError?: string };
+  | { kind: 'exit'; code: number; signal: string | null; startError?: string }
+  /** output of an exec'd process, base64 */
+  | { kind: 'exec-output'; execId: string; stream: 'stdout' | 'stderr'; data: string }
+  /** an exec'd process ended (128+n on signal n), after all its output */
+  | { kind: 'exec-exit'; execId: string; code: number };
 
 /** The line ark-liveness writes on its port. */
 export const livenessReady = 'ready';

@@ -26,3 +26,5 @@ export type { RunInfo } from './runtime-dir.ts';
 export { formatRunTable, formatUptime, listRuns } from './list-runs.ts';
 export type { ListedRun } from './list-runs.ts';
 export { attachToRun } from './attach-client.ts';
+// ark-oci-runtime hands its container's process to the agent as the runner does
+export { handOverRun, pumpInput } from './agent-run.ts';

@@ -11,3 +11,5 @@ export { freeTestCidr, gatewayServer, httpGet, networkResidue, testNetworkPrefix
 export { defaultKernelDir, kernelImageSpec, modulesSquashfs, writeKernelImage } from './kernel-image-writer.ts';
 export type { KernelImageParts } from './kernel-image-writer.ts';
 export { buildBlueprint } from './build-blueprint.ts';
+export { TestPodman } from './podman-sandbox.ts';
+export type { PodmanResult } from './podman-sandbox.ts';

@@ -1,0 +1,66 @@
+import { mkdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { ArkError, ExitCode } from '@ark/cli';
+import { ensureBootFiles } from './boot-files.ts';
+import { joinContainerNetwork } from './container-network.ts';
+import { checkContainerId, containerPaths, writeRecord } from './container-state.ts';
+import type { ShimPlan } from './container-shim.ts';
+import { startDetached } from './detached-process.ts';
+import { readContainerSpec } from './oci-spec.ts';
+import { writeRootfsDisk } from './rootfs-disk.ts';
+
+export interface CreateOptions {
+  root: string;
+  id: string;
+  bundle: string;
+  pidFile?: string;
+  consoleSocket?: string;
+  /** guest memory when config.json sets no limit */
+  memoryMiB?: number;
+}
+
+export const defaultMemoryMiB = 512;
+/** Unix socket paths hold at most 107 bytes. */
+const maxSocketPath = 107;
+
+/**
+ * OCI `create`: checks config.json, writes the guest's root disk from the
+ * rootfs, and starts the container's shim, which boots the VM (the agent
+ * then waits for `start`). Returns the shim's pid (also written to the pid
+ * file) once the VM is up. Whatever fails is undone.
+ */
+export async function createContainer(options: CreateOptions): Promise<number> {
+  const id = checkContainerId(options.id);
+  const spec = readContainerSpec(options.bundle);
+  if (options.consoleSocket !== undefined || spec.process.terminal) {
+    throw new ArkError('UNSUPPORTED', 'config.json: process.terminal: a terminal (--console-socket, podman -t) is not supported yet', { hint: 'run without -t', exitCode: ExitCode.usage });
+  }
+  const paths = containerPaths(options.root, id);
+  if (Buffer.byteLength(paths.control) > maxSocketPath) {
+    throw new ArkError('USAGE', `--root ${options.root} is too long: the container's socket path would exceed ${maxSocketPath} bytes`, { hint: 'use a shorter --root', exitCode: ExitCode.usage });
+  }
+  mkdirSync(options.root, { recursive: true, mode: 0o700 });
+  try {
+    mkdirSync(paths.dir, { mode: 0o700 });
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === 'EEXIST') throw new ArkError('EXISTS', `container ${id} exists already`, { hint: `delete it first: ark-oci-runtime delete --force ${id}`, exitCode: ExitCode.failure });
+    throw error;
+  }
+  try {
+    writeRecord(paths, { id, bundle: spec.bundle, created: new Date().toISOString(), annotations: spec.annotations, status: 'creating' });
+    const [boot, , network] = await Promise.all([ensureBootFiles(paths.dir), writeRootfsDisk(spec, paths.disk), joinContainerNetwork(spec)]);
+    const plan: ShimPlan = { spec, boot, diskPath: paths.disk, cpus: 1, memoryMiB: spec.memoryMiB ?? options.memoryMiB ?? defaultMemoryMiB, network };
+    writeFileSync(paths.spec, `${JSON.stringify(plan)}\n`);
+    const pid = await startDetached(['--root', options.root, 'shim', id], 'container shim', 'see shim.log in the container directory (kept only while it exists) and the console output');
+    if (options.pidFile !== undefined) writePidFile(options.pidFile, pid);
+    return pid;
+  } catch (error) {
+    rmSync(paths.dir, { recursive: true, force: true });
+    throw error;
+  }
+}
+
+export function writePidFile(path: string, pid: number): void {
+  const temp = `${path}.${process.pid}.partial`;
+  writeFileSync(temp, String(pid));
+  renameSync(temp, path);
+}

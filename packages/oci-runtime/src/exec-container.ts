@@ -1,0 +1,107 @@
+import { readFileSync } from 'node:fs';
+import { createConnection } from 'node:net';
+import { ArkError, ExitCode } from '@ark/cli';
+import { containerState } from './container-commands.ts';
+import { containerPaths } from './container-state.ts';
+import { reportReadiness, startDetached } from './detached-process.ts';
+import { writePidFile } from './create-container.ts';
+import { specError } from './oci-spec.ts';
+import type { ExecEvent, ShimReply, ShimRequest } from './shim-control.ts';
+import { hasInput, writeOut } from './stdio-relay.ts';
+
+export type ExecProcess = Extract<ShimRequest, { op: 'exec' }>['process'];
+
+export interface ExecOptions {
+  root: string;
+  id: string;
+  /** --process FILE (an OCI process object), or the args after the id */
+  processFile?: string;
+  args: string[];
+  pidFile?: string;
+  detach: boolean;
+  tty: boolean;
+}
+
+/**
+ * OCI `exec`: a second process in the container's VM (the agent runs it).
+ * Detached (as conmon asks), a relay process holds the stdio, is named in
+ * the pid file and exits with the process's status; otherwise this command
+ * is the relay and exits with it.
+ */
+export async function execInContainer(options: ExecOptions): Promise<number> {
+  const state = containerState(options.root, options.id);
+  if (state.status !== 'running') throw new ArkError('WRONG_STATE', `container ${options.id} is ${state.status}, not running`, { exitCode: ExitCode.failure });
+  const process = options.processFile !== undefined ? readProcess(options.processFile) : { args: options.args, env: ['PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'], cwd: '/', user: '0:0' };
+  if (process.args.length === 0) throw new ArkError('USAGE', 'nothing to run: give --process FILE or a command after the id', { exitCode: ExitCode.usage });
+  if (options.tty) throw new ArkError('UNSUPPORTED', 'exec --tty (podman exec -t) is not supported yet', { hint: 'run without -t', exitCode: ExitCode.usage });
+  if (!options.detach) return relayExec(options.root, options.id, process, () => {});
+  const pid = await startDetached(['--root', options.root, 'exec-relay', options.id, JSON.stringify(process)], 'exec relay', 'the container shim refused the process');
+  if (options.pidFile !== undefined) writePidFile(options.pidFile, pid);
+  return 0;
+}
+
+function readProcess(path: string): ExecProcess {
+  let value: Record<string, unknown>;
+  try {
+    value = JSON.parse(readFileSync(path, 'utf8')) as Record<string, unknown>;
+  } catch (error) {
+    throw new ArkError('USAGE', `cannot read --process ${path}: ${(error as Error).message}`, { exitCode: ExitCode.usage });
+  }
+  if (value.terminal === true) throw new ArkError('UNSUPPORTED', 'exec --tty (podman exec -t) is not supported yet', { hint: 'run without -t', exitCode: ExitCode.usage });
+  const args = value.args;
+  if (!Array.isArray(args) || args.length === 0 || !args.every((a) => typeof a === 'string')) throw specError('process.args', 'is not a non-empty list of strings');
+  const env = Array.isArray(value.env) ? value.env.filter((e): e is string => typeof e === 'string') : [];
+  const user = (value.user ?? {}) as { uid?: unknown; gid?: unknown };
+  return { args: args as string[], env, cwd: typeof value.cwd === 'string' && value.cwd !== '' ? value.cwd : '/', user: `${Number(user.uid ?? 0)}:${Number(user.gid ?? 0)}` };
+}
+
+/** The relay: asks the shim to run the process, copies its output to fds 1 and 2 and our stdin to it; resolves with its status. */
+export function relayExec(root: string, id: string, process: ExecProcess, onStarted: (error?: string) => void): Promise<number> {
+  const withInput = hasInput();
+  return new Promise((resolve, reject) => {
+    const socket = createConnection(containerPaths(root, id).control);
+    let received = '';
+    let started = false;
+    let status: number | undefined;
+    const fail = (message: string) => {
+      onStarted(message);
+      reject(new ArkError('EXEC_FAILED', `container ${id}: ${message}`, { exitCode: ExitCode.failure }));
+    };
+    socket.on('connect', () => socket.write(`${JSON.stringify({ op: 'exec', process, stdin: withInput } satisfies ShimRequest)}\n`));
+    socket.on('error', (error) => (started ? undefined : fail(`cannot reach its shim: ${error.message}`)));
+    socket.on('data', (chunk: Buffer) => {
+      received += chunk.toString('utf8');
+      for (let at = received.indexOf('\n'); at >= 0; at = received.indexOf('\n')) {
+        const line = JSON.parse(received.slice(0, at)) as ShimReply | ExecEvent;
+        received = received.slice(at + 1);
+        if ('ok' in line) {
+          if (!line.ok) return fail(line.error);
+          started = true;
+          onStarted();
+          if (withInput) pumpStdin(socket);
+        } else if ('stream' in line) writeOut(line.stream === 'stdout' ? 1 : 2, Buffer.from(line.data, 'base64'));
+        else status = line.exit;
+      }
+    });
+    socket.on('close', () => {
+      if (!started) return fail('its shim stopped before the process started');
+      // the VM went away under the process: as a kill
+      resolve(status ?? 137);
+    });
+  });
+}
+
+function pumpStdin(socket: import('node:net').Socket): void {
+  const send = (data: string) => socket.writable && socket.write(`${JSON.stringify({ op: 'exec-stdin', data } satisfies ShimRequest)}\n`);
+  process.stdin.on('data', (chunk: Buffer) => send(chunk.toString('base64')));
+  process.stdin.on('end', () => send(''));
+  process.stdin.on('error', () => send(''));
+}
+
+/** The detached relay's body (`ark-oci-runtime exec-relay ID PROCESS-JSON`). */
+export async function runExecRelay(root: string, id: string, processJson: string): Promise<number> {
+  const code = await relayExec(root, id, JSON.parse(processJson) as ExecProcess, (error) => reportReadiness(error ?? 'ok')).catch(() => 1);
+  // stdin may hold the event loop open after the process ended
+  process.stdin.destroy();
+  return code;
+}

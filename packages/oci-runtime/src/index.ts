@@ -1,0 +1,13 @@
+export { main, parseArguments } from './runtime-cli.ts';
+export { createContainer, defaultMemoryMiB } from './create-container.ts';
+export type { CreateOptions } from './create-container.ts';
+export { containerState, deleteContainer, killContainer, listContainers, ociVersion, pauseContainer, runtimeFeatures, startContainer } from './container-commands.ts';
+export type { OciState } from './container-commands.ts';
+export { checkContainerId, containerPaths, defaultStateRoot } from './container-state.ts';
+export type { ContainerRecord, ContainerStatus } from './container-state.ts';
+export { parseContainerSpec, readContainerSpec } from './oci-spec.ts';
+export type { ContainerSpec } from './oci-spec.ts';
+export { debugfsCommands, writeRootfsDisk } from './rootfs-disk.ts';
+export { parseSignal, signalName } from './signal-names.ts';
+export { ensureBootFiles } from './boot-files.ts';
+export type { BootFiles } from './boot-files.ts';
