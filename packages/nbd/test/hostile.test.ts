@@ -4,7 +4,7 @@ import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import t, { type Test } from 'tap';
-import { Command, CommandFlag, Errno, FileExport, MemoryExport, NbdClient, NbdError, NbdServer, Option, OptionReply, ReplyType, type NbdExport } from '@ark/nbd';
+import { Command, CommandFlag, CpuContention, Errno, FileExport, MemoryExport, NbdClient, NbdError, NbdServer, Option, OptionReply, ReplyType, type NbdExport } from '@ark/nbd';
 import { RawPeer, goData, makeRandomFile, optionBytes, requestBytes, sleep, tempDir, waitUntil } from './nbd-test-env.ts';
 
 const MiB = 1024 * 1024;
@@ -25,7 +25,10 @@ const failing: NbdExport = {
     throw new Error('no map today');
   },
 };
-const disk = await FileExport.open(path, { name: 'disk' });
+// a calm CpuContention: on a busy machine `auto` would read some replies in the thread
+// pool, and those may overtake others (legal in NBD, but the ordering test below checks
+// the hand-over from Node's stream to sendfile, which must never reorder or mix replies)
+const disk = await FileExport.open(path, { name: 'disk', contention: new CpuContention({ sample: () => undefined }) });
 const memory = new MemoryExport({ name: 'rw', size: 64 * MiB });
 const events: string[] = [];
 const server = new NbdServer({
