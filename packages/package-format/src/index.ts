@@ -3,3 +3,5 @@ export type { MemberEntry, MemberName, PackageIndex } from './package-index.ts';
 export { writePackage } from './package-writer.ts';
 export type { MemberSource, WritePackageOptions } from './package-writer.ts';
 export { ArkPackage, memberDigest } from './package-reader.ts';
+export { ensurePackageVerified } from './package-trust.ts';
+export type { MemberRange, RangesSource } from './member-ranges.ts';
