@@ -48,5 +48,11 @@ export class OpenPackage {
  * backing), so its allocated clusters are exactly what the guest wrote.
  */
 export function createDiskOverlay(path: string, sizeBytes: number): void {
-  execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', '-o', 'cluster_size=65536', path, String(sizeBytes)], { stdio: ['ignore', 'ignore', 'pipe'] });
+  try {
+    execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', '-o', 'cluster_size=65536', path, String(sizeBytes)], { stdio: ['ignore', 'ignore', 'pipe'] });
+  } catch (error) {
+    const stderr = String((error as { stderr?: Buffer }).stderr ?? '').trim();
+    // reported like any other write that found the file system full
+    throw Object.assign(new Error(`qemu-img create ${path}: ${stderr}`), stderr.includes('No space left') ? { code: 'ENOSPC' } : {});
+  }
 }

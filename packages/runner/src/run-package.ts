@@ -91,7 +91,7 @@ export async function runPackage(path: string, options: RunPackageOptions): Prom
     } catch (error) {
       if ((error as NodeJS.ErrnoException).code !== 'ENOSPC') throw error;
       throw new ArkError('NO_SPACE', `no space left in ${dirname(work)} to unpack ${path} for the VM; the package is unchanged`, {
-        hint: 'the VM runs from a copy of the package\'s disk and memory beside it: free space there, or run a copy of the package placed elsewhere',
+        hint: 'the VM runs on the package in place, with its kernel files and what it writes to its disk in a directory beside it: free space there, or run a copy of the package placed elsewhere',
         exitCode: ExitCode.failure,
       });
     }
