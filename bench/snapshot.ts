@@ -21,7 +21,7 @@ const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.len
 /** Fills a tmpfs with `fillMiB` MiB of non-zero data (guest memory), then counts every 200 ms. */
 function fillImage(fillMiB: number) {
   return shellImage(
-    `mkdir -p /fill && mount -t tmpfs -o size=${fillMiB + 64}m fill /fill && yes 0123456789abcdef | head -c ${fillMiB * MiB} > /fill/data && touch /fill/done; ` +
+    `mkdir -p /fill && busybox mount -t tmpfs -o size=${fillMiB + 64}m fill /fill && busybox yes 0123456789abcdef | head -c ${fillMiB * MiB} > /fill/data && touch /fill/done; ` +
       'i=0; while true; do i=$((i+1)); echo "$i"; sleep 0.2; done',
     `fill-${fillMiB}`,
   );

@@ -79,25 +79,25 @@ export async function runPackage(path: string, options: RunPackageOptions): Prom
       throw new ArkError('CORRUPT_PACKAGE', `${path} is corrupted: its memory is ${pkg.member('memory').size} bytes, its ark.json says ${vm.memoryMiB} MiB`, { hint: 'do not run it; copy the package again or make it anew with ark-packager', exitCode: ExitCode.badInput });
     }
     try {
-      // QEMU reads the kernel files at start even for an incoming snapshot; they are small
-      for (const name of ['kernel', 'initramfs'] as const) pkg.extractMember(name, files[name]);
       createDiskOverlay(files.overlay, pkg.member('disk').size);
       if (snapshot) {
         pkg.extractMember('state', files.state);
       } else {
+        // a snapshot's guest is in its RAM: only a boot reads the kernel files
+        for (const name of ['kernel', 'initramfs'] as const) pkg.extractMember(name, files[name]);
         writeFileSync(files.memory, '');
         truncateSync(files.memory, vm.memoryMiB * 1024 * 1024);
       }
     } catch (error) {
       if ((error as NodeJS.ErrnoException).code !== 'ENOSPC') throw error;
-      throw new ArkError('NO_SPACE', `no space left in ${dirname(work)} to unpack ${path} for the VM; the package is unchanged`, {
-        hint: 'the VM runs on the package in place, with its kernel files and what it writes to its disk in a directory beside it: free space there, or run a copy of the package placed elsewhere',
+      throw new ArkError('NO_SPACE', `no space left in ${dirname(work)} for the work files of ${path} (its disk overlay and device state); the package is unchanged`, {
+        hint: 'the VM runs on the package in place, with what it writes to its disk (and a boot\'s kernel files) in a directory beside it: free space there, or run a copy of the package placed elsewhere',
         exitCode: ExitCode.failure,
       });
     }
     guest = await GuestVm.start({
-      kernelPath: files.kernel,
-      initramfsPath: files.initramfs,
+      kernelPath: snapshot ? undefined : files.kernel,
+      initramfsPath: snapshot ? undefined : files.initramfs,
       // a resume ignores the command line: the guest is already running, its network configured
       cmdline: network && !snapshot ? `${config.kernel.cmdline} ${networkKernelArguments(guestNameservers(options.network?.nameservers, options.onPackageEvent))}` : config.kernel.cmdline,
       disks: [
@@ -167,7 +167,7 @@ function slice(member: { offset: number; size: number }): { offset: number; size
  * On failure the package is as it was; the VM runs on (its output let through
  * again) and this says what failed and how to retry. Resolves whether written.
  */
-/** A run's own files in its work directory: the kernel files QEMU loads, the disk overlay, the device state, and a cold boot's RAM. */
+/** A run's own files in its work directory: the disk overlay, the device state, and a cold boot's kernel files and RAM. */
 type WorkFiles = Record<'kernel' | 'initramfs' | 'overlay' | 'memory' | 'state', string>;
 
 interface RunningPackage {

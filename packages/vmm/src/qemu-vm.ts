@@ -150,15 +150,16 @@ export function qemuArguments(spec: VmSpec): string[] {
     '-accel', spec.accelerator,
     '-smp', String(spec.cpus),
     '-m', `${spec.memoryMiB}M`,
-    '-kernel', spec.kernelPath,
-    '-initrd', spec.initramfsPath,
-    '-append', spec.accelerator === 'tcg' ? `${spec.cmdline} ${tcgClockArguments()}`.trim() : spec.cmdline,
     '-chardev', `file,id=console,path=${join(spec.runtimeDir, 'console.log')}`,
     '-serial', 'chardev:console',
     '-qmp', `unix:${join(spec.runtimeDir, 'qmp.sock')},server=on,wait=off`,
     '-device', 'virtio-rng-device',
     '-device', 'virtio-serial-device,max_ports=8',
   ];
+  if (spec.kernelPath !== undefined) {
+    args.push('-kernel', spec.kernelPath, '-append', spec.accelerator === 'tcg' ? `${spec.cmdline} ${tcgClockArguments()}`.trim() : spec.cmdline);
+    if (spec.initramfsPath !== undefined) args.push('-initrd', spec.initramfsPath);
+  } else if (!spec.incoming) throw new Error('a VM that boots needs a kernel (kernelPath)');
   if (spec.accelerator === 'kvm') args.push('-cpu', 'host');
   if (spec.memoryFile && spec.memoryImage) throw new Error('guest RAM is either a shared memory file or a private memory image, not both');
   if (spec.memoryFile) {

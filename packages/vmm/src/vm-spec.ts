@@ -16,8 +16,9 @@ export interface DiskSpec {
 
 /** What to run; the same for every monitor behind the Vm interface. */
 export interface VmSpec {
-  kernelPath: string;
-  initramfsPath: string;
+  /** the guest kernel and initramfs: needed to boot, not to take an incoming snapshot (the guest is in its RAM) */
+  kernelPath?: string;
+  initramfsPath?: string;
   cmdline: string;
   disks: DiskSpec[];
   cpus: number;
