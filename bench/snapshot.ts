@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 // Resume in place against a cold boot, side by side in one run, for packages
-// holding 0, 0.4 and 1.5 GiB of data in guest memory (same image, same 2 GiB VM):
+// holding 0.4 and 1.5 GiB of data in guest memory (same image, same 1900 MiB VM):
 // time from starting ark-runner to the workload's first output line, the
 // flush time after a small change (SIGINT to exit, the package written back),
 // and the host memory a running VM costs beyond its guest RAM.
@@ -14,7 +14,8 @@ import { finished, qemuUnder, shellImage, startTool, toolPath, writeOciLayout } 
 
 const rounds = Number(process.argv[2] ?? 3);
 const work = mkdtempSync(join(tmpdir(), 'ark-bench-snapshot-'));
-const memoryMiB = 2048;
+// 2048 MiB hangs a microvm boot here (QEMU 10, TCG): the guest never leaves the firmware
+const memoryMiB = 1900;
 const MiB = 2 ** 20;
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
 
@@ -110,7 +111,7 @@ function describe(pkg: string): string {
 try {
   console.log(`workload: fills a tmpfs with N MiB of non-zero data, then counts every 200 ms; guest memory ${memoryMiB} MiB; ${rounds} rounds (ms to the first output line)`);
   const results = new Map<number, Figures>();
-  for (const fillMiB of [0, 400, 1536]) {
+  for (const fillMiB of [400, 1536]) {
     const { pkg, figures } = await measure(fillMiB);
     results.set(fillMiB, figures);
     const m = figures.memory.at(-1)!;
