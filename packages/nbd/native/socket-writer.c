@@ -367,6 +367,50 @@ static napi_value js_close(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+/*
+ * copyRange(fdIn, positionIn, fdOut, positionOut, length) -> bytes copied
+ * copy_file_range(2): file to file inside the kernel (a reflink where the file
+ * system shares blocks), never through this process. Fewer bytes than asked
+ * only at the end of the input. Throws with the errno name in `code`.
+ */
+static napi_value js_copy_range(napi_env env, napi_callback_info info) {
+  size_t argc = 5;
+  napi_value argv[5];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  int32_t fd_in, fd_out;
+  int64_t in, out, length;
+  if (argc < 5 || napi_get_value_int32(env, argv[0], &fd_in) != napi_ok || napi_get_value_int64(env, argv[1], &in) != napi_ok ||
+      napi_get_value_int32(env, argv[2], &fd_out) != napi_ok || napi_get_value_int64(env, argv[3], &out) != napi_ok ||
+      napi_get_value_int64(env, argv[4], &length) != napi_ok || fd_in < 0 || fd_out < 0 || in < 0 || out < 0 || length < 0) {
+    napi_throw_type_error(env, NULL, "copyRange(fdIn, positionIn, fdOut, positionOut, length): bad arguments");
+    return NULL;
+  }
+  off_t off_in = in, off_out = out;
+  int64_t done = 0;
+  while (done < length) {
+    ssize_t n = copy_file_range(fd_in, &off_in, fd_out, &off_out, (size_t)(length - done), 0);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      int err = errno;
+      napi_value error, code;
+      char message[160];
+      snprintf(message, sizeof message, "copy_file_range: %s", strerror(err));
+      napi_create_string_utf8(env, message, NAPI_AUTO_LENGTH, &code);
+      napi_create_error(env, NULL, code, &error);
+      const char *name = strerrorname_np(err);
+      napi_create_string_utf8(env, name ? name : "EIO", NAPI_AUTO_LENGTH, &code);
+      napi_set_named_property(env, error, "code", code);
+      napi_throw(env, error);
+      return NULL;
+    }
+    if (n == 0) break;
+    done += n;
+  }
+  napi_value result;
+  napi_create_int64(env, done, &result);
+  return result;
+}
+
 NAPI_MODULE_INIT() {
   napi_property_descriptor props[] = {
       {"open", NULL, js_open, NULL, NULL, NULL, napi_default_method, NULL},
@@ -374,6 +418,7 @@ NAPI_MODULE_INIT() {
       {"file", NULL, js_file, NULL, NULL, NULL, napi_default_method, NULL},
       {"commit", NULL, js_commit, NULL, NULL, NULL, napi_default_method, NULL},
       {"close", NULL, js_close, NULL, NULL, NULL, napi_default_method, NULL},
+      {"copyRange", NULL, js_copy_range, NULL, NULL, NULL, napi_default_method, NULL},
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
   return exports;

@@ -10,3 +10,4 @@ export { writePackage } from './package-writer.ts';
 export type { MemberSource, WritePackageOptions } from './package-writer.ts';
 export { ArkPackage, memberDigest } from './package-reader.ts';
 export { CorruptChunkError, VerifiedMemberReader } from './verified-member-reader.ts';
+export type { MemberRange, RangesSource } from './member-ranges.ts';

@@ -4,8 +4,9 @@ import { createHash } from 'node:crypto';
 import { rememberWrittenPackage } from './package-trust.ts';
 import { MemberHasher, hashChunkBytes, indexMemberName, memberAlignment, packageFormatVersion, zeroBlockSize, dataExtents, type MemberName, type PackageIndex } from './package-index.ts';
 import { paxPadding, tarBlock, ustarHeader } from './tar-header.ts';
+import { copyRanges, scanRanges, type RangesSource } from './member-ranges.ts';
 
-export type MemberSource = { name: MemberName; path: string } | { name: MemberName; bytes: Buffer };
+export type MemberSource = { name: MemberName; path: string } | { name: MemberName; bytes: Buffer } | RangesSource;
 
 export interface WritePackageOptions {
   onProgress?: (event: { member: MemberName; phase: 'scan' | 'write'; bytes: number; total: number }) => void;
@@ -107,6 +108,9 @@ function scanMember(source: MemberSource, options: WritePackageOptions): Scanned
     if (zeros === chunk.length) hash.zeroChunk(chunk.length);
     else hash.chunk(chunk);
   };
+  if ('ranges' in source) {
+    return { name: source.name, source, size: source.size, ...scanRanges(source, (bytes, total) => options.onProgress?.({ member: source.name, phase: 'scan', bytes, total })) };
+  }
   if ('bytes' in source) {
     for (let at = 0; at < source.bytes.length; at += hashChunkBytes) scan(source.bytes.subarray(at, at + hashChunkBytes), at);
     return { name: source.name, source, size: source.bytes.length, sha256: hash.digest(), zeroExtents, chunks: hash.chunkList() };
@@ -172,6 +176,7 @@ function writeHeaders(fd: number, start: number, dataOffset: number, name: strin
 /** Writes only the data extents; the zero extents stay holes of the sparse file. */
 function copyData(fd: number, offset: number, member: ScannedMember, options: WritePackageOptions): void {
   const source = member.source;
+  if ('ranges' in source) return copyRanges(fd, offset, source, member.zeroExtents, (bytes, total) => options.onProgress?.({ member: member.name, phase: 'write', bytes, total }));
   if ('bytes' in source) {
     for (const [at, length] of dataExtents(member)) writeSync(fd, source.bytes, at, length, offset + at);
     return;

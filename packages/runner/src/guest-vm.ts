@@ -106,9 +106,11 @@ export class GuestVm {
 
   /**
    * Asks the agent to prepare (its before-suspend command, a sync), then pauses
-   * the VM and writes its device state; RAM is the memory file. Stays paused.
+   * the VM and writes its device state. Stays paused. RAM is not in it: a
+   * shared memory file holds it (a migration stream, x-ignore-shared), or with
+   * `deviceState` the caller takes it from the paused VM (a private mapping).
    */
-  async suspend(statePath: string): Promise<{ hookError?: string }> {
+  async suspend(statePath: string, { deviceState = false } = {}): Promise<{ hookError?: string }> {
     let hookError: string | undefined;
     this.agent.holdStdin();
     try {
@@ -117,7 +119,8 @@ export class GuestVm {
     } catch (error) {
       hookError = (error as Error).message;
     }
-    await this.vm.snapshot(statePath);
+    if (deviceState) await this.vm.saveDeviceState(statePath);
+    else await this.vm.snapshot(statePath);
     return { hookError };
   }
 

@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import { basename, dirname, join } from 'node:path';
 import { rootDiskSerial, runtimeDiskSerial } from '@ark/blueprint';
 import { ArkError, ExitCode, createOwnedDir, removeStaleEntries, stoppedExitCode, type StopSignal } from '@ark/cli';
-import { ArkPackage } from '@ark/package-format';
+import type { MemberSource } from '@ark/package-format';
 import { installedVmm, vmmCompatible } from '@ark/vmm';
 import { GuestVm, vmStoppedError, workloadStartError } from './guest-vm.ts';
 import { guestNameservers } from './nameservers.ts';
@@ -17,6 +17,11 @@ import { connectPackageInput } from './agent-run.ts';
 import { VmNetwork, networkKernelArguments } from './vm-network.ts';
 import { createWorkDir } from './work-dir.ts';
 import { writePackageInWorker } from './write-package-async.ts';
+import { OpenPackage, createDiskOverlay } from './package-in-place.ts';
+import { diskRanges } from './disk-changes.ts';
+import { memoryRanges } from './guest-memory-changes.ts';
+import { unchangedMember } from './unchanged-range.ts';
+import { isDeviceState } from './device-state.ts';
 
 export interface RunPackageOptions extends Omit<RunOptions, 'cpus' | 'memoryMiB' | 'stopTimeoutMs'> {
   /** where a flush writes the package (default: over the one that was run) */
@@ -48,54 +53,64 @@ export type PackageRunEvent =
  */
 export async function runPackage(path: string, options: RunPackageOptions): Promise<RunResult> {
   const started = Date.now();
-  const pkg = ArkPackage.open(path);
-  const config = JSON.parse(pkg.readMember('ark.json').toString('utf8')) as PackageConfig;
-  const snapshot = pkg.has('state') && pkg.has('memory');
-  refuseOverrides(path, options);
-  if (snapshot) checkSnapshot(path, config, options);
-  const target = options.noPersist ? undefined : writeTarget(path, options);
+  const open = OpenPackage.open(path);
+  let target: { out: string; lock: PackageLock } | undefined;
   let network: VmNetwork | undefined;
   let work: string | undefined;
   let guest: GuestVm | undefined;
   try {
+    const pkg = open.pkg;
+    const config = JSON.parse(pkg.readMember('ark.json').toString('utf8')) as PackageConfig;
+    const snapshot = pkg.has('state') && pkg.has('memory');
+    refuseOverrides(path, options);
+    if (snapshot) checkSnapshot(path, config, options);
+    target = options.noPersist ? undefined : writeTarget(path, options);
+    // the VM reads the package in place: every byte it can reach is checked first
+    open.verify();
     network = options.network && (await VmNetwork.attach(options.network, options.onEvent));
     work = workDirFor(path);
     // packages built before the guest runtime had its own disk carry it on theirs
-    const runtime = pkg.has('runtime') ? join(work, 'runtime') : undefined;
-    const files: WorkFiles = { kernel: join(work, 'kernel'), initramfs: join(work, 'initramfs'), disk: join(work, 'disk'), runtime, memory: join(work, 'memory'), state: join(work, 'state') };
+    const runtime = pkg.has('runtime');
+    const files: WorkFiles = { kernel: join(work, 'kernel'), initramfs: join(work, 'initramfs'), overlay: join(work, 'disk.qcow2'), memory: join(work, 'memory'), state: join(work, 'state') };
     const vm = snapshot
       ? { cpus: config.vm.cpus, memoryMiB: config.vm.memoryMiB, network: network !== undefined }
       : { cpus: options.cpus ?? config.vm?.cpus ?? 1, memoryMiB: options.memoryMiB ?? config.vm?.memoryMiB ?? 512, network: network !== undefined };
+    if (snapshot && pkg.member('memory').size !== vm.memoryMiB * 1024 * 1024) {
+      throw new ArkError('CORRUPT_PACKAGE', `${path} is corrupted: its memory is ${pkg.member('memory').size} bytes, its ark.json says ${vm.memoryMiB} MiB`, { hint: 'do not run it; copy the package again or make it anew with ark-packager', exitCode: ExitCode.badInput });
+    }
     try {
-      for (const name of ['kernel', 'initramfs', 'disk'] as const) pkg.extractMember(name, files[name]);
-      if (runtime) pkg.extractMember('runtime', runtime);
+      createDiskOverlay(files.overlay, pkg.member('disk').size);
       if (snapshot) {
-        pkg.extractMember('memory', files.memory);
         pkg.extractMember('state', files.state);
       } else {
+        // a snapshot's guest is in its RAM: only a boot reads the kernel files
+        for (const name of ['kernel', 'initramfs'] as const) pkg.extractMember(name, files[name]);
         writeFileSync(files.memory, '');
         truncateSync(files.memory, vm.memoryMiB * 1024 * 1024);
       }
     } catch (error) {
       if ((error as NodeJS.ErrnoException).code !== 'ENOSPC') throw error;
-      throw new ArkError('NO_SPACE', `no space left in ${dirname(work)} to unpack ${path} for the VM; the package is unchanged`, {
-        hint: 'the VM runs from a copy of the package\'s disk and memory beside it: free space there, or run a copy of the package placed elsewhere',
+      throw new ArkError('NO_SPACE', `no space left in ${dirname(work)} for the work files of ${path} (its disk overlay and device state); the package is unchanged`, {
+        hint: 'the VM runs on the package in place, with what it writes to its disk (and a boot\'s kernel files) in a directory beside it: free space there, or run a copy of the package placed elsewhere',
         exitCode: ExitCode.failure,
       });
     }
     guest = await GuestVm.start({
-      kernelPath: files.kernel,
-      initramfsPath: files.initramfs,
+      kernelPath: snapshot ? undefined : files.kernel,
+      initramfsPath: snapshot ? undefined : files.initramfs,
       // a resume ignores the command line: the guest is already running, its network configured
       cmdline: network && !snapshot ? `${config.kernel.cmdline} ${networkKernelArguments(guestNameservers(options.network?.nameservers, options.onPackageEvent))}` : config.kernel.cmdline,
       disks: [
-        { id: 'root', path: files.disk, serial: rootDiskSerial },
-        ...(runtime ? [{ id: 'runtime', path: runtime, readOnly: true, serial: runtimeDiskSerial }] : []),
+        // the disk member under a copy-on-write overlay: the overlay is what the guest wrote
+        { id: 'root', path: open.fdPath, slice: slice(pkg.member('disk')), overlay: files.overlay, serial: rootDiskSerial },
+        ...(runtime ? [{ id: 'runtime', path: open.fdPath, slice: slice(pkg.member('runtime')), readOnly: true, serial: runtimeDiskSerial }] : []),
       ],
       cpus: vm.cpus,
       memoryMiB: vm.memoryMiB,
-      memoryFile: files.memory,
+      // a snapshot's RAM is the memory member, mapped privately: pages are read as the guest touches them
+      ...(snapshot ? { memoryImage: { path: open.fdPath, offset: pkg.member('memory').offset } } : { memoryFile: files.memory }),
       incoming: snapshot ? 'defer' : undefined,
+      incomingDeviceState: snapshot && isDeviceState(files.state),
       network: network?.device,
       onStdout: options.onStdout,
       onStderr: options.onStderr,
@@ -130,7 +145,7 @@ export async function runPackage(path: string, options: RunPackageOptions): Prom
         await running.vm.kill();
         return { exitCode: stoppedExitCode(outcome.signal), interrupted: outcome.signal };
       }
-      const written = await flush(running, files, { ...config, vm, vmm: installedVmm() }, target.out, options);
+      const written = await flush(running, { open, files, snapshot, config: { ...config, vm, vmm: installedVmm() } }, target.out, options);
       if (written) return { exitCode: ExitCode.ok, interrupted: outcome.signal };
       stop = options.nextStop?.() ?? new Promise(() => {});
     }
@@ -139,7 +154,12 @@ export async function runPackage(path: string, options: RunPackageOptions): Prom
     await network?.close();
     if (work) rmSync(work, { recursive: true, force: true });
     target?.lock.release();
+    open.close();
   }
+}
+
+function slice(member: { offset: number; size: number }): { offset: number; size: number } {
+  return { offset: member.offset, size: member.size };
 }
 
 /**
@@ -147,24 +167,24 @@ export async function runPackage(path: string, options: RunPackageOptions): Prom
  * On failure the package is as it was; the VM runs on (its output let through
  * again) and this says what failed and how to retry. Resolves whether written.
  */
-/** The members a run works on, extracted into its work directory. */
-type WorkFiles = Record<'kernel' | 'initramfs' | 'disk' | 'memory' | 'state', string> & { runtime: string | undefined };
+/** A run's own files in its work directory: the disk overlay, the device state, and a cold boot's kernel files and RAM. */
+type WorkFiles = Record<'kernel' | 'initramfs' | 'overlay' | 'memory' | 'state', string>;
 
-async function flush(guest: GuestVm, files: WorkFiles, config: PackageConfig, out: string, options: RunPackageOptions): Promise<boolean> {
+interface RunningPackage {
+  open: OpenPackage;
+  files: WorkFiles;
+  /** resumed from a snapshot: RAM is the old memory member, mapped privately */
+  snapshot: boolean;
+  config: PackageConfig;
+}
+
+async function flush(guest: GuestVm, run: RunningPackage, out: string, options: RunPackageOptions): Promise<boolean> {
   options.onPackageEvent?.({ kind: 'flushing' });
   const flushStarted = Date.now();
   try {
-    const { hookError } = await guest.suspend(files.state);
+    const { hookError } = await guest.suspend(run.files.state, { deviceState: true });
     if (hookError) options.onPackageEvent?.({ kind: 'warning', message: `before-suspend: ${hookError}` });
-    await writePackageInWorker(out, [
-      { name: 'ark.json', bytes: Buffer.from(`${JSON.stringify(config, null, 2)}\n`) },
-      { name: 'kernel', path: files.kernel },
-      { name: 'initramfs', path: files.initramfs },
-      { name: 'disk', path: files.disk },
-      ...(files.runtime ? [{ name: 'runtime' as const, path: files.runtime }] : []),
-      { name: 'state', path: files.state },
-      { name: 'memory', path: files.memory },
-    ]);
+    await writePackageInWorker(out, flushSources(guest, run));
     options.onPackageEvent?.({ kind: 'flushed', path: out, ms: Date.now() - flushStarted });
     return true;
   } catch (error) {
@@ -181,6 +201,29 @@ async function flush(guest: GuestVm, files: WorkFiles, config: PackageConfig, ou
     options.onPackageEvent?.({ kind: 'flush-failed', ...failure });
     return false;
   }
+}
+
+/**
+ * What a flush writes: the members that cannot change and the disk's and
+ * RAM's unchanged ranges are copied from the package that runs (in the
+ * kernel, holes kept); what the guest wrote comes from the disk overlay and
+ * from QEMU's private copies of RAM pages.
+ */
+function flushSources(guest: GuestVm, { open, files, snapshot, config }: RunningPackage): MemberSource[] {
+  const pkg = open.pkg;
+  const disk = pkg.member('disk');
+  const memory: MemberSource = snapshot
+    ? { name: 'memory', size: pkg.member('memory').size, ranges: memoryRanges(guest.vm.process.pid!, open.inode, open.fdPath, pkg.member('memory')).ranges }
+    : { name: 'memory', path: files.memory };
+  return [
+    { name: 'ark.json', bytes: Buffer.from(`${JSON.stringify(config, null, 2)}\n`) },
+    unchangedMember(open.fdPath, pkg.member('kernel')),
+    unchangedMember(open.fdPath, pkg.member('initramfs')),
+    { name: 'disk', size: disk.size, ranges: diskRanges(files.overlay, open.fdPath, disk) },
+    ...(pkg.has('runtime') ? [unchangedMember(open.fdPath, pkg.member('runtime'))] : []),
+    { name: 'state', path: files.state },
+    memory,
+  ];
 }
 
 function describeWriteFailure(error: NodeJS.ErrnoException, out: string): { message: string; hint: string } {

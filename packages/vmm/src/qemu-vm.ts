@@ -6,7 +6,7 @@ import { ArkError, ExitCode } from '@ark/cli';
 import { tcgClockArguments } from './guest-clock.ts';
 import { QmpClient } from './qmp-client.ts';
 import { qemuBinary } from './qemu-version.ts';
-import type { VmExit, VmSpec } from './vm-spec.ts';
+import type { DiskSpec, VmExit, VmSpec } from './vm-spec.ts';
 
 /** One QEMU process (`-M microvm`) and its QMP connection. */
 export class QemuVm {
@@ -96,7 +96,19 @@ export class QemuVm {
     await this.#waitForMigration();
   }
 
-  /** Loads device state written by snapshot() into a VM started with `incoming: 'defer'`, then runs it. */
+  /**
+   * Pauses the guest (QEMU writes its disk caches back) and writes the device
+   * state alone to `statePath`: no RAM whatever its backing, so it serves a
+   * guest whose RAM is a private mapping (memoryImage), which a migration
+   * stream would carry whole. The disks stay active: the VM can go on (cont).
+   */
+  async saveDeviceState(statePath: string): Promise<void> {
+    await this.qmp.execute('stop');
+    // the command is named for Xen, whose toolstack saves RAM itself; it is the same for any machine
+    await this.qmp.execute('xen-save-devices-state', { filename: statePath, live: false });
+  }
+
+  /** Loads device state written by snapshot() or saveDeviceState() (then `incomingDeviceState`) into a VM started with `incoming: 'defer'`, then runs it. */
   async restore(statePath: string): Promise<void> {
     await this.qmp.execute('migrate-set-capabilities', { capabilities: [{ capability: 'x-ignore-shared', state: true }] });
     await this.qmp.execute('migrate-incoming', { uri: `exec:cat ${shellQuote(statePath)}` });
@@ -138,27 +150,39 @@ export function qemuArguments(spec: VmSpec): string[] {
     '-accel', spec.accelerator,
     '-smp', String(spec.cpus),
     '-m', `${spec.memoryMiB}M`,
-    '-kernel', spec.kernelPath,
-    '-initrd', spec.initramfsPath,
-    '-append', spec.accelerator === 'tcg' ? `${spec.cmdline} ${tcgClockArguments()}`.trim() : spec.cmdline,
     '-chardev', `file,id=console,path=${join(spec.runtimeDir, 'console.log')}`,
     '-serial', 'chardev:console',
     '-qmp', `unix:${join(spec.runtimeDir, 'qmp.sock')},server=on,wait=off`,
     '-device', 'virtio-rng-device',
     '-device', 'virtio-serial-device,max_ports=8',
   ];
+  if (spec.kernelPath !== undefined) {
+    args.push('-kernel', spec.kernelPath, '-append', spec.accelerator === 'tcg' ? `${spec.cmdline} ${tcgClockArguments()}`.trim() : spec.cmdline);
+    if (spec.initramfsPath !== undefined) args.push('-initrd', spec.initramfsPath);
+  } else if (!spec.incoming) throw new Error('a VM that boots needs a kernel (kernelPath)');
   if (spec.accelerator === 'kvm') args.push('-cpu', 'host');
+  if (spec.memoryFile && spec.memoryImage) throw new Error('guest RAM is either a shared memory file or a private memory image, not both');
   if (spec.memoryFile) {
-    args.push('-object', `memory-backend-file,id=ram,size=${spec.memoryMiB}M,mem-path=${spec.memoryFile},share=on`);
+    args.push('-object', `memory-backend-file,id=ram,size=${spec.memoryMiB}M,mem-path=${optionValue(spec.memoryFile)},share=on`);
+    machine.push('memory-backend=ram');
+  }
+  if (spec.memoryImage) {
+    if (spec.memoryImage.offset % 4096 !== 0) throw new Error(`a memory image offset must be 4 KiB aligned (${spec.memoryImage.offset})`);
+    args.push('-object', `memory-backend-file,id=ram,size=${spec.memoryMiB}M,mem-path=${optionValue(spec.memoryImage.path)},offset=${spec.memoryImage.offset},share=off,readonly=on,rom=off`);
     machine.push('memory-backend=ram');
   }
   args.unshift('-M', machine.join(','));
   for (const disk of spec.disks) {
+    if (disk.serial !== undefined && !/^[\w.-]{1,20}$/.test(disk.serial)) throw new Error(`disk serial '${disk.serial}' is not 1 to 20 letters, digits, '.', '_' or '-'`);
+    const device = `virtio-blk-device,drive=${disk.id}${disk.serial ? `,serial=${disk.serial}` : ''}`;
+    if (disk.slice || disk.overlay) {
+      args.push('-blockdev', JSON.stringify(blockdevOptions(disk)), '-device', device);
+      continue;
+    }
     const options = [`id=${disk.id}`, `file=${disk.path}`, 'format=raw', 'if=none', 'cache=unsafe', 'aio=threads'];
     if (disk.readOnly) options.push('readonly=on');
     if (disk.ephemeral) options.push('snapshot=on');
-    if (disk.serial !== undefined && !/^[\w.-]{1,20}$/.test(disk.serial)) throw new Error(`disk serial '${disk.serial}' is not 1 to 20 letters, digits, '.', '_' or '-'`);
-    args.push('-drive', options.join(','), '-device', `virtio-blk-device,drive=${disk.id}${disk.serial ? `,serial=${disk.serial}` : ''}`);
+    args.push('-drive', options.join(','), '-device', device);
   }
   spec.ports.forEach((name, index) => {
     args.push('-chardev', `socket,id=port${index},path=${join(spec.runtimeDir, `${name}.sock`)},server=on,wait=off`);
@@ -169,7 +193,36 @@ export function qemuArguments(spec: VmSpec): string[] {
     args.push('-netdev', `tap,id=net0,ifname=${spec.network.tap},script=no,downscript=no`, '-device', `virtio-net-device,netdev=net0,mac=${mac}`);
   }
   if (spec.incoming) args.push('-S', '-incoming', spec.incoming);
+  // a device-state file has no configuration section (machine type, capabilities) for the incoming side to check
+  if (spec.incomingDeviceState) args.push('-global', 'migration.send-configuration=off');
   return args;
+}
+
+/**
+ * A disk on a read-only base (a whole file or a slice of one, e.g. a package
+ * member) as a -blockdev graph: the base read-only, writes in the qcow2
+ * overlay when there is one. cache=unsafe as for -drive: a flush is ark's.
+ */
+function blockdevOptions(disk: DiskSpec): object {
+  const file = { driver: 'file', filename: disk.path, 'read-only': true, aio: 'threads' };
+  const base = { driver: 'raw', 'read-only': true, file, ...(disk.slice ? { offset: disk.slice.offset, size: disk.slice.size } : {}) };
+  if (!disk.overlay) {
+    if (!disk.readOnly) throw new Error(`disk ${disk.id}: a disk on a slice of a file is read-only, or takes its writes in an overlay`);
+    return { ...base, 'node-name': disk.id };
+  }
+  return {
+    driver: 'qcow2',
+    'node-name': disk.id,
+    'read-only': disk.readOnly === true,
+    cache: { 'no-flush': true },
+    file: { driver: 'file', filename: disk.overlay, aio: 'threads' },
+    backing: base,
+  };
+}
+
+/** A path inside a -object/-drive option list, where a comma is written twice. */
+function optionValue(path: string): string {
+  return path.replaceAll(',', ',,');
 }
 
 function shellQuote(path: string): string {

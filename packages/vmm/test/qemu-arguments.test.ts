@@ -1,0 +1,34 @@
+import t from 'tap';
+import { qemuArguments, type VmSpec } from '@ark/vmm';
+
+// How a VM on a package in place is put on QEMU's command line.
+const base: VmSpec = { kernelPath: '/k', initramfsPath: '/i', cmdline: '', disks: [], cpus: 1, memoryMiB: 256, ports: [], runtimeDir: '/run/x', accelerator: 'tcg' };
+const value = (args: string[], option: string) => args.filter((_, i) => args[i - 1] === option);
+
+t.test('guest RAM mapped privately from a range of a file', async (t) => {
+  const args = qemuArguments({ ...base, memoryImage: { path: '/proc/1/fd/5', offset: 81920 } });
+  t.same(value(args, '-object'), ['memory-backend-file,id=ram,size=256M,mem-path=/proc/1/fd/5,offset=81920,share=off,readonly=on,rom=off']);
+  t.match(value(args, '-M')[0], /memory-backend=ram/);
+  t.throws(() => qemuArguments({ ...base, memoryImage: { path: '/p', offset: 100 } }), /4 KiB aligned/);
+  t.throws(() => qemuArguments({ ...base, memoryImage: { path: '/p', offset: 0 }, memoryFile: '/m' }), /not both/);
+});
+
+t.test('a disk on a slice of a file, under a qcow2 overlay; a read-only slice', async (t) => {
+  const args = qemuArguments({
+    ...base,
+    disks: [
+      { id: 'root', path: '/pkg', slice: { offset: 4096, size: 8192 }, overlay: '/work/disk.qcow2', serial: 'ark-root' },
+      { id: 'runtime', path: '/pkg', slice: { offset: 16384, size: 4096 }, readOnly: true },
+    ],
+  });
+  const [root, runtime] = value(args, '-blockdev').map((json) => JSON.parse(json));
+  t.match(root, { driver: 'qcow2', 'node-name': 'root', file: { filename: '/work/disk.qcow2' }, backing: { driver: 'raw', offset: 4096, size: 8192, 'read-only': true, file: { filename: '/pkg', 'read-only': true } } });
+  t.match(runtime, { driver: 'raw', 'node-name': 'runtime', offset: 16384, size: 4096, 'read-only': true });
+  t.same(value(args, '-device').filter((d) => d.startsWith('virtio-blk')), ['virtio-blk-device,drive=root,serial=ark-root', 'virtio-blk-device,drive=runtime']);
+  t.throws(() => qemuArguments({ ...base, disks: [{ id: 'd', path: '/pkg', slice: { offset: 0, size: 4096 } }] }), /read-only, or takes its writes in an overlay/);
+});
+
+t.test('device state alone is loaded without a configuration section', async (t) => {
+  t.same(value(qemuArguments({ ...base, incoming: 'defer', incomingDeviceState: true }), '-global'), ['migration.send-configuration=off']);
+  t.same(value(qemuArguments({ ...base, incoming: 'defer' }), '-global'), []);
+});
