@@ -1,19 +1,23 @@
 import { closeSync, openSync, readSync, writeSync } from 'node:fs';
 import { copyFileRange } from '@ark/nbd/copy-file-range';
-import { MemberHasher, hashChunkBytes, zeroBlockSize, type MemberName } from './package-index.ts';
+import { MemberChunks } from './member-chunks.ts';
+import { MemberHasher, hashChunkBytes, zeroBlockSize, type MemberEntry, type MemberName } from './package-index.ts';
 
 /**
  * One piece of a member built from ranges, at member offset `at`. Every
  * boundary but the member's end is a multiple of 4 KiB.
  * - copy: bytes that did not change, at `position` of another file (a member
  *   of the package being replaced), with their known zero runs (relative to
- *   the range): copied inside the kernel, holes kept as holes.
+ *   the range): copied inside the kernel, holes kept as holes. With
+ *   `sameChunksAs`, the bytes are that (format 2, verified) member's at the
+ *   same member offsets: a 1 MiB chunk wholly inside the range takes its
+ *   digest from that member's index instead of being read and hashed again.
  * - data: new bytes at `position` of a file (a qcow2 overlay, /proc/PID/mem):
  *   read, zero blocks left as holes, the rest written.
  * - zero: zeros.
  */
 export type MemberRange =
-  | { kind: 'copy'; at: number; length: number; path: string; position: number; zeroExtents: Array<[number, number]> }
+  | { kind: 'copy'; at: number; length: number; path: string; position: number; zeroExtents: Array<[number, number]>; sameChunksAs?: MemberEntry | undefined }
   | { kind: 'data'; at: number; length: number; path: string; position: number }
   | { kind: 'zero'; at: number; length: number };
 
@@ -55,6 +59,10 @@ export function scanRanges(source: RangesSource, onBytes?: (done: number, total:
       let zeros = 0;
       // the ranges overlapping this chunk, piece by piece
       while (source.ranges[next]!.at + source.ranges[next]!.length <= at) next++;
+      if (knownChunk(source.ranges[next]!, at, length, hasher, addZero)) {
+        onBytes?.(at + length, source.size);
+        continue;
+      }
       for (let i = next; i < source.ranges.length && source.ranges[i]!.at < at + length; i++) {
         const range = source.ranges[i]!;
         const from = Math.max(range.at, at);
@@ -94,6 +102,25 @@ export function scanRanges(source: RangesSource, onBytes?: (done: number, total:
     files.close();
   }
   return { sha256: hasher.digest(), zeroExtents, chunks: hasher.chunkList() };
+}
+
+/**
+ * A chunk wholly inside an unchanged range of a format 2 member keeps that
+ * member's digest for it (its zero blocks come from the range's zero runs):
+ * a flush then reads and hashes only what changed. False when it cannot.
+ */
+function knownChunk(range: MemberRange, at: number, length: number, hasher: MemberHasher, addZero: (offset: number, length: number) => void): boolean {
+  if (range.kind !== 'copy' || range.sameChunksAs === undefined) return false;
+  if (range.at > at || range.at + range.length < at + length) return false;
+  const chunks = MemberChunks.of(range.sameChunksAs);
+  const i = at / hashChunkBytes;
+  if (!Number.isInteger(i) || i >= chunks.count || chunks.range(i)[1] !== length) return false;
+  const digest = chunks.digest(i);
+  if (digest === undefined) return false;
+  for (const [start, run] of clip(range.zeroExtents, at - range.at, at + length - range.at)) addZero(range.at + start, run);
+  if (chunks.isZero(i)) hasher.zeroChunk(length);
+  else hasher.knownChunk(digest);
+  return true;
 }
 
 /**

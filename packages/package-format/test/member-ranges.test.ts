@@ -82,3 +82,27 @@ t.test('ensurePackageVerified refuses a package with a flipped byte, naming the 
   closeSync(fd);
   t.throws(() => ensurePackageVerified(ArkPackage.open(bad)), { code: 'CORRUPT_PACKAGE', message: /its memory chunk \d+ \(bytes \d+–\d+\) does not match its SHA-256/ });
 });
+
+t.test('unchanged chunks of a format 2 member keep their digests: a flush hashes only what changed', async (t) => {
+  const known = ranges.map((r) => (r.kind === 'copy' ? { ...r, sameChunksAs: member } : r));
+  const again = join(dir, 'known.ark');
+  const knownIndex = writePackage(again, [{ name: 'ark.json', bytes: Buffer.from('{}') }, { name: 'memory', size: 16 * MiB, ranges: known }]);
+  const memberOf = (i: typeof index) => i.members.find((m) => m.name === 'memory')!;
+  t.equal(memberOf(knownIndex).sha256, memberOf(index).sha256, 'the same SHA-256 as hashing every byte');
+  t.equal(memberOf(knownIndex).chunks, memberOf(index).chunks, 'the same chunk digests');
+  t.same(memberOf(knownIndex).zeroExtents, memberOf(index).zeroExtents, 'the same zero extents');
+  t.doesNotThrow(() => ensurePackageVerified(ArkPackage.open(again)));
+
+  // proof that chunk 9 (wholly unchanged) was not read: bytes changed behind the old
+  // index's back are copied, yet the new index still lists the old digest for them
+  const tampered = join(dir, 'tampered-old.ark');
+  writeFileSync(tampered, readFileSync(old));
+  const fd = openSync(tampered, 'r+');
+  writeSync(fd, Buffer.from('changed behind the index'), 0, 24, member.offset + 15 * MiB + 100);
+  closeSync(fd);
+  const fromTampered = known.map((r) => (r.kind === 'copy' ? { ...r, path: tampered } : r));
+  const blind = join(dir, 'blind.ark');
+  const blindIndex = writePackage(blind, [{ name: 'ark.json', bytes: Buffer.from('{}') }, { name: 'memory', size: 16 * MiB, ranges: fromTampered }]);
+  t.equal(memberOf(blindIndex).chunks, memberOf(index).chunks, 'the digests came from the old index, not from reading the bytes');
+  t.throws(() => ensurePackageVerified(ArkPackage.open(blind), { cacheDir: join(dir, 'no-trust') }), { code: 'CORRUPT_PACKAGE', message: /chunk 15 / }, 'which is why only a verified package may lend its digests');
+});

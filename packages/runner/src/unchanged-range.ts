@@ -9,7 +9,8 @@ export function unchangedRange(packagePath: string, member: MemberEntry, at: num
     const end = Math.min(offset + size, at + length);
     if (end > start) zeroExtents.push([start - at, end - start]);
   }
-  return { kind: 'copy', at, length, path: packagePath, position: member.offset + at, zeroExtents };
+  // the same bytes at the same member offsets: unchanged chunks keep their digests
+  return { kind: 'copy', at, length, path: packagePath, position: member.offset + at, zeroExtents, sameChunksAs: member };
 }
 
 /** A whole member of a package, unchanged. */
