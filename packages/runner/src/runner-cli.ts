@@ -56,6 +56,9 @@ export async function main(argv: string[]): Promise<void> {
     .action(async (path: string | undefined, options: RunnerOptions) => {
       if (options.list === true || options.attach !== undefined) return controlCommand(path, options);
       if (options.json === true) throw usage('--json is for --list', "run 'ark-runner --list --json'");
+      // cac drops an empty positional argument: `ark-runner ''` is an empty path, not a missing one
+      const beforeCommand = argv.includes('--') ? argv.slice(0, argv.indexOf('--')) : argv;
+      if (path === undefined && beforeCommand.includes('')) checkInputPath('', 'the package or blueprint');
       if (path === undefined) throw usage('missing the package or blueprint to run', "run 'ark-runner --help'");
       const plan = runPlan(String(path), options, argv);
       const background = process.env[backgroundRunnerVariable];
