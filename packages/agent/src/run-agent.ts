@@ -205,6 +205,8 @@ function runHook(command: string | null): string | undefined {
   return `'${command}' failed (${result.error?.message ?? `exit ${result.status ?? result.signal}`})`;
 }
 
+let pendingClockFix: NodeJS.Timeout | undefined;
+
 /**
  * busybox date sets whole seconds: set the current second at once (at most 1 s
  * behind), then the exact time at the next second boundary, in the background,
@@ -212,10 +214,14 @@ function runHook(command: string | null): string | undefined {
  */
 function setClock(hostTimeMs: number): void {
   const received = performance.now();
+  // a newer host time wins: the exact-second fix of an older, rougher one (the
+  // first request after a resume arrives late) must not run after this one's
+  clearTimeout(pendingClockFix);
   spawnSync(busybox, ['date', '-u', '-s', `@${Math.floor(hostTimeMs / 1000)}`], { stdio: 'ignore' });
   const elapsed = performance.now() - received;
   const untilBoundary = 1000 - ((hostTimeMs + elapsed) % 1000);
-  setTimeout(() => {
+  pendingClockFix = setTimeout(() => {
+    pendingClockFix = undefined;
     spawnSync(busybox, ['date', '-u', '-s', `@${Math.round((hostTimeMs + (performance.now() - received)) / 1000)}`], { stdio: 'ignore' });
   }, untilBoundary);
 }
