@@ -1,4 +1,4 @@
-import { execFileSync, spawn } from 'node:child_process';
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import { closeSync, mkdirSync, mkdtempSync, openSync, readFileSync, readSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -31,6 +31,10 @@ function diskLog(path: string): number[] {
   const disk = join(work, 'disk.img');
   ArkPackage.open(path).extractMember('disk', disk);
   try {
+    // the guest's sync may have put the last appends in the ext4 journal only; debugfs
+    // does not replay it, e2fsck does (on this copy; exit 1 means it fixed something)
+    const fsck = spawnSync('e2fsck', ['-fy', disk], { stdio: 'ignore' });
+    if (fsck.status === null || fsck.status >= 4) throw new Error(`e2fsck ${disk}: exit ${fsck.status ?? fsck.signal}`);
     return execFileSync('debugfs', ['-R', 'cat /log', disk], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim().split('\n').map(Number);
   } finally {
     rmSync(disk);
