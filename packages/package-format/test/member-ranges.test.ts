@@ -1,8 +1,9 @@
 import { createHash, randomBytes } from 'node:crypto';
-import { closeSync, mkdtempSync, openSync, readFileSync, rmSync, statSync, truncateSync, writeFileSync, writeSync } from 'node:fs';
+import { closeSync, mkdtempSync, openSync, readFileSync, rmSync, statSync, writeFileSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import t from 'tap';
+import { sparseFile } from '@ark/test-images';
 import { ArkPackage, ensurePackageVerified, writePackage, type MemberRange } from '@ark/package-format';
 
 // A member built from ranges, as a flush writes one: unchanged ranges of the
@@ -10,14 +11,6 @@ import { ArkPackage, ensurePackageVerified, writePackage, type MemberRange } fro
 const dir = mkdtempSync(join(tmpdir(), 'ark-ranges-test-'));
 t.teardown(() => rmSync(dir, { recursive: true, force: true }));
 const MiB = 1 << 20;
-
-function sparseFile(path: string, size: number, chunks: Array<[number, Buffer]>): void {
-  writeFileSync(path, '');
-  truncateSync(path, size);
-  const fd = openSync(path, 'r+');
-  for (const [at, bytes] of chunks) writeSync(fd, bytes, 0, bytes.length, at);
-  closeSync(fd);
-}
 
 const oldMemory = join(dir, 'old-memory');
 sparseFile(oldMemory, 16 * MiB, [[0, randomBytes(3 * MiB)], [8 * MiB, randomBytes(MiB)], [15 * MiB, randomBytes(MiB)]]);

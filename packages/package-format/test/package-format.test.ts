@@ -4,20 +4,13 @@ import { mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, truncateSync, w
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import t from 'tap';
+import { sparseFile } from '@ark/test-images';
 import { ArkPackage, memberAlignment, memberDigest, writePackage, type MemberSource } from '@ark/package-format';
 
 const dir = mkdtempSync(join(tmpdir(), 'ark-pkg-test-'));
 t.teardown(() => rmSync(dir, { recursive: true, force: true }));
 
 /** A sparse file with data at a few places, like guest RAM or a disk. */
-function sparseFile(path: string, size: number, chunks: Array<[number, Buffer]>): void {
-  writeFileSync(path, '');
-  truncateSync(path, size);
-  const fd = openSync(path, 'r+');
-  for (const [at, bytes] of chunks) writeSync(fd, bytes, 0, bytes.length, at);
-  closeSync(fd);
-}
-
 const memory = join(dir, 'memory');
 sparseFile(memory, 256 << 20, [[0, randomBytes(8192)], [100 << 20, randomBytes(1 << 20)], [(256 << 20) - 4096, randomBytes(4096)]]);
 const disk = join(dir, 'disk');

@@ -13,3 +13,4 @@ export type { KernelImageParts } from './kernel-image-writer.ts';
 export { buildBlueprint } from './build-blueprint.ts';
 export { TestPodman } from './podman-sandbox.ts';
 export type { PodmanResult } from './podman-sandbox.ts';
+export { sparseFile } from './sparse-file.ts';
