@@ -1,6 +1,6 @@
 export { MemberHasher, dataExtents, hashChunkBytes, indexMemberName, isZeroRange, memberAlignment, memberNames, packageFormatVersion, readableFormatVersions, zeroBlockSize, zeroChunkDigest } from './package-index.ts';
 export { MemberChunks, chunkDigest, verifyChunk } from './member-chunks.ts';
-export { ensurePackageVerified } from './package-trust.ts';
+export { ensurePackageVerified, isPackageTrusted, rememberVerifiedPackage } from './package-trust.ts';
 export type { TrustOptions } from './package-trust.ts';
 export { trustCachePath } from './trust-cache.ts';
 export { fileIdentity } from './file-identity.ts';
@@ -11,3 +11,5 @@ export type { MemberSource, WritePackageOptions } from './package-writer.ts';
 export { ArkPackage, memberDigest } from './package-reader.ts';
 export { CorruptChunkError, VerifiedMemberReader } from './verified-member-reader.ts';
 export type { MemberRange, RangesSource } from './member-ranges.ts';
+export { MemberVerifier } from './member-verifier.ts';
+export { VerifiedExport, memberHoles, verifiedMemberExport } from './verified-export.ts';

@@ -11,6 +11,13 @@ export interface TrustOptions {
   cacheDir?: string;
   /** hears of every chunk read to verify it (tests count them; a trusted package reads none) */
   onChunk?: (member: MemberEntry, chunk: number) => void;
+  /**
+   * Verify only the members this accepts; the caller reads the others through
+   * VerifiedMemberReader (chunk by chunk on first read) and records the
+   * package with rememberVerifiedPackage once all of it matched. A trusted
+   * package is still not read at all.
+   */
+  only?: (member: MemberEntry) => boolean;
 }
 
 /**
@@ -23,24 +30,40 @@ export interface TrustOptions {
  * chunk that does not match, PACKAGE_CHANGED when the file changed since it
  * was opened.
  */
-export function ensurePackageVerified(pkg: ArkPackage, options: TrustOptions = {}): void {
+export function ensurePackageVerified(pkg: ArkPackage, options: TrustOptions = {}): 'trusted' | 'verified' {
   const fd = openPackage(pkg);
   try {
     const before = fileIdentity(fd);
     if (!sameIdentity(before, pkg.identity)) throw changed(pkg.path);
-    if (isTrusted(pkg.indexDigest, before, options.cacheDir)) return;
+    if (isTrusted(pkg.indexDigest, before, options.cacheDir)) return 'trusted';
     const holes = new HoleReader(pkg.path, fd);
     try {
-      for (const member of pkg.index.members) verifyMember(fd, holes, pkg.path, member, options.onChunk);
+      for (const member of pkg.index.members) if (options.only?.(member) ?? true) verifyMember(fd, holes, pkg.path, member, options.onChunk);
     } finally {
       holes.close();
     }
     // the bytes checked are the bytes of this identity only if nothing wrote meanwhile
     if (!sameIdentity(fileIdentity(fd), before)) throw changed(pkg.path);
-    rememberTrusted(pkg.indexDigest, before, options.cacheDir);
+    if (options.only === undefined) rememberTrusted(pkg.indexDigest, before, options.cacheDir);
+    return 'verified';
   } finally {
     closeSync(fd);
   }
+}
+
+/** Whether the package open as `fd` is in the trust cache (ark wrote it here, or verified it whole before), without reading it. */
+export function isPackageTrusted(pkg: ArkPackage, fd: number, cacheDir?: string): boolean {
+  return sameIdentity(fileIdentity(fd), pkg.identity) && isTrusted(pkg.indexDigest, pkg.identity, cacheDir);
+}
+
+/**
+ * Records a package whose every chunk has been verified (some of them lazily,
+ * through the descriptor `fd` held open meanwhile) as trusted, if the file
+ * is still the one its index was read from. Resolves whether it was recorded.
+ */
+export function rememberVerifiedPackage(pkg: ArkPackage, fd: number, cacheDir?: string): boolean {
+  const now = fileIdentity(fd);
+  return sameIdentity(now, pkg.identity) && rememberTrusted(pkg.indexDigest, now, cacheDir);
 }
 
 /** Records a package this process has just written (and so knows to be whole) as trusted. */

@@ -1,4 +1,4 @@
-import { execFileSync, type ChildProcess } from 'node:child_process';
+import { execFileSync, spawnSync, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -59,4 +59,26 @@ export function sha256File(path: string): string {
 export function firstGap(numbers: number[]): number {
   for (let i = 1; i < numbers.length; i++) if (numbers[i] !== numbers[i - 1]! + 1) return i;
   return -1;
+}
+
+/**
+ * Extracts a package's disk member to `image`, replays its ext4 journal and
+ * gives it to `read` (then removes it). The guest's sync may have left its
+ * last writes in the journal only: debugfs does not replay it, e2fsck does
+ * (on this copy; its exit 1 means it fixed something).
+ */
+export function extractedDisk<T>(pkg: string, image: string, read: (image: string) => T): T {
+  ArkPackage.open(pkg).extractMember('disk', image);
+  try {
+    const fsck = spawnSync('e2fsck', ['-fy', image], { stdio: 'ignore' });
+    if (fsck.status === null || fsck.status >= 4) throw new Error(`e2fsck ${image}: exit ${fsck.status ?? fsck.signal}`);
+    return read(image);
+  } finally {
+    rmSync(image, { force: true });
+  }
+}
+
+/** A file on the disk of a package, as debugfs reads it (after the journal is replayed). */
+export function diskFile(pkg: string, image: string, file: string): string {
+  return extractedDisk(pkg, image, (disk) => execFileSync('debugfs', ['-R', `cat ${file}`, disk], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }));
 }

@@ -1,4 +1,4 @@
-import { execFileSync, spawn, spawnSync } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { closeSync, mkdirSync, mkdtempSync, openSync, readFileSync, readSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -6,7 +6,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import t from 'tap';
 import { ArkPackage, dataExtents } from '@ark/package-format';
 import { finished, startTool } from '@ark/test-images';
-import { counterPackage, counts, firstGap, verifyPackage, waitForCounts } from './harness.ts';
+import { counterPackage, counts, diskFile, firstGap, verifyPackage, waitForCounts } from './harness.ts';
 
 // Packages run in place: the VM's RAM and disk are the package's members
 // (copy-on-write), nothing is unpacked but the kernel files, and a flush
@@ -28,17 +28,7 @@ function stateKind(path: string): 'migration stream' | 'device state' {
 
 /** The counter's log on a package's disk member. */
 function diskLog(path: string): number[] {
-  const disk = join(work, 'disk.img');
-  ArkPackage.open(path).extractMember('disk', disk);
-  try {
-    // the guest's sync may have put the last appends in the ext4 journal only; debugfs
-    // does not replay it, e2fsck does (on this copy; exit 1 means it fixed something)
-    const fsck = spawnSync('e2fsck', ['-fy', disk], { stdio: 'ignore' });
-    if (fsck.status === null || fsck.status >= 4) throw new Error(`e2fsck ${disk}: exit ${fsck.status ?? fsck.signal}`);
-    return execFileSync('debugfs', ['-R', 'cat /log', disk], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim().split('\n').map(Number);
-  } finally {
-    rmSync(disk);
-  }
+  return diskFile(path, join(work, 'disk.img'), '/log').trim().split('\n').map(Number);
 }
 
 const moved = join(work, 'moved.ark');

@@ -6,7 +6,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import t from 'tap';
 import { ArkPackage, writePackage } from '@ark/package-format';
 import { finished, runTool, startTool } from '@ark/test-images';
-import { counterPackage, counts, firstGap, sha256File, waitForCounts } from './harness.ts';
+import { counterPackage, counts, diskFile, firstGap, sha256File, waitForCounts } from './harness.ts';
 
 const work = mkdtempSync(join(tmpdir(), 'ark-snapshot-test-'));
 t.teardown(() => rmSync(work, { recursive: true, force: true }));
@@ -52,9 +52,7 @@ t.test('resume goes on counting where the snapshot left off, with the clock righ
   t.equal(counts(second.stdout)[0], counts(result.stdout).at(-1)! + 1, 'the flushed snapshot resumes where it stopped');
 
   // the disk went along: /log on the package's disk has every count, in order
-  const disk = join(work, 'disk.img');
-  execFileSync('sh', ['-c', `tar xOf '${pkg}' disk > '${disk}'`]);
-  const log = execFileSync('debugfs', ['-R', 'cat /log', disk], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim().split('\n').map(Number);
+  const log = diskFile(pkg, join(work, 'disk.img'), '/log').trim().split('\n').map(Number);
   t.equal(log[0], 1);
   t.equal(firstGap(log), -1, 'disk writes from every run survive, none lost');
   t.ok(log.at(-1)! >= counts(second.stdout).at(-1)! - 1, `the disk is as current as memory (${log.at(-1)} vs ${counts(second.stdout).at(-1)})`);

@@ -1,10 +1,8 @@
 import { closeSync, openSync } from 'node:fs';
 import { basename } from 'node:path';
 import { ArkError, ExitCode } from '@ark/cli';
-import { FileExport, type Extent, type NbdExport } from '@ark/nbd';
-import { ArkPackage, type MemberEntry } from '@ark/package-format';
-import { MemberVerifier } from './member-verifier.ts';
-import { VerifiedExport } from './verified-export.ts';
+import { FileExport, type NbdExport } from '@ark/nbd';
+import { ArkPackage, MemberVerifier, VerifiedExport, memberHoles, verifiedMemberExport, type MemberEntry } from '@ark/package-format';
 
 const memberDescriptions: Record<string, string> = {
   'ark.json': 'config',
@@ -45,19 +43,17 @@ export async function packageExports(
   try {
     const pinned = `/proc/self/fd/${fd}`;
     const pkg = ArkPackage.open(pinned);
-    const holes = (member: MemberEntry, shift: number): Extent[] => member.zeroExtents.map(([offset, length]) => ({ offset: offset + shift, length, kind: 'hole' }));
     const whole = await FileExport.open(pinned, {
       name,
       description: `ark package ${fileName} (${pkg.index.members.map((m) => m.name).join(', ')})`,
       size: pkg.fileBytes,
-      extents: pkg.index.members.flatMap((m) => holes(m, m.offset)),
+      extents: pkg.index.members.flatMap((m) => memberHoles(m, m.offset)),
     });
     const verifier = new MemberVerifier(whole.fd, pkg.index.members, onBadMember);
     const members = await Promise.all(
-      pkg.index.members.map(async (member) => {
-        const slice = await FileExport.open(pinned, { name: `${name}/${member.name}`, offset: member.offset, size: member.size, extents: holes(member, 0) });
+      pkg.index.members.map((member) => {
         const describe = (verdict: string) => `${memberDescriptions[member.name] ?? member.name} of ${name}, sha256 ${member.sha256.slice(0, 16)}…${verdict}`;
-        return new VerifiedExport(slice, verifier, member.offset, describe, member);
+        return verifiedMemberExport(pinned, `${name}/${member.name}`, member, verifier, describe);
       }),
     );
     return [new VerifiedExport(whole, verifier, 0, () => whole.description ?? name), ...members];

@@ -1,6 +1,6 @@
 import { execFileSync } from 'node:child_process';
 import { closeSync, fstatSync, openSync, statSync } from 'node:fs';
-import { ArkPackage, ensurePackageVerified } from '@ark/package-format';
+import { ArkPackage, ensurePackageVerified, type MemberEntry, type MemberName } from '@ark/package-format';
 
 /**
  * A package held open for running in place. QEMU and the flush reach it
@@ -32,9 +32,16 @@ export class OpenPackage {
     }
   }
 
-  /** Checks the package before any guest reads it (throws CORRUPT_PACKAGE). */
-  verify(): void {
-    ensurePackageVerified(this.pkg);
+  /**
+   * Checks the package before any guest reads it (throws CORRUPT_PACKAGE).
+   * A trusted package is not read. In an untrusted one, the members named in
+   * `lazy` that list chunk digests (format 2) are left to be checked chunk by
+   * chunk as they are read, and returned; every other member is checked now.
+   */
+  verify(lazy: readonly MemberName[]): MemberEntry[] {
+    const deferred = this.pkg.index.members.filter((m) => lazy.includes(m.name) && m.chunks !== undefined);
+    const verdict = ensurePackageVerified(this.pkg, deferred.length > 0 ? { only: (m) => !deferred.includes(m) } : {});
+    return verdict === 'trusted' ? [] : deferred;
   }
 
   close(): void {

@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import { basename, dirname, join } from 'node:path';
 import { rootDiskSerial, runtimeDiskSerial } from '@ark/blueprint';
 import { ArkError, ExitCode, createOwnedDir, removeStaleEntries, stoppedExitCode, type StopSignal } from '@ark/cli';
-import type { MemberSource } from '@ark/package-format';
+import type { MemberEntry, MemberSource } from '@ark/package-format';
 import { installedVmm, vmmCompatible } from '@ark/vmm';
 import { GuestVm, vmStoppedError, workloadStartError } from './guest-vm.ts';
 import { guestNameservers } from './nameservers.ts';
@@ -22,6 +22,7 @@ import { diskRanges } from './disk-changes.ts';
 import { memoryRanges } from './guest-memory-changes.ts';
 import { unchangedMember } from './unchanged-range.ts';
 import { isDeviceState } from './device-state.ts';
+import { LazyDisks } from './lazy-disks.ts';
 
 export interface RunPackageOptions extends Omit<RunOptions, 'cpus' | 'memoryMiB' | 'stopTimeoutMs'> {
   /** where a flush writes the package (default: over the one that was run) */
@@ -58,6 +59,7 @@ export async function runPackage(path: string, options: RunPackageOptions): Prom
   let network: VmNetwork | undefined;
   let work: string | undefined;
   let guest: GuestVm | undefined;
+  let lazy: LazyDisks | undefined;
   try {
     const pkg = open.pkg;
     const config = JSON.parse(pkg.readMember('ark.json').toString('utf8')) as PackageConfig;
@@ -65,8 +67,11 @@ export async function runPackage(path: string, options: RunPackageOptions): Prom
     refuseOverrides(path, options);
     if (snapshot) checkSnapshot(path, config, options);
     target = options.noPersist ? undefined : writeTarget(path, options);
-    // the VM reads the package in place: every byte it can reach is checked first
-    open.verify();
+    // the VM reads the package in place: every byte it can reach is checked
+    // first, but an untrusted package's disks only as the guest reads them
+    const deferred = open.verify(['disk', 'runtime']);
+    if (deferred.length > 0) lazy = await LazyDisks.start(path, open.fd, open.fdPath, deferred);
+    const base = (member: MemberEntry) => (lazy && deferred.includes(member) ? { path: open.fdPath, nbd: lazy.exportFor(member) } : { path: open.fdPath, slice: slice(member) });
     network = options.network && (await VmNetwork.attach(options.network, options.onEvent));
     work = workDirFor(path);
     // packages built before the guest runtime had its own disk carry it on theirs
@@ -102,8 +107,8 @@ export async function runPackage(path: string, options: RunPackageOptions): Prom
       cmdline: network && !snapshot ? `${config.kernel.cmdline} ${networkKernelArguments(guestNameservers(options.network?.nameservers, options.onPackageEvent))}` : config.kernel.cmdline,
       disks: [
         // the disk member under a copy-on-write overlay: the overlay is what the guest wrote
-        { id: 'root', path: open.fdPath, slice: slice(pkg.member('disk')), overlay: files.overlay, serial: rootDiskSerial },
-        ...(runtime ? [{ id: 'runtime', path: open.fdPath, slice: slice(pkg.member('runtime')), readOnly: true, serial: runtimeDiskSerial }] : []),
+        { id: 'root', ...base(pkg.member('disk')), overlay: files.overlay, serial: rootDiskSerial },
+        ...(runtime ? [{ id: 'runtime', ...base(pkg.member('runtime')), readOnly: true, serial: runtimeDiskSerial }] : []),
       ],
       cpus: vm.cpus,
       memoryMiB: vm.memoryMiB,
@@ -117,7 +122,7 @@ export async function runPackage(path: string, options: RunPackageOptions): Prom
     });
     let connecting: Promise<void> | undefined;
     if (snapshot) {
-      const { hookError, features } = await guest.resume(files.state);
+      const { hookError, features } = await Promise.race([guest.resume(files.state), ...(lazy ? [lazy.corrupted] : [])]);
       // before anything else can end the run: a refusal leaves the package as it was
       if (options.stdin) await connectPackageInput(guest, path, features, options.stdin);
       if (hookError) options.onPackageEvent?.({ kind: 'warning', message: `after-resume: ${hookError}` });
@@ -130,11 +135,13 @@ export async function runPackage(path: string, options: RunPackageOptions): Prom
         connecting.catch(() => {});
       }
     }
+    lazy?.checkRestInBackground(pkg, open.fd);
     const running = guest;
     let stop: AbortSignal | Promise<StopSignal> | undefined = options.signal;
     for (;;) {
       // a cold-booted package's agent may turn -i down: that ends the run
-      const outcome = await Promise.race([running.nextOutcome(stop), ...(connecting ? [connecting.then(() => new Promise<never>(() => {}))] : [])]);
+      // a disk chunk that fails its check ends the run (the guest would only get EIO)
+      const outcome = await Promise.race([running.nextOutcome(stop), ...(connecting ? [connecting.then(() => new Promise<never>(() => {}))] : []), ...(lazy ? [lazy.corrupted] : [])]);
       if (outcome.kind === 'exit') {
         if (outcome.exit.startError !== undefined) throw workloadStartError({ ...outcome.exit, startError: outcome.exit.startError });
         await running.waitForExit(15_000);
@@ -145,12 +152,15 @@ export async function runPackage(path: string, options: RunPackageOptions): Prom
         await running.vm.kill();
         return { exitCode: stoppedExitCode(outcome.signal), interrupted: outcome.signal };
       }
+      // the flush copies unchanged ranges with their digests: those not read yet are checked first
+      await lazy?.checkAll();
       const written = await flush(running, { open, files, snapshot, config: { ...config, vm, vmm: installedVmm() } }, target.out, options);
       if (written) return { exitCode: ExitCode.ok, interrupted: outcome.signal };
       stop = options.nextStop?.() ?? new Promise(() => {});
     }
   } finally {
     await guest?.dispose();
+    await lazy?.close();
     await network?.close();
     if (work) rmSync(work, { recursive: true, force: true });
     target?.lock.release();

@@ -10,6 +10,12 @@ export interface DiskSpec {
   serial?: string;
   /** the disk is bytes [offset, offset + size) of `path` (a member of a package), opened read-only */
   slice?: { offset: number; size: number };
+  /**
+   * the disk's data comes from this NBD export (on a Unix socket), read-only,
+   * instead of from `path` (which then only names it): e.g. a package member
+   * served through a reader that verifies each chunk before QEMU gets it
+   */
+  nbd?: { socket: string; export: string };
   /** a qcow2 file (made with qemu-img create, no backing of its own) that takes the guest's writes over the read-only `path`: the file's allocated clusters are what the guest wrote */
   overlay?: string;
 }

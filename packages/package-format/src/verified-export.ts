@@ -1,5 +1,5 @@
-import { type Extent, type FileExport, type NbdExport } from '@ark/nbd';
-import type { MemberEntry } from '@ark/package-format';
+import { FileExport, type Extent, type NbdExport } from '@ark/nbd';
+import type { MemberEntry } from './package-index.ts';
 import type { MemberVerifier } from './member-verifier.ts';
 
 type FileRange = { fd: number; position: number };
@@ -115,4 +115,15 @@ export class VerifiedExport implements NbdExport {
     if (pending === undefined && this.#verifier.allGood(this.#base, this.#base + this.size)) this.#allGood = true;
     return pending;
   }
+}
+
+/** A member's holes (from the package index) as extents, shifted by `shift` (its offset, for an export of the whole file). */
+export function memberHoles(member: MemberEntry, shift = 0): Extent[] {
+  return member.zeroExtents.map(([offset, length]) => ({ offset: offset + shift, length, kind: 'hole' }));
+}
+
+/** One member of the package file at `path` as a read-only export of its own (a slice of the file) that sends only verified bytes. */
+export async function verifiedMemberExport(path: string, name: string, member: MemberEntry, verifier: MemberVerifier, describe: (verdict: string) => string = () => name): Promise<VerifiedExport> {
+  const slice = await FileExport.open(path, { name, offset: member.offset, size: member.size, extents: memberHoles(member) });
+  return new VerifiedExport(slice, verifier, member.offset, describe, member);
 }

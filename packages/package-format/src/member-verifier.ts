@@ -1,5 +1,6 @@
 import { Errno, NbdError } from '@ark/nbd';
-import { CorruptChunkError, VerifiedMemberReader, type MemberEntry } from '@ark/package-format';
+import type { MemberEntry } from './package-index.ts';
+import { CorruptChunkError, VerifiedMemberReader } from './verified-member-reader.ts';
 
 /**
  * The verified readers of one package's members (see VerifiedMemberReader in
@@ -7,7 +8,9 @@ import { CorruptChunkError, VerifiedMemberReader, type MemberEntry } from '@ark/
  * served once every chunk under it matched its digest, the first request
  * that touches a chunk waits while it is hashed (about 0.7 ms per 1 MiB
  * here), and a request that touches a bad chunk gets EIO. One verification
- * per chunk and process, however many exports and clients ask.
+ * per chunk and process, however many exports and clients ask. ark-registry
+ * serves packages through it, ark-runner the disks of a package it does not
+ * trust yet.
  */
 export class MemberVerifier {
   readonly #readers: VerifiedMemberReader[];
