@@ -1,6 +1,7 @@
 import { closeSync, openSync, readSync, writeSync } from 'node:fs';
 import { copyFileRange } from '@ark/nbd/copy-file-range';
 import { MemberChunks } from './member-chunks.ts';
+import { ZeroExtentList } from './zero-extents.ts';
 import { MemberHasher, hashChunkBytes, zeroBlockSize, type MemberEntry, type MemberName } from './package-index.ts';
 
 /**
@@ -28,8 +29,6 @@ export interface RangesSource {
   ranges: MemberRange[];
 }
 
-const zeroBlock = Buffer.alloc(zeroBlockSize);
-
 /** Checks that ranges tile [0, size) in order on 4 KiB boundaries; a programming error otherwise. */
 function checkRanges(source: RangesSource): void {
   let position = 0;
@@ -44,12 +43,8 @@ function checkRanges(source: RangesSource): void {
 export function scanRanges(source: RangesSource, onBytes?: (done: number, total: number) => void): { sha256: string; zeroExtents: Array<[number, number]>; chunks: string } {
   checkRanges(source);
   const hasher = new MemberHasher();
-  const zeroExtents: Array<[number, number]> = [];
-  const addZero = (offset: number, length: number) => {
-    const last = zeroExtents.at(-1);
-    if (last && last[0] + last[1] === offset) last[1] += length;
-    else zeroExtents.push([offset, length]);
-  };
+  const zeroList = new ZeroExtentList();
+  const addZero = (offset: number, length: number) => zeroList.add(offset, length);
   const chunk = Buffer.allocUnsafe(hashChunkBytes);
   const files = new FileCache();
   try {
@@ -84,14 +79,7 @@ export function scanRanges(source: RangesSource, onBytes?: (done: number, total:
           }
         } else {
           readFully(files.open(range.path), piece, 0, to - from, range.position + (from - range.at), range.path);
-          for (let block = 0; block < piece.length; block += zeroBlockSize) {
-            const end = Math.min(block + zeroBlockSize, piece.length);
-            // a short last block is data: zero extents are whole 4 KiB blocks
-            if (end - block === zeroBlockSize && piece.subarray(block, end).equals(zeroBlock)) {
-              addZero(from + block, zeroBlockSize);
-              zeros += zeroBlockSize;
-            }
-          }
+          zeros += zeroList.addZeroBlocks(piece, from);
         }
       }
       if (zeros === length) hasher.zeroChunk(length);
@@ -101,7 +89,7 @@ export function scanRanges(source: RangesSource, onBytes?: (done: number, total:
   } finally {
     files.close();
   }
-  return { sha256: hasher.digest(), zeroExtents, chunks: hasher.chunkList() };
+  return { sha256: hasher.digest(), zeroExtents: zeroList.extents, chunks: hasher.chunkList() };
 }
 
 /**

@@ -2,9 +2,10 @@ import { closeSync, fstatSync, fsyncSync, ftruncateSync, openSync, readSync, ren
 import { basename, dirname, join } from 'node:path';
 import { createHash } from 'node:crypto';
 import { rememberWrittenPackage } from './package-trust.ts';
-import { MemberHasher, hashChunkBytes, indexMemberName, memberAlignment, packageFormatVersion, zeroBlockSize, dataExtents, type MemberName, type PackageIndex } from './package-index.ts';
+import { MemberHasher, hashChunkBytes, indexMemberName, memberAlignment, packageFormatVersion, dataExtents, type MemberName, type PackageIndex } from './package-index.ts';
 import { paxPadding, tarBlock, ustarHeader } from './tar-header.ts';
 import { copyRanges, scanRanges, type RangesSource } from './member-ranges.ts';
+import { ZeroExtentList } from './zero-extents.ts';
 
 export type MemberSource = { name: MemberName; path: string } | { name: MemberName; bytes: Buffer } | RangesSource;
 
@@ -15,7 +16,6 @@ export interface WritePackageOptions {
 }
 
 const chunkBytes = 1 << 20;
-const zeroBlock = Buffer.alloc(zeroBlockSize);
 
 /**
  * Writes a package: one POSIX tar whose first member is the index, then the
@@ -90,22 +90,11 @@ interface ScannedMember {
 /** Reads a member once: its SHA-256 and where its zero blocks are. */
 function scanMember(source: MemberSource, options: WritePackageOptions): ScannedMember {
   const hash = new MemberHasher();
-  const zeroExtents: Array<[number, number]> = [];
-  const addZero = (offset: number, length: number) => {
-    const last = zeroExtents.at(-1);
-    if (last && last[0] + last[1] === offset) last[1] += length;
-    else zeroExtents.push([offset, length]);
-  };
+  const zeros = new ZeroExtentList();
+  const zeroExtents = zeros.extents;
   /** one hash chunk: its zero blocks, and its digest (a constant when it is all zeros) */
   const scan = (chunk: Buffer, at: number) => {
-    let zeros = 0;
-    for (let i = 0; i + zeroBlockSize <= chunk.length; i += zeroBlockSize) {
-      if (chunk.subarray(i, i + zeroBlockSize).equals(zeroBlock)) {
-        addZero(at + i, zeroBlockSize);
-        zeros += zeroBlockSize;
-      }
-    }
-    if (zeros === chunk.length) hash.zeroChunk(chunk.length);
+    if (zeros.addZeroBlocks(chunk, at) === chunk.length) hash.zeroChunk(chunk.length);
     else hash.chunk(chunk);
   };
   if ('ranges' in source) {
