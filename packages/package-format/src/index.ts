@@ -11,5 +11,3 @@ export type { MemberSource, WritePackageOptions } from './package-writer.ts';
 export { ArkPackage, memberDigest } from './package-reader.ts';
 export { CorruptChunkError, VerifiedMemberReader } from './verified-member-reader.ts';
 export type { MemberRange, RangesSource } from './member-ranges.ts';
-export { MemberVerifier } from './member-verifier.ts';
-export { VerifiedExport, memberHoles, verifiedMemberExport } from './verified-export.ts';

@@ -2,7 +2,8 @@ import { closeSync, openSync } from 'node:fs';
 import { basename } from 'node:path';
 import { ArkError, ExitCode } from '@ark/cli';
 import { FileExport, type NbdExport } from '@ark/nbd';
-import { ArkPackage, MemberVerifier, VerifiedExport, memberHoles, verifiedMemberExport, type MemberEntry } from '@ark/package-format';
+import { ArkPackage, type MemberEntry } from '@ark/package-format';
+import { MemberVerifier, VerifiedExport, memberHoles, verifiedMemberExport } from '@ark/package-format/nbd-exports';
 
 const memberDescriptions: Record<string, string> = {
   'ark.json': 'config',

@@ -4,7 +4,8 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { ArkError, ExitCode, createOwnedDir } from '@ark/cli';
 import { NbdServer } from '@ark/nbd';
-import { MemberVerifier, rememberVerifiedPackage, verifiedMemberExport, type ArkPackage, type MemberEntry, type VerifiedExport } from '@ark/package-format';
+import { rememberVerifiedPackage, type ArkPackage, type MemberEntry } from '@ark/package-format';
+import { MemberVerifier, verifiedMemberExport, type VerifiedExport } from '@ark/package-format/nbd-exports';
 
 /** Before the idle check of the rest starts: the resume and the workload's first reads come first. */
 const backgroundDelayMs = 10_000;

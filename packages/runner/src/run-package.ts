@@ -22,7 +22,7 @@ import { diskRanges } from './disk-changes.ts';
 import { memoryRanges } from './guest-memory-changes.ts';
 import { unchangedMember } from './unchanged-range.ts';
 import { isDeviceState } from './device-state.ts';
-import { LazyDisks } from './lazy-disks.ts';
+import type { LazyDisks } from './lazy-disks.ts';
 
 export interface RunPackageOptions extends Omit<RunOptions, 'cpus' | 'memoryMiB' | 'stopTimeoutMs'> {
   /** where a flush writes the package (default: over the one that was run) */
@@ -70,7 +70,8 @@ export async function runPackage(path: string, options: RunPackageOptions): Prom
     // the VM reads the package in place: every byte it can reach is checked
     // first, but an untrusted package's disks only as the guest reads them
     const deferred = open.verify(['disk', 'runtime']);
-    if (deferred.length > 0) lazy = await LazyDisks.start(path, open.fd, open.fdPath, deferred);
+    // loaded only here: the NBD server costs a trusted package's runs about 15 MB of memory
+    if (deferred.length > 0) lazy = await (await import('./lazy-disks.ts')).LazyDisks.start(path, open.fd, open.fdPath, deferred);
     const base = (member: MemberEntry) => (lazy && deferred.includes(member) ? { path: open.fdPath, nbd: lazy.exportFor(member) } : { path: open.fdPath, slice: slice(member) });
     network = options.network && (await VmNetwork.attach(options.network, options.onEvent));
     work = workDirFor(path);
