@@ -65,7 +65,7 @@ t.test('while the event loop keeps waiting for a core, auto reads in the thread 
   // [run ns, wait ns] of the event-loop thread, as /proc/thread-self/schedstat gives them
   let sample: [number, number] = [0, 0];
   let now = 0;
-  const contention = new CpuContention({ sample: () => sample, intervalMs: 100, clock: () => now });
+  const contention = new CpuContention({ sample: () => sample, intervalMs: 100, holdMs: 0, clock: () => now });
   const exp = await FileExport.open(path, { name: 'busy', contention });
   t.teardown(() => exp.close());
   t.equal(contention.contended(), false, 'the first sample only sets a baseline');
@@ -85,6 +85,28 @@ t.test('while the event loop keeps waiting for a core, auto reads in the thread 
   now += 10;
   sample = [300e6, 900e6];
   t.equal(contention.contended(), false, 'and is not sampled again within the interval');
+});
+
+t.test('a contended verdict holds for a while: reads in the pool make the event loop look calm while the machine is as busy', async (t) => {
+  let sample: [number, number] = [0, 0];
+  let now = 0;
+  const contention = new CpuContention({ sample: () => sample, intervalMs: 100, holdMs: 1000, clock: () => now });
+  contention.contended();
+  sample = [100e6, 250e6];
+  now += 150;
+  t.equal(contention.contended(), true, 'starved');
+  sample = [200e6, 260e6]; // calm: 100 ms running, 10 ms waiting
+  now += 150;
+  t.equal(contention.contended(), true, 'still held 150 ms later');
+  sample = [300e6, 500e6]; // starved again: the hold starts over
+  now += 150;
+  t.equal(contention.contended(), true);
+  sample = [400e6, 510e6];
+  now += 900;
+  t.equal(contention.contended(), true, '900 ms after the last starved sample');
+  sample = [500e6, 520e6];
+  now += 150;
+  t.equal(contention.contended(), false, 'calm once the hold has passed');
 });
 
 t.test('the real scheduler statistics of this thread can be read (Linux)', async (t) => {
