@@ -123,7 +123,10 @@ export async function runPackage(path: string, options: RunPackageOptions): Prom
     });
     let connecting: Promise<void> | undefined;
     if (snapshot) {
-      const { hookError, features } = await Promise.race([guest.resume(files.state), ...(lazy ? [lazy.corrupted] : [])]);
+      const resuming = guest.resume(files.state);
+      // a bad disk chunk read during the resume ends the run; the resume then fails with the VM, unheard
+      resuming.catch(() => {});
+      const { hookError, features } = await Promise.race([resuming, ...(lazy ? [lazy.corrupted] : [])]);
       // before anything else can end the run: a refusal leaves the package as it was
       if (options.stdin) await connectPackageInput(guest, path, features, options.stdin);
       if (hookError) options.onPackageEvent?.({ kind: 'warning', message: `after-resume: ${hookError}` });
