@@ -28,6 +28,22 @@ t.test('a disk on a slice of a file, under a qcow2 overlay; a read-only slice', 
   t.throws(() => qemuArguments({ ...base, disks: [{ id: 'd', path: '/pkg', slice: { offset: 0, size: 4096 } }] }), /read-only, or takes its writes in an overlay/);
 });
 
+t.test('a disk on an NBD export over a Unix socket, under a qcow2 overlay; read-only', async (t) => {
+  const nbd = { socket: '/run/x/disks.sock', export: 'disk' };
+  const args = qemuArguments({
+    ...base,
+    disks: [
+      { id: 'root', path: '/pkg', nbd, overlay: '/work/disk.qcow2' },
+      { id: 'runtime', path: '/pkg', nbd: { ...nbd, export: 'runtime' }, readOnly: true },
+    ],
+  });
+  const [root, runtime] = value(args, '-blockdev').map((json) => JSON.parse(json));
+  t.match(root, { driver: 'qcow2', file: { filename: '/work/disk.qcow2' }, backing: { driver: 'raw', 'read-only': true, file: { driver: 'nbd', server: { type: 'unix', path: '/run/x/disks.sock' }, export: 'disk', 'read-only': true } } });
+  t.notOk('offset' in root.backing, 'the export is the member: no slice');
+  t.match(runtime, { driver: 'raw', 'node-name': 'runtime', 'read-only': true, file: { driver: 'nbd', export: 'runtime' } });
+  t.throws(() => qemuArguments({ ...base, disks: [{ id: 'd', path: '/pkg', nbd, slice: { offset: 0, size: 4096 }, readOnly: true }] }), /not a slice/);
+});
+
 t.test('device state alone is loaded without a configuration section', async (t) => {
   t.same(value(qemuArguments({ ...base, incoming: 'defer', incomingDeviceState: true }), '-global'), ['migration.send-configuration=off']);
   t.same(value(qemuArguments({ ...base, incoming: 'defer' }), '-global'), []);
