@@ -9,6 +9,7 @@ import { awaitRunArgument, type AgentMessage } from '@ark/guest-protocol';
 import { GuestVm, handOverRun } from '@ark/runner';
 import type { BootFiles } from './boot-files.ts';
 import { networkKernelArguments, type ContainerNetwork } from './container-network.ts';
+import { followTerminalSize, onConsole, type ConsoleTerminal } from './console-terminal.ts';
 import { containerPaths, readRecord, writeRecord, type ContainerPaths, type ContainerRecord } from './container-state.ts';
 import type { ContainerSpec } from './oci-spec.ts';
 import type { ExecEvent, ShimReply, ShimRequest } from './shim-control.ts';
@@ -50,6 +51,8 @@ export async function runShim(root: string, id: string): Promise<number> {
     log(`shim failure: ${error.stack ?? error.message}`);
     process.exit(1);
   });
+  // with -t our stdio is the container's terminal (podman sets its size before start): its input is the workload's, its size the guest terminal's
+  const terminal = onConsole() ? followTerminalSize() : undefined;
   const plan = JSON.parse(readFileSync(paths.spec, 'utf8')) as ShimPlan;
   const record = readRecord(paths, id);
   let guest: GuestVm;
@@ -73,7 +76,7 @@ export async function runShim(root: string, id: string): Promise<number> {
     return 1;
   }
   log(`QEMU runs (console: ${guest.vm.consoleLogPath})`);
-  const shim = new ContainerShim(paths, record, plan, guest, log);
+  const shim = new ContainerShim(paths, record, plan, guest, log, terminal);
   const server = await shim.listen();
   reportReadiness('ok');
   for (const signal of ['SIGTERM', 'SIGINT', 'SIGHUP', 'SIGQUIT', 'SIGUSR1', 'SIGUSR2'] as const) {
@@ -86,6 +89,8 @@ export async function runShim(root: string, id: string): Promise<number> {
   rmSync(paths.control, { force: true });
   writeRecord(paths, { ...shim.record, status: 'stopped', exitCode: code });
   log(`exit ${code}`);
+  // a terminal's (or conmon's pipe's) input would hold the event loop open
+  process.stdin.destroy();
   return code;
 }
 
@@ -98,8 +103,10 @@ class ContainerShim {
   /** set when we power the VM off ourselves: the status conmon gets */
   #forcedExit: number | undefined;
   #started = false;
+  readonly #terminal: ConsoleTerminal | undefined;
 
-  constructor(paths: ContainerPaths, record: ContainerRecord, plan: ShimPlan, guest: GuestVm, log: (message: string) => void) {
+  constructor(paths: ContainerPaths, record: ContainerRecord, plan: ShimPlan, guest: GuestVm, log: (message: string) => void, terminal: ConsoleTerminal | undefined) {
+    this.#terminal = terminal;
     this.#paths = paths;
     this.#plan = plan;
     this.#guest = guest;
@@ -157,7 +164,8 @@ class ContainerShim {
     this.#started = true;
     const { process: p, hostname } = this.#plan.spec;
     const image: RunConfig = { entrypoint: p.args, cmd: [], env: p.env, workingDir: p.cwd, user: p.user, exposedPorts: [], labels: {}, stopSignal: 'SIGTERM' };
-    const stdin = hasInput() ? process.stdin : undefined;
+    const tty = this.#terminal ? { size: this.#terminal.size(), onResize: this.#terminal.onResize } : undefined;
+    const stdin = tty || hasInput() ? process.stdin : undefined;
     const started = new Promise<void>((resolve, reject) => {
       this.#guest.agent.on('message', (message) => {
         if (message.kind === 'started') resolve();
@@ -166,7 +174,7 @@ class ContainerShim {
       void this.#guest.vm.exited.then(() => reject(new Error(`the VM stopped before the process started; console:\n${this.#guest.consoleTail(10)}`)));
     });
     void this.#guest.hello.then(() => this.#log('the agent said hello'));
-    await handOverRun(this.#guest, this.record.id, image, { overrides: hostname ? { hostname } : {}, stdin });
+    await handOverRun(this.#guest, this.record.id, image, { overrides: hostname ? { hostname } : {}, stdin, ...(tty ? { tty } : {}) });
     this.#log('the process was handed to the agent');
     await started;
     this.#log('the process started');
