@@ -69,8 +69,9 @@ export type AgentRequest =
    * run another process beside the workload (`podman exec`), named by the host's
    * `execId`; its output comes as exec-output messages and its end as exec-exit.
    * The reply fails when it cannot be started (the error says why, as for the workload).
+   * With `tty` it runs on a pseudo-terminal of that size (its output all as stdout, its input through exec-stdin).
    */
-  | { kind: 'exec'; id: number; execId: string; spec: RunSpec; stdin: boolean }
+  | { kind: 'exec'; id: number; execId: string; spec: RunSpec; stdin: boolean; tty?: TerminalSize }
   /** bytes (base64) for an exec'd process's stdin; empty data ends it */
   | { kind: 'exec-stdin'; id: number; execId: string; data: string }
   | { kind: 'exec-signal'; id: number; execId: string; signal: string };

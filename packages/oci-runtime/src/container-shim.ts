@@ -229,8 +229,8 @@ class ContainerShim {
       }
     };
     agent.on('message', onMessage);
-    const { process: p, stdin } = request;
-    const reply = await agent.request({ kind: 'exec', execId, spec: { entrypoint: p.args, cmd: [], env: p.env, workingDir: p.cwd, user: p.user }, stdin }).catch((error: Error) => ({ ok: false as const, error: error.message }));
+    const { process: p, stdin, tty } = request;
+    const reply = await agent.request({ kind: 'exec', execId, spec: { entrypoint: p.args, cmd: [], env: p.env, workingDir: p.cwd, user: p.user }, stdin, ...(tty ? { tty } : {}) }).catch((error: Error) => ({ ok: false as const, error: error.message }));
     if (!reply.ok) {
       agent.off('message', onMessage);
       socket.end(`${JSON.stringify({ ok: false, error: reply.error } satisfies ShimReply)}\n`);

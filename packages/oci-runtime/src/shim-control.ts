@@ -1,5 +1,6 @@
 import { createConnection } from 'node:net';
 import { ArkError, ExitCode } from '@ark/cli';
+import type { TerminalSize } from '@ark/guest-protocol';
 
 /** What the runtime's commands ask a container's shim, one JSON line each way over shim.sock. */
 export type ShimRequest =
@@ -7,8 +8,8 @@ export type ShimRequest =
   | { op: 'kill'; signal: number }
   | { op: 'pause' }
   | { op: 'resume' }
-  /** run a process beside the workload; the connection then carries ExecEvent lines to the client and exec-stdin lines from it */
-  | { op: 'exec'; process: { args: string[]; env: string[]; cwd: string; user: string }; stdin: boolean }
+  /** run a process beside the workload (on a terminal of `tty`'s size); the connection then carries ExecEvent lines to the client and exec-stdin lines from it */
+  | { op: 'exec'; process: { args: string[]; env: string[]; cwd: string; user: string }; stdin: boolean; tty?: TerminalSize }
   | { op: 'exec-stdin'; data: string };
 
 /** After an exec's `{ ok: true }`: its output (base64), then its status. */
