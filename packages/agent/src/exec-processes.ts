@@ -1,6 +1,7 @@
 import type { ChildProcess } from 'node:child_process';
 import { constants } from 'node:os';
 import type { AgentMessage, RunSpec, TerminalSize } from '@ark/guest-protocol';
+import { resizeTerminal } from './terminal.ts';
 import { resolveUser } from './user-lookup.ts';
 import { signalWorkload, startFailure, startWorkload } from './workload.ts';
 
@@ -61,6 +62,13 @@ export class ExecProcesses {
     if (data === '') stdin.end();
     else stdin.write(Buffer.from(data, 'base64'));
     return undefined;
+  }
+
+  /** The size of one's terminal (`tty`). */
+  resize(execId: string, size: TerminalSize): string | undefined {
+    const pid = this.#children.get(execId)?.pid;
+    if (pid === undefined || !this.#onTerminal.has(execId)) return `exec ${execId} runs on no terminal`;
+    return resizeTerminal(pid, size);
   }
 
   signal(execId: string, signal: string): string | undefined {

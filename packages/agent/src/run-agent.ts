@@ -91,7 +91,8 @@ export async function runAgent(configPath = guestConfigPath): Promise<never> {
         return send(error ? { kind: 'reply', id: request.id, ok: false, error } : { kind: 'reply', id: request.id, ok: true, guestTimeMs: Date.now() });
       }
       case 'resize': {
-        const error = workload?.pid === undefined ? 'the workload is not running' : resizeTerminal(workload.pid, request.size);
+        const error = request.execId !== undefined ? execs.resize(request.execId, request.size)
+          : workload?.pid === undefined ? 'the workload is not running' : resizeTerminal(workload.pid, request.size);
         return send(error ? { kind: 'reply', id: request.id, ok: false, error } : { kind: 'reply', id: request.id, ok: true, guestTimeMs: Date.now() });
       }
       case 'set-clock':

@@ -49,8 +49,8 @@ export type AgentRequest =
    * then both come as stdout frames)
    */
   | { kind: 'run'; id: number; spec?: RunSpec; stdin: boolean; tty?: TerminalSize }
-  /** the host's terminal changed size: so does the workload's pseudo-terminal (it gets SIGWINCH) */
-  | { kind: 'resize'; id: number; size: TerminalSize }
+  /** the host's terminal changed size: so does the workload's pseudo-terminal, or that of the exec `execId` (it gets SIGWINCH) */
+  | { kind: 'resize'; id: number; size: TerminalSize; execId?: string }
   | { kind: 'before-suspend'; id: number }
   | { kind: 'after-resume'; id: number; hostTimeMs: number; sync: string }
   /**

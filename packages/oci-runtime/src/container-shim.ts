@@ -196,6 +196,7 @@ class ContainerShim {
         return;
       case 'exec':
       case 'exec-stdin':
+      case 'exec-resize':
         throw new Error(`${request.op} belongs on an exec connection`);
       case 'resume':
         if (this.record.status !== 'paused') throw new Error(`it is ${this.record.status}, not paused`);
@@ -242,6 +243,7 @@ class ContainerShim {
       try {
         const input = JSON.parse(line) as ShimRequest;
         if (input.op === 'exec-stdin') void agent.request({ kind: 'exec-stdin', execId, data: input.data }).catch(() => {});
+        if (input.op === 'exec-resize') void agent.request({ kind: 'resize', execId, size: input.size }).catch(() => {});
       } catch {
         // not a line of ours
       }

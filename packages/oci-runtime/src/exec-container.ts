@@ -90,6 +90,8 @@ export function relayExec(root: string, id: string, process: ExecProcess, onStar
           started = true;
           onStarted();
           if (withInput) pumpStdin(socket);
+          const unsubscribe = terminal?.onResize((size) => socket.writable && socket.write(`${JSON.stringify({ op: 'exec-resize', size } satisfies ShimRequest)}\n`));
+          if (unsubscribe) socket.once('close', unsubscribe);
         } else if ('stream' in line) writeOut(line.stream === 'stdout' ? 1 : 2, Buffer.from(line.data, 'base64'));
         else status = line.exit;
       }

@@ -10,7 +10,9 @@ export type ShimRequest =
   | { op: 'resume' }
   /** run a process beside the workload (on a terminal of `tty`'s size); the connection then carries ExecEvent lines to the client and exec-stdin lines from it */
   | { op: 'exec'; process: { args: string[]; env: string[]; cwd: string; user: string }; stdin: boolean; tty?: TerminalSize }
-  | { op: 'exec-stdin'; data: string };
+  | { op: 'exec-stdin'; data: string }
+  /** on an exec connection with `tty`: its terminal's new size */
+  | { op: 'exec-resize'; size: TerminalSize };
 
 /** After an exec's `{ ok: true }`: its output (base64), then its status. */
 export type ExecEvent = { stream: 'stdout' | 'stderr'; data: string } | { exit: number };
