@@ -13,6 +13,7 @@ import { followTerminalSize, onConsole, type ConsoleTerminal } from './console-t
 import { containerPaths, readRecord, writeRecord, type ContainerPaths, type ContainerRecord } from './container-state.ts';
 import type { ContainerSpec } from './oci-spec.ts';
 import type { ExecEvent, ShimReply, ShimRequest } from './shim-control.ts';
+import { startVolumeDaemons, volumeKernelArguments } from './shared-volumes.ts';
 import { signalName } from './signal-names.ts';
 import { hasInput, writeOut } from './stdio-relay.ts';
 import { reportReadiness } from './detached-process.ts';
@@ -57,10 +58,12 @@ export async function runShim(root: string, id: string): Promise<number> {
   const record = readRecord(paths, id);
   let guest: GuestVm;
   try {
+    const volumes = await startVolumeDaemons(plan.spec.volumes, paths.dir, log);
     guest = await GuestVm.start({
       kernelPath: plan.boot.kernelPath,
       initramfsPath: plan.boot.initramfsPath,
-      cmdline: [plan.boot.cmdline, awaitRunArgument, ...(plan.network ? [networkKernelArguments(plan.network)] : [])].join(' '),
+      cmdline: [plan.boot.cmdline, awaitRunArgument, ...(plan.network ? [networkKernelArguments(plan.network)] : []), ...volumeKernelArguments(plan.spec.volumes)].join(' '),
+      sharedDirs: volumes.sharedDirs,
       ...(plan.network ? { network: { namespace: plan.network.namespace, tap: plan.network.tap, mac: plan.network.mac } } : {}),
       disks: [
         { id: 'root', path: plan.diskPath, serial: rootDiskSerial },

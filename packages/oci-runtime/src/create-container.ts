@@ -8,6 +8,7 @@ import type { ShimPlan } from './container-shim.ts';
 import { startDetached } from './detached-process.ts';
 import { readContainerSpec } from './oci-spec.ts';
 import { writeRootfsDisk } from './rootfs-disk.ts';
+import { findVirtiofsd } from './shared-volumes.ts';
 
 export interface CreateOptions {
   root: string;
@@ -37,6 +38,8 @@ export async function createContainer(options: CreateOptions): Promise<number> {
   if (Buffer.byteLength(paths.control) > maxSocketPath) {
     throw new ArkError('USAGE', `--root ${options.root} is too long: the container's socket path would exceed ${maxSocketPath} bytes`, { hint: 'use a shorter --root', exitCode: ExitCode.usage });
   }
+  // a volume without virtiofsd fails here, not in the shim
+  if (spec.volumes.length > 0) findVirtiofsd();
   mkdirSync(options.root, { recursive: true, mode: 0o700 });
   try {
     mkdirSync(paths.dir, { mode: 0o700 });
