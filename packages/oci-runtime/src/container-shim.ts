@@ -192,22 +192,23 @@ class ContainerShim {
       case 'kill':
         return this.kill(request.signal);
       case 'pause':
-        if (this.record.status !== 'running') throw new Error(`it is ${this.record.status}, not running`);
-        await this.#guest.vm.qmp.execute('stop');
-        this.record = { ...this.record, status: 'paused' };
-        writeRecord(this.#paths, this.record);
-        return;
+        return this.#pause(true);
+      case 'resume':
+        return this.#pause(false);
       case 'exec':
       case 'exec-stdin':
       case 'exec-resize':
         throw new Error(`${request.op} belongs on an exec connection`);
-      case 'resume':
-        if (this.record.status !== 'paused') throw new Error(`it is ${this.record.status}, not paused`);
-        await this.#guest.vm.qmp.execute('cont');
-        this.record = { ...this.record, status: 'running' };
-        writeRecord(this.#paths, this.record);
-        return;
     }
+  }
+
+  /** pause: the VM stops (QMP stop); resume: it goes on (cont). */
+  async #pause(pause: boolean): Promise<void> {
+    const [from, to] = pause ? (['running', 'paused'] as const) : (['paused', 'running'] as const);
+    if (this.record.status !== from) throw new Error(`it is ${this.record.status}, not ${from}`);
+    await this.#guest.vm.qmp.execute(pause ? 'stop' : 'cont');
+    this.record = { ...this.record, status: to };
+    writeRecord(this.#paths, this.record);
   }
 
   /**
@@ -241,27 +242,24 @@ class ContainerShim {
       return;
     }
     send({ ok: true });
-    let received = pending;
-    const onLine = (line: string) => {
-      try {
-        const input = JSON.parse(line) as ShimRequest;
-        if (input.op === 'exec-stdin') void agent.request({ kind: 'exec-stdin', execId, data: input.data }).catch(() => {});
-        if (input.op === 'exec-resize') void agent.request({ kind: 'resize', execId, size: input.size }).catch(() => {});
-      } catch {
-        // not a line of ours
+    let received = '';
+    const takeLines = (chunk: string) => {
+      received += chunk;
+      for (let at = received.indexOf('\n'); at >= 0; at = received.indexOf('\n')) {
+        const line = received.slice(0, at);
+        received = received.slice(at + 1);
+        try {
+          const input = JSON.parse(line) as ShimRequest;
+          if (input.op === 'exec-stdin') void agent.request({ kind: 'exec-stdin', execId, data: input.data }).catch(() => {});
+          if (input.op === 'exec-resize') void agent.request({ kind: 'resize', execId, size: input.size }).catch(() => {});
+        } catch {
+          // not a line of ours
+        }
       }
     };
-    for (let at = received.indexOf('\n'); at >= 0; at = received.indexOf('\n')) {
-      onLine(received.slice(0, at));
-      received = received.slice(at + 1);
-    }
-    socket.on('data', (chunk: Buffer) => {
-      received += chunk.toString('utf8');
-      for (let at = received.indexOf('\n'); at >= 0; at = received.indexOf('\n')) {
-        onLine(received.slice(0, at));
-        received = received.slice(at + 1);
-      }
-    });
+    // what came behind the exec request, then the rest as it comes
+    takeLines(pending);
+    socket.on('data', (chunk: Buffer) => takeLines(chunk.toString('utf8')));
     socket.on('close', () => {
       if (!exited) void agent.request({ kind: 'exec-signal', execId, signal: 'SIGKILL' }).catch(() => {});
     });
