@@ -6,8 +6,8 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import t, { type Test } from 'tap';
 import { podmanForTests, testImage, waitForLog } from './podman-fixture.ts';
 
-const podman = podmanForTests(t);
-// a tmux server of the test's own: its socket and sessions go at teardown
+// a tmux server of the test's own: its socket and sessions go at teardown, before the containers
+// (an exec session still attached there would keep podman from removing its container)
 const server = `oci-tty-${process.pid}`;
 const tmux = (...args: string[]) => execFileSync('tmux', ['-L', server, ...args], { encoding: 'utf8' });
 t.teardown(() => {
@@ -18,8 +18,9 @@ t.teardown(() => {
   }
   rmSync(`/tmp/tmux-${process.getuid!()}/${server}`, { force: true });
 });
+const podman = podmanForTests(t);
 
-/** Runs `command` (podman with the sandbox's options) in a new 120x30 tmux session, then prints its exit code and waits. */
+/** Runs podman (the sandbox's) with `podmanArgs` in a new 120x30 tmux session, then prints its exit code and waits. */
 function inTerminal(session: string, podmanArgs: string[]): void {
   const script = join(podman.dir, `${session}.sh`);
   const quoted = podmanArgs.map((arg) => `'${arg}'`).join(' ');
