@@ -22,7 +22,7 @@ debs=(
   qemu-system-x86 qemu-utils e2fsprogs squashfs-tools busybox-static tini cpio kmod util-linux
   iproute2 nftables ca-certificates curl xz-utils zstd
   docker-registry skopeo umoci
-  nbdkit libnbd-bin fuse3 gnutls-bin
+  nbdkit libnbd-bin fuse3 libfuse3-3 libseccomp2 libcap-ng0 gnutls-bin
   redis-server redis-tools openssl
   gcc libc6-dev
   tmux
@@ -60,6 +60,25 @@ if [ "$(qemu_major || echo 0)" -lt 10 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends -t bookworm-backports qemu-system-x86 qemu-utils >/dev/null
+fi
+
+# virtiofsd shares podman volumes with the guest (ark-oci-runtime -v). Debian 12 has it only
+# inside QEMU 7.2's qemu-system-common (/usr/lib/qemu/virtiofsd), which QEMU 10 replaces: that
+# one file is taken from the package (apt-get download, nothing installed) into ark's libexec.
+virtiofsd=/usr/local/libexec/ark/virtiofsd
+if [ ! -x "$virtiofsd" ]; then
+  version=$(apt-cache madison qemu-system-common | awk '$3 ~ /^1:7\.2/ {print $3; exit}')
+  if [ -z "$version" ]; then
+    say "no QEMU 7.2 qemu-system-common in the apt sources: ark-oci-runtime volumes (-v) will not work"
+  else
+    say "installing virtiofsd from qemu-system-common $version"
+    tmp=$(mktemp -d)
+    chmod 755 "$tmp"
+    (cd "$tmp" && apt-get download -qq "qemu-system-common=$version" 2>/dev/null)
+    dpkg-deb -x "$tmp"/qemu-system-common_*.deb "$tmp/unpacked"
+    install -D -m 0755 "$tmp/unpacked/usr/lib/qemu/virtiofsd" "$virtiofsd"
+    rm -rf "$tmp"
+  fi
 fi
 
 node_major() { "$1" -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0; }

@@ -1,16 +1,20 @@
 import type { ChildProcess } from 'node:child_process';
 import { constants } from 'node:os';
-import type { AgentMessage, RunSpec } from '@ark/guest-protocol';
+import type { AgentMessage, RunSpec, TerminalSize } from '@ark/guest-protocol';
+import { resizeTerminal } from './terminal.ts';
 import { resolveUser } from './user-lookup.ts';
 import { signalWorkload, startFailure, startWorkload } from './workload.ts';
 
 /**
  * Processes run beside the workload at the host's request (`podman exec`):
- * each is started as the workload is (user, env, workdir), its output goes to
- * the host as exec-output messages and its status as exec-exit.
+ * each is started as the workload is (user, env, workdir; on a terminal with
+ * `tty`), its output goes to the host as exec-output messages and its status
+ * as exec-exit.
  */
 export class ExecProcesses {
   readonly #children = new Map<string, ChildProcess>();
+  /** those run under script(1) on a terminal: a signal is for the process under it */
+  readonly #onTerminal = new Set<string>();
   readonly #send: (message: AgentMessage) => Promise<void>;
 
   constructor(send: (message: AgentMessage) => Promise<void>) {
@@ -18,11 +22,11 @@ export class ExecProcesses {
   }
 
   /** Starts one; resolves with why it could not be started, or undefined. */
-  async start(execId: string, spec: RunSpec, stdin: boolean): Promise<string | undefined> {
+  async start(execId: string, spec: RunSpec, stdin: boolean, tty?: TerminalSize): Promise<string | undefined> {
     if (this.#children.has(execId)) return `exec ${execId} runs already`;
     let child: ChildProcess;
     try {
-      child = startWorkload(spec, resolveUser(spec.user), stdin ? 'pipe' : 'ignore');
+      child = startWorkload(spec, resolveUser(spec.user), stdin ? 'pipe' : 'ignore', tty);
       const failed = await new Promise<Error | undefined>((resolve) => {
         child.once('spawn', () => resolve(undefined));
         child.once('error', resolve);
@@ -32,6 +36,7 @@ export class ExecProcesses {
       return startFailure(error as NodeJS.ErrnoException & { exitCode?: number }).startError;
     }
     this.#children.set(execId, child);
+    if (tty) this.#onTerminal.add(execId);
     child.stdin?.on('error', () => {});
     const forward = (stream: 'stdout' | 'stderr') => new Promise<void>((resolve) => {
       const source = child[stream];
@@ -43,6 +48,7 @@ export class ExecProcesses {
     child.once('exit', (code, signal) => {
       void outputs.then(() => {
         this.#children.delete(execId);
+        this.#onTerminal.delete(execId);
         void this.#send({ kind: 'exec-exit', execId, code: code ?? 128 + (signal ? (constants.signals[signal] ?? 0) : 0) });
       });
     });
@@ -58,7 +64,14 @@ export class ExecProcesses {
     return undefined;
   }
 
+  /** The size of one's terminal (`tty`). */
+  resize(execId: string, size: TerminalSize): string | undefined {
+    const pid = this.#children.get(execId)?.pid;
+    if (pid === undefined || !this.#onTerminal.has(execId)) return `exec ${execId} runs on no terminal`;
+    return resizeTerminal(pid, size);
+  }
+
   signal(execId: string, signal: string): string | undefined {
-    return signalWorkload(this.#children.get(execId), signal);
+    return signalWorkload(this.#children.get(execId), signal, this.#onTerminal.has(execId));
   }
 }

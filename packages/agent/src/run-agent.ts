@@ -91,7 +91,8 @@ export async function runAgent(configPath = guestConfigPath): Promise<never> {
         return send(error ? { kind: 'reply', id: request.id, ok: false, error } : { kind: 'reply', id: request.id, ok: true, guestTimeMs: Date.now() });
       }
       case 'resize': {
-        const error = workload?.pid === undefined ? 'the workload is not running' : resizeTerminal(workload.pid, request.size);
+        const error = request.execId !== undefined ? execs.resize(request.execId, request.size)
+          : workload?.pid === undefined ? 'the workload is not running' : resizeTerminal(workload.pid, request.size);
         return send(error ? { kind: 'reply', id: request.id, ok: false, error } : { kind: 'reply', id: request.id, ok: true, guestTimeMs: Date.now() });
       }
       case 'set-clock':
@@ -103,7 +104,7 @@ export async function runAgent(configPath = guestConfigPath): Promise<never> {
       case 'exec':
       case 'exec-stdin':
       case 'exec-signal': {
-        const error = request.kind === 'exec' ? await execs.start(request.execId, request.spec, request.stdin)
+        const error = request.kind === 'exec' ? await execs.start(request.execId, request.spec, request.stdin, request.tty)
           : request.kind === 'exec-stdin' ? execs.write(request.execId, request.data) : execs.signal(request.execId, request.signal);
         return send(error ? { kind: 'reply', id: request.id, ok: false, error } : { kind: 'reply', id: request.id, ok: true, guestTimeMs: Date.now() });
       }

@@ -62,6 +62,18 @@ fi
 busybox mount -t tmpfs -o mode=0700,size=1m,nosuid,nodev,noexec ark-config /newroot/.ark/config &&
   busybox cp /ark/run.json /newroot/.ark/config/run.json ||
   echo "ark-init: cannot hand the run config to the agent"
+# shared host directories (ark-oci-runtime volumes): ark.volume=TAG,ro|rw,/PATH, a virtiofs device's tag;
+# a volume that cannot be mounted stops the VM rather than let the workload write beside it
+for arg in $(busybox cat /proc/cmdline); do
+  case "$arg" in
+    ark.volume=*)
+      volume=\${arg#ark.volume=} tag=\${volume%%,*} mode=\${volume#*,} dir=\${mode#*,} mode=\${mode%%,*}
+      if ! busybox mkdir -p "/newroot$dir" || ! busybox mount -t virtiofs -o "$mode" "$tag" "/newroot$dir"; then
+        echo "ark-init: cannot mount the shared directory $tag at $dir"
+        busybox poweroff -f
+      fi ;;
+  esac
+done
 ark_ip= ark_gateway= ark_dns=
 for arg in $(busybox cat /proc/cmdline); do
   case "$arg" in

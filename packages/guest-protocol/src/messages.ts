@@ -49,8 +49,8 @@ export type AgentRequest =
    * then both come as stdout frames)
    */
   | { kind: 'run'; id: number; spec?: RunSpec; stdin: boolean; tty?: TerminalSize }
-  /** the host's terminal changed size: so does the workload's pseudo-terminal (it gets SIGWINCH) */
-  | { kind: 'resize'; id: number; size: TerminalSize }
+  /** the host's terminal changed size: so does the workload's pseudo-terminal, or that of the exec `execId` (it gets SIGWINCH) */
+  | { kind: 'resize'; id: number; size: TerminalSize; execId?: string }
   | { kind: 'before-suspend'; id: number }
   | { kind: 'after-resume'; id: number; hostTimeMs: number; sync: string }
   /**
@@ -69,8 +69,9 @@ export type AgentRequest =
    * run another process beside the workload (`podman exec`), named by the host's
    * `execId`; its output comes as exec-output messages and its end as exec-exit.
    * The reply fails when it cannot be started (the error says why, as for the workload).
+   * With `tty` it runs on a pseudo-terminal of that size (its output all as stdout, its input through exec-stdin).
    */
-  | { kind: 'exec'; id: number; execId: string; spec: RunSpec; stdin: boolean }
+  | { kind: 'exec'; id: number; execId: string; spec: RunSpec; stdin: boolean; tty?: TerminalSize }
   /** bytes (base64) for an exec'd process's stdin; empty data ends it */
   | { kind: 'exec-stdin'; id: number; execId: string; data: string }
   | { kind: 'exec-signal'; id: number; execId: string; signal: string };

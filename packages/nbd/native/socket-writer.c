@@ -19,6 +19,9 @@
  *   close(writer)
  * Jobs finished later are reported through onDone; an error fails the writer
  * (onDone(completed, errno) or a negative commit) and it sends nothing more.
+ *
+ * Beside it, system calls Node lacks, each a plain function: copyRange
+ * (src/copy-file-range.ts), openTerminal and sendDescriptor (src/pseudo-terminal.ts).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -31,6 +34,8 @@
 #include <sys/sendfile.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
+#include <sys/un.h>
+#include <termios.h>
 #include <unistd.h>
 #include <uv.h>
 
@@ -227,10 +232,17 @@ static void finalize(napi_env env, void *data, void *hint) {
   maybe_free(w);
 }
 
+/* Throws an Error saying `what: strerror(err)`, with the errno name (ENOENT, …) as its `code`. */
 static napi_value throw_errno(napi_env env, const char *what, int err) {
-  char message[160];
+  napi_value error, text;
+  char message[200];
   snprintf(message, sizeof message, "%s: %s", what, strerror(err));
-  napi_throw_error(env, NULL, message);
+  napi_create_string_utf8(env, message, NAPI_AUTO_LENGTH, &text);
+  napi_create_error(env, NULL, text, &error);
+  const char *name = strerrorname_np(err);
+  napi_create_string_utf8(env, name ? name : "EIO", NAPI_AUTO_LENGTH, &text);
+  napi_set_named_property(env, error, "code", text);
+  napi_throw(env, error);
   return NULL;
 }
 
@@ -390,25 +402,99 @@ static napi_value js_copy_range(napi_env env, napi_callback_info info) {
   while (done < length) {
     ssize_t n = copy_file_range(fd_in, &off_in, fd_out, &off_out, (size_t)(length - done), 0);
     if (n < 0 && errno == EINTR) continue;
-    if (n < 0) {
-      int err = errno;
-      napi_value error, code;
-      char message[160];
-      snprintf(message, sizeof message, "copy_file_range: %s", strerror(err));
-      napi_create_string_utf8(env, message, NAPI_AUTO_LENGTH, &code);
-      napi_create_error(env, NULL, code, &error);
-      const char *name = strerrorname_np(err);
-      napi_create_string_utf8(env, name ? name : "EIO", NAPI_AUTO_LENGTH, &code);
-      napi_set_named_property(env, error, "code", code);
-      napi_throw(env, error);
-      return NULL;
-    }
+    if (n < 0) return throw_errno(env, "copy_file_range", errno);
     if (n == 0) break;
     done += n;
   }
   napi_value result;
   napi_create_int64(env, done, &result);
   return result;
+}
+
+/*
+ * openTerminal() -> { master, slave, path }
+ * A pseudo-terminal pair (what an OCI runtime hands conmon for `-t`), both
+ * close-on-exec, neither the caller's controlling terminal. The slave is in
+ * raw mode: the workload's own terminal is the guest's, so the host side only
+ * carries bytes (no echo, no line editing, no signals, no CR/LF changes).
+ */
+static napi_value js_open_terminal(napi_env env, napi_callback_info info) {
+  (void)info;
+  int master = posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC);
+  if (master < 0) return throw_errno(env, "posix_openpt", errno);
+  char path[128];
+  if (grantpt(master) < 0 || unlockpt(master) < 0 || ptsname_r(master, path, sizeof path) != 0) {
+    int err = errno;
+    close(master);
+    return throw_errno(env, "unlockpt", err);
+  }
+  int slave = open(path, O_RDWR | O_NOCTTY | O_CLOEXEC);
+  struct termios mode;
+  if (slave < 0 || tcgetattr(slave, &mode) < 0 || (cfmakeraw(&mode), tcsetattr(slave, TCSANOW, &mode)) < 0) {
+    int err = errno;
+    if (slave >= 0) close(slave);
+    close(master);
+    return throw_errno(env, path, err);
+  }
+  napi_value result, value;
+  napi_create_object(env, &result);
+  napi_create_int32(env, master, &value);
+  napi_set_named_property(env, result, "master", value);
+  napi_create_int32(env, slave, &value);
+  napi_set_named_property(env, result, "slave", value);
+  napi_create_string_utf8(env, path, NAPI_AUTO_LENGTH, &value);
+  napi_set_named_property(env, result, "path", value);
+  return result;
+}
+
+/*
+ * sendDescriptor(socketPath, fd, name)
+ * Connects to a Unix stream socket and sends fd with SCM_RIGHTS, `name` as
+ * the message's bytes (runc's console-socket protocol: the pty master, named
+ * by its slave's path). Node's net module cannot send descriptors.
+ */
+static napi_value js_send_descriptor(napi_env env, napi_callback_info info) {
+  size_t argc = 3;
+  napi_value argv[3];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
+  char name[256];
+  size_t path_length = 0, name_length = 0;
+  int32_t fd;
+  if (argc < 3 || napi_get_value_string_utf8(env, argv[0], path, sizeof path, &path_length) != napi_ok || path_length == 0 ||
+      path_length >= sizeof path - 1 || napi_get_value_int32(env, argv[1], &fd) != napi_ok || fd < 0 ||
+      napi_get_value_string_utf8(env, argv[2], name, sizeof name, &name_length) != napi_ok || name_length == 0) {
+    napi_throw_type_error(env, NULL, "sendDescriptor(socketPath, fd, name): bad arguments");
+    return NULL;
+  }
+  int sock = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (sock < 0) return throw_errno(env, "socket", errno);
+  struct sockaddr_un address = {.sun_family = AF_UNIX};
+  memcpy(address.sun_path, path, path_length);
+  if (connect(sock, (struct sockaddr *)&address, sizeof address) < 0) {
+    int err = errno;
+    close(sock);
+    return throw_errno(env, path, err);
+  }
+  union {
+    char buffer[CMSG_SPACE(sizeof(int))];
+    struct cmsghdr align;
+  } control;
+  memset(&control, 0, sizeof control);
+  struct iovec data = {.iov_base = name, .iov_len = name_length};
+  struct msghdr message = {.msg_iov = &data, .msg_iovlen = 1, .msg_control = control.buffer, .msg_controllen = sizeof control.buffer};
+  struct cmsghdr *header = CMSG_FIRSTHDR(&message);
+  header->cmsg_level = SOL_SOCKET;
+  header->cmsg_type = SCM_RIGHTS;
+  header->cmsg_len = CMSG_LEN(sizeof(int));
+  memcpy(CMSG_DATA(header), &fd, sizeof(int));
+  ssize_t sent;
+  do sent = sendmsg(sock, &message, MSG_NOSIGNAL);
+  while (sent < 0 && errno == EINTR);
+  int err = errno;
+  close(sock);
+  if (sent < 0) return throw_errno(env, "sendmsg", err);
+  return NULL;
 }
 
 NAPI_MODULE_INIT() {
@@ -419,6 +505,8 @@ NAPI_MODULE_INIT() {
       {"commit", NULL, js_commit, NULL, NULL, NULL, napi_default_method, NULL},
       {"close", NULL, js_close, NULL, NULL, NULL, napi_default_method, NULL},
       {"copyRange", NULL, js_copy_range, NULL, NULL, NULL, napi_default_method, NULL},
+      {"openTerminal", NULL, js_open_terminal, NULL, NULL, NULL, napi_default_method, NULL},
+      {"sendDescriptor", NULL, js_send_descriptor, NULL, NULL, NULL, napi_default_method, NULL},
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
   return exports;

@@ -31,7 +31,8 @@ const placeholderRun = {
  */
 export async function ensureBootFiles(workDir: string): Promise<BootFiles> {
   const kernel = findGuestKernel();
-  const modules = resolveModules(kernel.modulesDir, guestModules);
+  // virtiofs for volumes (the builder's guests have no shared directories)
+  const modules = resolveModules(kernel.modulesDir, [...guestModules, 'virtiofs']);
   const identity = createHash('sha256').update(initScript()).update(JSON.stringify(placeholderRun));
   for (const module of modules) identity.update(`${module} ${statSync(module).size} ${statSync(module).mtimeMs}\n`);
   const cacheDir = join(arkCacheDir(), 'oci-runtime');

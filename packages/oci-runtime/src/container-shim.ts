@@ -9,9 +9,11 @@ import { awaitRunArgument, type AgentMessage } from '@ark/guest-protocol';
 import { GuestVm, handOverRun } from '@ark/runner';
 import type { BootFiles } from './boot-files.ts';
 import { networkKernelArguments, type ContainerNetwork } from './container-network.ts';
+import { followTerminalSize, onConsole, type ConsoleTerminal } from './console-terminal.ts';
 import { containerPaths, readRecord, writeRecord, type ContainerPaths, type ContainerRecord } from './container-state.ts';
 import type { ContainerSpec } from './oci-spec.ts';
 import type { ExecEvent, ShimReply, ShimRequest } from './shim-control.ts';
+import { startVolumeDaemons, volumeKernelArguments } from './shared-volumes.ts';
 import { signalName } from './signal-names.ts';
 import { hasInput, writeOut } from './stdio-relay.ts';
 import { reportReadiness } from './detached-process.ts';
@@ -50,14 +52,18 @@ export async function runShim(root: string, id: string): Promise<number> {
     log(`shim failure: ${error.stack ?? error.message}`);
     process.exit(1);
   });
+  // with -t our stdio is the container's terminal (podman sets its size before start): its input is the workload's, its size the guest terminal's
+  const terminal = onConsole() ? followTerminalSize() : undefined;
   const plan = JSON.parse(readFileSync(paths.spec, 'utf8')) as ShimPlan;
   const record = readRecord(paths, id);
   let guest: GuestVm;
   try {
+    const volumes = await startVolumeDaemons(plan.spec.volumes, paths.dir, log);
     guest = await GuestVm.start({
       kernelPath: plan.boot.kernelPath,
       initramfsPath: plan.boot.initramfsPath,
-      cmdline: [plan.boot.cmdline, awaitRunArgument, ...(plan.network ? [networkKernelArguments(plan.network)] : [])].join(' '),
+      cmdline: [plan.boot.cmdline, awaitRunArgument, ...(plan.network ? [networkKernelArguments(plan.network)] : []), ...volumeKernelArguments(plan.spec.volumes)].join(' '),
+      sharedDirs: volumes.sharedDirs,
       ...(plan.network ? { network: { namespace: plan.network.namespace, tap: plan.network.tap, mac: plan.network.mac } } : {}),
       disks: [
         { id: 'root', path: plan.diskPath, serial: rootDiskSerial },
@@ -73,7 +79,7 @@ export async function runShim(root: string, id: string): Promise<number> {
     return 1;
   }
   log(`QEMU runs (console: ${guest.vm.consoleLogPath})`);
-  const shim = new ContainerShim(paths, record, plan, guest, log);
+  const shim = new ContainerShim(paths, record, plan, guest, log, terminal);
   const server = await shim.listen();
   reportReadiness('ok');
   for (const signal of ['SIGTERM', 'SIGINT', 'SIGHUP', 'SIGQUIT', 'SIGUSR1', 'SIGUSR2'] as const) {
@@ -86,6 +92,8 @@ export async function runShim(root: string, id: string): Promise<number> {
   rmSync(paths.control, { force: true });
   writeRecord(paths, { ...shim.record, status: 'stopped', exitCode: code });
   log(`exit ${code}`);
+  // a terminal's (or conmon's pipe's) input would hold the event loop open
+  process.stdin.destroy();
   return code;
 }
 
@@ -98,8 +106,10 @@ class ContainerShim {
   /** set when we power the VM off ourselves: the status conmon gets */
   #forcedExit: number | undefined;
   #started = false;
+  readonly #terminal: ConsoleTerminal | undefined;
 
-  constructor(paths: ContainerPaths, record: ContainerRecord, plan: ShimPlan, guest: GuestVm, log: (message: string) => void) {
+  constructor(paths: ContainerPaths, record: ContainerRecord, plan: ShimPlan, guest: GuestVm, log: (message: string) => void, terminal: ConsoleTerminal | undefined) {
+    this.#terminal = terminal;
     this.#paths = paths;
     this.#plan = plan;
     this.#guest = guest;
@@ -157,7 +167,8 @@ class ContainerShim {
     this.#started = true;
     const { process: p, hostname } = this.#plan.spec;
     const image: RunConfig = { entrypoint: p.args, cmd: [], env: p.env, workingDir: p.cwd, user: p.user, exposedPorts: [], labels: {}, stopSignal: 'SIGTERM' };
-    const stdin = hasInput() ? process.stdin : undefined;
+    const tty = this.#terminal ? { size: this.#terminal.size(), onResize: this.#terminal.onResize } : undefined;
+    const stdin = tty || hasInput() ? process.stdin : undefined;
     const started = new Promise<void>((resolve, reject) => {
       this.#guest.agent.on('message', (message) => {
         if (message.kind === 'started') resolve();
@@ -166,7 +177,7 @@ class ContainerShim {
       void this.#guest.vm.exited.then(() => reject(new Error(`the VM stopped before the process started; console:\n${this.#guest.consoleTail(10)}`)));
     });
     void this.#guest.hello.then(() => this.#log('the agent said hello'));
-    await handOverRun(this.#guest, this.record.id, image, { overrides: hostname ? { hostname } : {}, stdin });
+    await handOverRun(this.#guest, this.record.id, image, { overrides: hostname ? { hostname } : {}, stdin, ...(tty ? { tty } : {}) });
     this.#log('the process was handed to the agent');
     await started;
     this.#log('the process started');
@@ -181,21 +192,23 @@ class ContainerShim {
       case 'kill':
         return this.kill(request.signal);
       case 'pause':
-        if (this.record.status !== 'running') throw new Error(`it is ${this.record.status}, not running`);
-        await this.#guest.vm.qmp.execute('stop');
-        this.record = { ...this.record, status: 'paused' };
-        writeRecord(this.#paths, this.record);
-        return;
+        return this.#pause(true);
+      case 'resume':
+        return this.#pause(false);
       case 'exec':
       case 'exec-stdin':
+      case 'exec-resize':
         throw new Error(`${request.op} belongs on an exec connection`);
-      case 'resume':
-        if (this.record.status !== 'paused') throw new Error(`it is ${this.record.status}, not paused`);
-        await this.#guest.vm.qmp.execute('cont');
-        this.record = { ...this.record, status: 'running' };
-        writeRecord(this.#paths, this.record);
-        return;
     }
+  }
+
+  /** pause: the VM stops (QMP stop); resume: it goes on (cont). */
+  async #pause(pause: boolean): Promise<void> {
+    const [from, to] = pause ? (['running', 'paused'] as const) : (['paused', 'running'] as const);
+    if (this.record.status !== from) throw new Error(`it is ${this.record.status}, not ${from}`);
+    await this.#guest.vm.qmp.execute(pause ? 'stop' : 'cont');
+    this.record = { ...this.record, status: to };
+    writeRecord(this.#paths, this.record);
   }
 
   /**
@@ -221,34 +234,32 @@ class ContainerShim {
       }
     };
     agent.on('message', onMessage);
-    const { process: p, stdin } = request;
-    const reply = await agent.request({ kind: 'exec', execId, spec: { entrypoint: p.args, cmd: [], env: p.env, workingDir: p.cwd, user: p.user }, stdin }).catch((error: Error) => ({ ok: false as const, error: error.message }));
+    const { process: p, stdin, tty } = request;
+    const reply = await agent.request({ kind: 'exec', execId, spec: { entrypoint: p.args, cmd: [], env: p.env, workingDir: p.cwd, user: p.user }, stdin, ...(tty ? { tty } : {}) }).catch((error: Error) => ({ ok: false as const, error: error.message }));
     if (!reply.ok) {
       agent.off('message', onMessage);
       socket.end(`${JSON.stringify({ ok: false, error: reply.error } satisfies ShimReply)}\n`);
       return;
     }
     send({ ok: true });
-    let received = pending;
-    const onLine = (line: string) => {
-      try {
-        const input = JSON.parse(line) as ShimRequest;
-        if (input.op === 'exec-stdin') void agent.request({ kind: 'exec-stdin', execId, data: input.data }).catch(() => {});
-      } catch {
-        // not a line of ours
+    let received = '';
+    const takeLines = (chunk: string) => {
+      received += chunk;
+      for (let at = received.indexOf('\n'); at >= 0; at = received.indexOf('\n')) {
+        const line = received.slice(0, at);
+        received = received.slice(at + 1);
+        try {
+          const input = JSON.parse(line) as ShimRequest;
+          if (input.op === 'exec-stdin') void agent.request({ kind: 'exec-stdin', execId, data: input.data }).catch(() => {});
+          if (input.op === 'exec-resize') void agent.request({ kind: 'resize', execId, size: input.size }).catch(() => {});
+        } catch {
+          // not a line of ours
+        }
       }
     };
-    for (let at = received.indexOf('\n'); at >= 0; at = received.indexOf('\n')) {
-      onLine(received.slice(0, at));
-      received = received.slice(at + 1);
-    }
-    socket.on('data', (chunk: Buffer) => {
-      received += chunk.toString('utf8');
-      for (let at = received.indexOf('\n'); at >= 0; at = received.indexOf('\n')) {
-        onLine(received.slice(0, at));
-        received = received.slice(at + 1);
-      }
-    });
+    // what came behind the exec request, then the rest as it comes
+    takeLines(pending);
+    socket.on('data', (chunk: Buffer) => takeLines(chunk.toString('utf8')));
     socket.on('close', () => {
       if (!exited) void agent.request({ kind: 'exec-signal', execId, signal: 'SIGKILL' }).catch(() => {});
     });

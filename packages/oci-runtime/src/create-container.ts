@@ -1,12 +1,14 @@
 import { mkdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { ArkError, ExitCode } from '@ark/cli';
 import { ensureBootFiles } from './boot-files.ts';
+import { handOverConsole } from './console-terminal.ts';
 import { joinContainerNetwork } from './container-network.ts';
 import { checkContainerId, containerPaths, writeRecord } from './container-state.ts';
 import type { ShimPlan } from './container-shim.ts';
 import { startDetached } from './detached-process.ts';
 import { readContainerSpec } from './oci-spec.ts';
 import { writeRootfsDisk } from './rootfs-disk.ts';
+import { findVirtiofsd } from './shared-volumes.ts';
 
 export interface CreateOptions {
   root: string;
@@ -31,13 +33,13 @@ const maxSocketPath = 107;
 export async function createContainer(options: CreateOptions): Promise<number> {
   const id = checkContainerId(options.id);
   const spec = readContainerSpec(options.bundle);
-  if (options.consoleSocket !== undefined || spec.process.terminal) {
-    throw new ArkError('UNSUPPORTED', 'config.json: process.terminal: a terminal (--console-socket, podman -t) is not supported yet', { hint: 'run without -t', exitCode: ExitCode.usage });
-  }
+  checkConsoleSocket(options.consoleSocket, spec.process.terminal, 'process.terminal');
   const paths = containerPaths(options.root, id);
   if (Buffer.byteLength(paths.control) > maxSocketPath) {
     throw new ArkError('USAGE', `--root ${options.root} is too long: the container's socket path would exceed ${maxSocketPath} bytes`, { hint: 'use a shorter --root', exitCode: ExitCode.usage });
   }
+  // a volume without virtiofsd fails here, not in the shim
+  if (spec.volumes.length > 0) findVirtiofsd();
   mkdirSync(options.root, { recursive: true, mode: 0o700 });
   try {
     mkdirSync(paths.dir, { mode: 0o700 });
@@ -50,13 +52,21 @@ export async function createContainer(options: CreateOptions): Promise<number> {
     const [boot, , network] = await Promise.all([ensureBootFiles(paths.dir), writeRootfsDisk(spec, paths.disk), joinContainerNetwork(spec)]);
     const plan: ShimPlan = { spec, boot, diskPath: paths.disk, cpus: 1, memoryMiB: spec.memoryMiB ?? options.memoryMiB ?? defaultMemoryMiB, network };
     writeFileSync(paths.spec, `${JSON.stringify(plan)}\n`);
-    const pid = await startDetached(['--root', options.root, 'shim', id], 'container shim', 'see shim.log in the container directory (kept only while it exists) and the console output');
+    // with -t the shim's stdio is the terminal whose master conmon now holds
+    const terminal = options.consoleSocket === undefined ? undefined : handOverConsole(options.consoleSocket);
+    const pid = await startDetached(['--root', options.root, 'shim', id], 'container shim', 'see shim.log in the container directory (kept only while it exists) and the console output', terminal);
     if (options.pidFile !== undefined) writePidFile(options.pidFile, pid);
     return pid;
   } catch (error) {
     rmSync(paths.dir, { recursive: true, force: true });
     throw error;
   }
+}
+
+/** runc's rule: a terminal and a console socket come together. */
+export function checkConsoleSocket(consoleSocket: string | undefined, terminal: boolean, field: string): void {
+  if (terminal && consoleSocket === undefined) throw new ArkError('USAGE', `config.json: ${field} is true: --console-socket is needed to hand over the terminal`, { hint: 'pass --console-socket SOCKET (conmon and podman -t do)', exitCode: ExitCode.usage });
+  if (!terminal && consoleSocket !== undefined) throw new ArkError('USAGE', `--console-socket was given but config.json: ${field} is false`, { hint: 'set it to true, or drop --console-socket', exitCode: ExitCode.usage });
 }
 
 export function writePidFile(path: string, pid: number): void {

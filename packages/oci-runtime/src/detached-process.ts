@@ -9,16 +9,19 @@ const binPath = fileURLToPath(new URL('../bin/ark-oci-runtime.ts', import.meta.u
 
 /**
  * Starts `ark-oci-runtime ARGS` in a session of its own (signals for
- * conmon's process group do not reach it) with this process's stdio, and
+ * conmon's process group do not reach it) with this process's stdio (or
+ * the `terminal` descriptor, which is closed here once handed over), and
  * waits for its one-line report. When we exit it is reparented to conmon (a
  * subreaper), which reaps it and so learns the status it exits with.
  */
-export async function startDetached(args: string[], what: string, hint: string): Promise<number> {
+export async function startDetached(args: string[], what: string, hint: string, terminal?: number): Promise<number> {
+  const stdio = terminal ?? 'inherit';
   const child = spawn(process.execPath, ['--no-warnings', binPath, ...args], {
     detached: true,
     cwd: '/',
-    stdio: ['inherit', 'inherit', 'inherit', 'pipe'],
+    stdio: [stdio, stdio, stdio, 'pipe'],
   });
+  if (terminal !== undefined) closeSync(terminal);
   const readiness = child.stdio[readinessFd] as NodeJS.ReadableStream;
   let said = '';
   readiness.setEncoding('utf8');

@@ -11,3 +11,6 @@ export { debugfsCommands, writeRootfsDisk } from './rootfs-disk.ts';
 export { parseSignal, signalName } from './signal-names.ts';
 export { ensureBootFiles } from './boot-files.ts';
 export type { BootFiles } from './boot-files.ts';
+export type { Volume } from './oci-spec.ts';
+export { findVirtiofsd, volumeKernelArguments } from './shared-volumes.ts';
+export { followTerminalSize, handOverConsole } from './console-terminal.ts';

@@ -18,11 +18,19 @@ export interface ContainerSpec {
   hostname?: string;
   /** files bind-mounted over the rootfs (/etc/hosts, /etc/resolv.conf, …): copied into the guest's disk */
   fileMounts: Array<{ source: string; destination: string }>;
+  /** directories bind-mounted (volumes, -v): shared with the guest over virtiofs */
+  volumes: Volume[];
   /** the network namespace the container joins (podman's /run/netns/netns-…); undefined: none given */
   networkNamespace?: string;
   /** guest memory in MiB, from linux.resources.memory.limit */
   memoryMiB?: number;
   annotations: Record<string, string>;
+}
+
+export interface Volume {
+  source: string;
+  destination: string;
+  readOnly: boolean;
 }
 
 /** Mounts the guest provides itself: its own /proc, /sys, /dev, devpts, /dev/shm, mqueue and cgroup. */
@@ -81,17 +89,21 @@ export function parseContainerSpec(config: unknown, bundle: string): ContainerSp
       terminal: p.terminal === undefined ? false : boolean(p.terminal, 'process.terminal'),
     },
     ...(hostname ? { hostname } : {}),
-    fileMounts: fileMounts(c.mounts),
+    ...binds(c.mounts),
     ...networkNamespace(linux),
     ...memory(linux),
     annotations: c.annotations === undefined ? {} : stringMap(c.annotations, 'annotations'),
   };
 }
 
-function fileMounts(value: unknown): ContainerSpec['fileMounts'] {
-  if (value === undefined) return [];
+/** The kernel command line carries a volume's path (init mounts it): no blanks, commas or quotes there. */
+const volumePath = /^\/[\w./@+=:~-]*$/;
+
+function binds(value: unknown): Pick<ContainerSpec, 'fileMounts' | 'volumes'> {
+  if (value === undefined) return { fileMounts: [], volumes: [] };
   if (!Array.isArray(value)) throw specError('mounts', 'is not a list');
   const files: ContainerSpec['fileMounts'] = [];
+  const volumes: Volume[] = [];
   value.forEach((item, index) => {
     const field = `mounts[${index}]`;
     const mount = object(item, field);
@@ -100,7 +112,7 @@ function fileMounts(value: unknown): ContainerSpec['fileMounts'] {
     const type = mount.type === undefined ? 'bind' : string(mount.type, `${field}.type`);
     const options = mount.options === undefined ? [] : stringList(mount.options, `${field}.options`);
     if (type !== 'bind' && !options.includes('bind') && !options.includes('rbind')) {
-      throw specError(`${field} (${destination})`, `a '${type}' mount is not supported in an ark microVM (only files bound over the rootfs, and the guest's own /proc, /sys, /dev)`);
+      throw specError(`${field} (${destination})`, `a '${type}' mount is not supported in an ark microVM (only bind mounts of files and directories, and the guest's own /proc, /sys, /dev)`);
     }
     const source = string(mount.source, `${field}.source`);
     let info;
@@ -109,10 +121,13 @@ function fileMounts(value: unknown): ContainerSpec['fileMounts'] {
     } catch {
       throw specError(`${field}.source`, `${source} does not exist`);
     }
-    if (!info.isFile()) throw specError(`${field} (${destination})`, 'directory bind mounts (volumes) are not supported yet: only files are copied into the guest');
-    files.push({ source, destination });
+    if (info.isDirectory()) {
+      if (!volumePath.test(destination) || destination.split('/').includes('..')) throw specError(`${field}.destination`, `'${destination}': a directory shared with the guest needs a plain absolute path (letters, digits and ./_@+=:~-)`);
+      volumes.push({ source, destination, readOnly: options.includes('ro') });
+    } else if (info.isFile()) files.push({ source, destination });
+    else throw specError(`${field}.source`, `${source} is neither a file nor a directory`);
   });
-  return files;
+  return { fileMounts: files, volumes };
 }
 
 function networkNamespace(linux: Record<string, unknown>): { networkNamespace?: string } {

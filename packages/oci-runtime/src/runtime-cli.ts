@@ -12,7 +12,7 @@ const name = 'ark-oci-runtime';
 const usage = `usage: ${name} [--root DIR] [--log FILE] [--log-format text|json] COMMAND [OPTIONS] ID
 commands (as runc and podman call them):
   create --bundle DIR [--pid-file FILE] [--console-socket SOCKET] ID
-  exec [--process FILE] [--pid-file FILE] [--detach] ID [COMMAND...]
+  exec [--process FILE] [--pid-file FILE] [--detach] [--tty --console-socket SOCKET] ID [COMMAND...]
   start ID          state ID          kill ID [SIGNAL]          delete [--force] ID
   pause ID          resume ID         list                      features
 global options: --root DIR (default ${defaultStateRoot}), --log FILE, --log-format text|json;
@@ -115,7 +115,8 @@ export async function main(argv: string[]): Promise<void> {
           args: rest.positional.slice(1),
           pidFile: stringOption(rest, '--pid-file'),
           detach: rest.options.has('--detach') || rest.options.has('-d'),
-          tty: rest.options.has('--tty') || rest.options.has('-t') || rest.options.has('--console-socket'),
+          tty: rest.options.has('--tty') || rest.options.has('-t'),
+          consoleSocket: stringOption(rest, '--console-socket'),
         });
         return;
       case 'exec-relay':

@@ -1,5 +1,6 @@
 import { createConnection } from 'node:net';
 import { ArkError, ExitCode } from '@ark/cli';
+import type { TerminalSize } from '@ark/guest-protocol';
 
 /** What the runtime's commands ask a container's shim, one JSON line each way over shim.sock. */
 export type ShimRequest =
@@ -7,9 +8,11 @@ export type ShimRequest =
   | { op: 'kill'; signal: number }
   | { op: 'pause' }
   | { op: 'resume' }
-  /** run a process beside the workload; the connection then carries ExecEvent lines to the client and exec-stdin lines from it */
-  | { op: 'exec'; process: { args: string[]; env: string[]; cwd: string; user: string }; stdin: boolean }
-  | { op: 'exec-stdin'; data: string };
+  /** run a process beside the workload (on a terminal of `tty`'s size); the connection then carries ExecEvent lines to the client and exec-stdin lines from it */
+  | { op: 'exec'; process: { args: string[]; env: string[]; cwd: string; user: string }; stdin: boolean; tty?: TerminalSize }
+  | { op: 'exec-stdin'; data: string }
+  /** on an exec connection with `tty`: its terminal's new size */
+  | { op: 'exec-resize'; size: TerminalSize };
 
 /** After an exec's `{ ok: true }`: its output (base64), then its status. */
 export type ExecEvent = { stream: 'stdout' | 'stderr'; data: string } | { exit: number };

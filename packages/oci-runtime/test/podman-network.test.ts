@@ -1,13 +1,18 @@
 // slow: podman with a network of its own, the container a microVM (run under /work/vm-slot)
 import { execFileSync } from 'node:child_process';
 import { existsSync, rmSync } from 'node:fs';
-import { connect, createServer } from 'node:net';
+import { connect } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 import t from 'tap';
-import { TestPodman, alive, qemuUnder, toolPath } from '@ark/test-images';
+import { alive, freePort, qemuUnder } from '@ark/test-images';
+import { podmanForTests, testImage, waitForLog as waitForLogOf } from './podman-fixture.ts';
 
-const podman = new TestPodman(toolPath('oci-runtime', 'ark-oci-runtime'));
-const image = 'localhost/oci-busybox:test';
+const podman = podmanForTests(t, async () => {
+  await podman.run(['network', 'rm', '-f', network]);
+  // CNI's host-local IPAM keeps its leases here; network rm leaves the directory
+  rmSync(`/var/lib/cni/networks/${network}`, { recursive: true, force: true });
+});
+const image = testImage;
 const network = `ocn-${process.pid}`;
 
 /** A 10.231.N.0/24 that no host route covers (the test's bridge and its containers live there). */
@@ -17,15 +22,6 @@ function unusedSubnet(): string {
     if (!routes.includes(`10.231.${n}.`)) return `10.231.${n}.0/24`;
   }
   throw new Error('no free 10.231.N.0/24');
-}
-
-/** A TCP port on 127.0.0.1 nothing listens on now. */
-async function freePort(): Promise<number> {
-  const server = createServer();
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const port = (server.address() as { port: number }).port;
-  await new Promise((resolve) => server.close(resolve));
-  return port;
 }
 
 /** What the listener at host:port sends, or '' if nothing answers. */
@@ -40,29 +36,13 @@ function readFrom(port: number): Promise<string> {
   });
 }
 
-async function waitForLog(name: string, text: string, ms = 180_000): Promise<string> {
-  let logs = '';
-  for (let waited = 0; waited < ms; waited += 500) {
-    logs = (await podman.run(['logs', name])).stdout;
-    if (logs.includes(text)) return logs;
-    await sleep(500);
-  }
-  return logs;
-}
+const waitForLog = (name: string, text: string) => waitForLogOf(podman, name, text);
 
 let subnet = '';
 t.before(async () => {
-  await podman.importBusybox(image);
   subnet = unusedSubnet();
   const created = await podman.run(['network', 'create', '--subnet', subnet, network]);
   if (created.code !== 0) throw new Error(`podman network create: ${created.stderr}`);
-});
-t.teardown(async () => {
-  await podman.run(['rm', '-a', '-f', '-t', '0']);
-  await podman.run(['network', 'rm', '-f', network]);
-  // CNI's host-local IPAM keeps its leases here; network rm leaves the directory
-  rmSync(`/var/lib/cni/networks/${network}`, { recursive: true, force: true });
-  await podman.cleanUp();
 });
 
 t.test("--network NET: the guest's eth0 has the container's address; -p reaches a listener in the guest; nothing left after rm -f", async (t) => {

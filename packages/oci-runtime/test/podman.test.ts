@@ -3,32 +3,15 @@ import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import t from 'tap';
-import { TestPodman, alive, toolPath } from '@ark/test-images';
+import { alive } from '@ark/test-images';
 import { defaultStateRoot } from '@ark/oci-runtime';
+import { inspectContainer, podmanForTests, testImage, waitForLog as waitForLogOf } from './podman-fixture.ts';
 
-const podman = new TestPodman(toolPath('oci-runtime', 'ark-oci-runtime'));
-const image = 'localhost/oci-busybox:test';
-t.before(() => podman.importBusybox(image));
-t.teardown(() => podman.cleanUp());
-
+const podman = podmanForTests(t);
+const image = testImage;
 const hostKernel = readFileSync('/proc/sys/kernel/osrelease', 'utf8').trim();
-
-async function waitForLog(name: string, text: string, ms = 120_000): Promise<string> {
-  let logs = '';
-  for (let waited = 0; waited < ms; waited += 250) {
-    logs = (await podman.run(['logs', name])).stdout;
-    if (logs.includes(text)) return logs;
-    await sleep(250);
-  }
-  return logs;
-}
-
-/** The container's shim pid (podman's State.Pid) and full id. */
-async function inspect(name: string): Promise<{ pid: number; id: string; status: string }> {
-  const result = await podman.run(['inspect', '--format', '{{.State.Pid}} {{.Id}} {{.State.Status}}', name]);
-  const [pid, id, status] = result.stdout.trim().split(' ');
-  return { pid: Number(pid), id: id ?? '', status: status ?? '' };
-}
+const waitForLog = (name: string, text: string) => waitForLogOf(podman, name, text);
+const inspect = (name: string) => inspectContainer(podman, name);
 
 t.test('run --rm: the guest kernel, the output, the exit code; nothing left', async (t) => {
   const run = await podman.run(['run', '--rm', '--network=none', image, 'sh', '-c', 'uname -r; echo hi; exit 3']);

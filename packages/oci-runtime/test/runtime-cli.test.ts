@@ -1,8 +1,8 @@
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import t from 'tap';
-import { debugfsCommands, parseArguments, parseContainerSpec, parseSignal, runtimeFeatures } from '@ark/oci-runtime';
+import { debugfsCommands, parseArguments, parseContainerSpec, parseSignal, runtimeFeatures, volumeKernelArguments } from '@ark/oci-runtime';
 import { runTool } from '@ark/test-images';
 
 const work = mkdtempSync(join(tmpdir(), 'oci-cli-'));
@@ -29,8 +29,19 @@ t.test('config.json: what ark takes from it', async (t) => {
   t.same(spec.process, { args: ['sh', '-c', 'echo hi'], env: ['A=1'], cwd: '/work', user: '1000:100', terminal: false });
   t.equal(spec.hostname, 'box');
   t.same(spec.fileMounts, [{ source: join(work, 'hosts'), destination: '/etc/hosts' }], 'files are copied in; the guest has its own /proc and /dev/shm');
+  t.same(spec.volumes, [], 'no volumes');
   t.equal(spec.networkNamespace, '/run/netns/netns-x');
   t.equal(spec.memoryMiB, 256);
+});
+
+t.test('config.json: directory binds are volumes, read-only with ro', async (t) => {
+  const mounts = [
+    { destination: '/data', type: 'bind', source: work, options: ['rbind', 'rprivate'] },
+    { destination: '/etc/app', type: 'bind', source: join(work, 'rootfs'), options: ['ro', 'rbind'] },
+  ];
+  const spec = parseContainerSpec({ ...base(), mounts }, work);
+  t.same(spec.volumes, [{ source: work, destination: '/data', readOnly: false }, { source: join(work, 'rootfs'), destination: '/etc/app', readOnly: true }]);
+  t.same(volumeKernelArguments(spec.volumes), ['ark.volume=ark-volume0,rw,/data', 'ark.volume=ark-volume1,ro,/etc/app'], 'the guest init mounts each by its tag');
 });
 
 t.test('config.json: unsupported or invalid fields are named', async (t) => {
@@ -40,7 +51,8 @@ t.test('config.json: unsupported or invalid fields are named', async (t) => {
     ['relative cwd', (c) => ({ ...c, process: { ...c.process, cwd: 'work' } }), /process\.cwd: 'work' is not an absolute path/],
     ['no root', (c) => ({ ...c, root: { path: 'nowhere' } }), /root\.path: .*nowhere is not a directory/],
     ['bad uid', (c) => ({ ...c, process: { ...c.process, user: { uid: -1, gid: 0 } } }), /process\.user\.uid: is not a whole number/],
-    ['volume', (c) => ({ ...c, mounts: [{ destination: '/data', type: 'bind', source: work, options: ['rbind'] }] }), /mounts\[0\] \(\/data\): directory bind mounts/],
+    ['volume path', (c) => ({ ...c, mounts: [{ destination: '/my data', type: 'bind', source: work, options: ['rbind'] }] }), /mounts\[0\]\.destination: '\/my data': a directory shared with the guest needs a plain absolute path/],
+    ['volume path with ..', (c) => ({ ...c, mounts: [{ destination: '/a/../etc', type: 'bind', source: work, options: ['rbind'] }] }), /mounts\[0\]\.destination: '\/a\/\.\.\/etc'/],
     ['tmpfs', (c) => ({ ...c, mounts: [{ destination: '/scratch', type: 'tmpfs', source: 'tmpfs' }] }), /mounts\[0\] \(\/scratch\): a 'tmpfs' mount is not supported/],
     ['netns by pid', (c) => ({ ...c, linux: { namespaces: [{ type: 'network', path: '/proc/42/ns/net' }] } }), /linux\.namespaces\[0\]\.path: '\/proc\/42\/ns\/net' is not a named namespace under \/run\/netns/],
     ['memory', (c) => ({ ...c, linux: { resources: { memory: { limit: 1048576 } } } }), /linux\.resources\.memory\.limit: 1048576 bytes is less than/],
@@ -97,6 +109,18 @@ t.test('the binary: features, usage errors, unknown containers, checkpoint probe
   const badBundle = await runTool('oci-runtime', 'ark-oci-runtime', ['--root', root, 'create', '--bundle', work, 'c1']);
   t.equal(badBundle.code, 2, "a bundle without config.json is a usage error");
   t.match(badBundle.stderr, /config\.json/);
+  // a bundle podman -t would make, but without the console socket, and the other way round
+  const bundle = join(work, 'bundle');
+  mkdirSync(join(bundle, 'rootfs'), { recursive: true });
+  writeFileSync(join(bundle, 'config.json'), JSON.stringify({ ...base(), process: { ...base().process, terminal: true }, mounts: [], linux: {} }));
+  const noSocket = await runTool('oci-runtime', 'ark-oci-runtime', ['--root', root, 'create', '--bundle', bundle, 'c2']);
+  t.equal(noSocket.code, 2);
+  t.match(noSocket.stderr, /config\.json: process\.terminal is true: --console-socket is needed/);
+  writeFileSync(join(bundle, 'config.json'), JSON.stringify({ ...base(), mounts: [], linux: {} }));
+  const noTerminal = await runTool('oci-runtime', 'ark-oci-runtime', ['--root', root, 'create', '--bundle', bundle, '--console-socket', join(work, 'c.sock'), 'c3']);
+  t.equal(noTerminal.code, 2);
+  t.match(noTerminal.stderr, /--console-socket was given but config\.json: process\.terminal is false/);
+  t.notOk(existsSync(join(root, 'c2')) || existsSync(join(root, 'c3')), 'nothing was created');
   const log = join(work, 'log.json');
   await runTool('oci-runtime', 'ark-oci-runtime', ['--root', root, '--log', log, '--log-format', 'json', 'kill', 'nope', '9']);
   t.match(JSON.parse((await import('node:fs')).readFileSync(log, 'utf8').trim()), { level: 'error', msg: /container nope does not exist/ });

@@ -39,6 +39,12 @@ export class TestPodman {
     this.#global = ['--root', join(this.dir, 'storage'), '--runroot', join(this.dir, 'run'), '--tmpdir', join(this.dir, 'tmp'), '--storage-driver', 'overlay', ...(runtime ? ['--runtime', runtime] : [])];
   }
 
+  /** This podman as a shell command line (for a terminal's shell: `${commandLine()} run -it …`). */
+  commandLine(): string {
+    const quote = (word: string) => `'${word.replaceAll("'", `'\\''`)}'`;
+    return ['env', `CONTAINERS_CONF=${this.#env.CONTAINERS_CONF!}`, 'podman', ...this.#global].map(quote).join(' ');
+  }
+
   /** Starts podman with this sandbox's options (stdout and stderr piped). */
   spawn(args: string[], input?: string): ChildProcess {
     return spawn('podman', [...this.#global, ...args], { env: this.#env, stdio: [input === undefined ? 'ignore' : 'pipe', 'pipe', 'pipe'] });

@@ -171,6 +171,20 @@ export function qemuArguments(spec: VmSpec): string[] {
     args.push('-object', `memory-backend-file,id=ram,size=${spec.memoryMiB}M,mem-path=${optionValue(spec.memoryImage.path)},offset=${spec.memoryImage.offset},share=off,readonly=on,rom=off`);
     machine.push('memory-backend=ram');
   }
+  if (spec.sharedDirs?.length) {
+    if (spec.memoryImage) throw new Error('a private memory image cannot be shared with a virtiofs backend');
+    // the vhost-user backend reads and writes guest RAM itself: it must be a shared mapping
+    if (!spec.memoryFile) {
+      args.push('-object', `memory-backend-memfd,id=ram,size=${spec.memoryMiB}M,share=on`);
+      machine.push('memory-backend=ram');
+    }
+    // vhost-user backends take only virtio 1.0 devices; microvm's virtio-mmio is legacy unless told
+    args.push('-global', 'virtio-mmio.force-legacy=false');
+    spec.sharedDirs.forEach((dir, index) => {
+      if (!/^[\w.-]{1,36}$/.test(dir.tag)) throw new Error(`virtiofs tag '${dir.tag}' is not 1 to 36 letters, digits, '.', '_' or '-'`);
+      args.push('-chardev', `socket,id=fs${index},path=${optionValue(dir.socket)}`, '-device', `vhost-user-fs-device,chardev=fs${index},tag=${dir.tag}`);
+    });
+  }
   args.unshift('-M', machine.join(','));
   for (const disk of spec.disks) {
     if (disk.serial !== undefined && !/^[\w.-]{1,20}$/.test(disk.serial)) throw new Error(`disk serial '${disk.serial}' is not 1 to 20 letters, digits, '.', '_' or '-'`);

@@ -48,6 +48,12 @@ export interface VmSpec {
   incomingDeviceState?: boolean;
   /** run the monitor inside this network namespace with a tap named `tap` */
   network?: { namespace: string; tap: string; mac?: string };
+  /**
+   * host directories shared with the guest over virtiofs: a vhost-user-fs
+   * device per entry, its backend (virtiofsd) listening on `socket`; the guest
+   * mounts it by `tag`. Guest RAM is then shared memory (the backend maps it).
+   */
+  sharedDirs?: Array<{ tag: string; socket: string }>;
 }
 
 export interface VmExit {

@@ -48,3 +48,16 @@ t.test('device state alone is loaded without a configuration section', async (t)
   t.same(value(qemuArguments({ ...base, incoming: 'defer', incomingDeviceState: true }), '-global'), ['migration.send-configuration=off']);
   t.same(value(qemuArguments({ ...base, incoming: 'defer' }), '-global'), []);
 });
+
+t.test('shared directories: a vhost-user-fs device each, guest RAM a shared memfd, modern virtio-mmio', async (t) => {
+  const args = qemuArguments({ ...base, sharedDirs: [{ tag: 'ark-volume0', socket: '/run/c/fs0.sock' }, { tag: 'ark-volume1', socket: '/run/c,d/fs1.sock' }] });
+  t.same(value(args, '-object'), ['memory-backend-memfd,id=ram,size=256M,share=on']);
+  t.match(value(args, '-M')[0], /memory-backend=ram/);
+  t.same(value(args, '-global'), ['virtio-mmio.force-legacy=false']);
+  t.same(value(args, '-chardev').filter((c) => c.includes('fs')), ['socket,id=fs0,path=/run/c/fs0.sock', 'socket,id=fs1,path=/run/c,,d/fs1.sock']);
+  t.same(value(args, '-device').filter((d) => d.startsWith('vhost-user-fs')), ['vhost-user-fs-device,chardev=fs0,tag=ark-volume0', 'vhost-user-fs-device,chardev=fs1,tag=ark-volume1']);
+  t.same(value(qemuArguments({ ...base, memoryFile: '/m', sharedDirs: [{ tag: 'v', socket: '/s' }] }), '-object'), ['memory-backend-file,id=ram,size=256M,mem-path=/m,share=on'], 'a shared memory file serves as it is');
+  t.throws(() => qemuArguments({ ...base, memoryImage: { path: '/p', offset: 0 }, sharedDirs: [{ tag: 'v', socket: '/s' }] }), /private memory image/);
+  t.throws(() => qemuArguments({ ...base, sharedDirs: [{ tag: 'a b', socket: '/s' }] }), /virtiofs tag/);
+  t.same(value(qemuArguments(base), '-global'), [], 'without them, nothing changes');
+});
