@@ -4,7 +4,7 @@
 // connections), and a real one made by ark-packager (sparse: guest RAM and a
 // disk with holes; nbdcopy with its defaults, extents on, and with
 // --connections=1), so block status and many small data extents are measured.
-//   node bench/nbd.ts [--size-mib 1024] [--runs 5] [--workers N] [--package FILE.ark | --blueprint DIR] [--no-dense]
+//   node bench/nbd.ts [--size-mib 1024] [--runs 5] [--workers N] [--package FILE.ark | --blueprint DIR] [--no-dense] [--no-extents-rows]
 // --package takes a package made by ark-packager; --blueprint makes one with
 // this checkout's ark-packager first (it boots a VM: run the bench under the
 // machine's VM slot lock if there is one); default: --blueprint out/demo/blueprint
@@ -29,6 +29,7 @@ const { values } = parseArgs({
     package: { type: 'string' },
     blueprint: { type: 'string' },
     'no-dense': { type: 'boolean', default: false },
+    'no-extents-rows': { type: 'boolean', default: false },
   },
 });
 const sizeMiB = Number(values['size-mib']);
@@ -120,9 +121,15 @@ async function start(name: string, argv: (port: number, sock: string) => string[
   return { name, tcp: `nbd://127.0.0.1:${port}/${exportName}`, unix: `nbd+unix:///${exportName}?socket=${sock}` };
 }
 
-function timeCopy(uri: string, connections: number | undefined): number {
+/** One row's nbdcopy options: a connection count (undefined: nbdcopy's default, 4) and whether extents are asked for. */
+interface CopyMode {
+  connections: number | undefined;
+  extents?: boolean;
+}
+
+function timeCopy(uri: string, mode: CopyMode): number {
   const t0 = process.hrtime.bigint();
-  const args = connections === undefined ? [] : [`--connections=${connections}`];
+  const args = [...(mode.connections === undefined ? [] : [`--connections=${mode.connections}`]), ...(mode.extents === false ? ['--no-extents'] : [])];
   execFileSync('nbdcopy', [...args, uri, 'null:'], { stdio: ['ignore', 'ignore', 'inherit'] });
   return Number(process.hrtime.bigint() - t0) / 1e9;
 }
@@ -169,7 +176,7 @@ const servers = (file: string, exportName: string) => [
 ];
 
 /** Measures one package with every server; prints its table. */
-async function measure(title: string, path: string, exportName: string, connectionCounts: Array<number | undefined>): Promise<void> {
+async function measure(title: string, path: string, exportName: string, modes: CopyMode[]): Promise<void> {
   // warm the page cache so every server reads from memory
   execFileSync('cat', [path], { stdio: ['ignore', 'ignore', 'inherit'] });
   const first = children.length;
@@ -179,13 +186,13 @@ async function measure(title: string, path: string, exportName: string, connecti
   const rows: string[][] = [];
   const header = ['transport', 'conns', ...started.map((s) => `${s.name} GB/s`), 'ark/nbdkit'];
   for (const transport of ['tcp', 'unix'] as const) {
-    for (const connections of connectionCounts) {
+    for (const mode of modes) {
       // round-robin over the servers so that load from elsewhere hits them alike
       const times: number[][] = started.map(() => []);
-      for (const server of started) timeCopy(server[transport], connections); // warm-up (and ark's first check of the chunks)
-      for (let i = 0; i < runs; i++) for (const [k, server] of started.entries()) times[k]!.push(timeCopy(server[transport], connections));
+      for (const server of started) timeCopy(server[transport], mode); // warm-up (and ark's first check of the chunks)
+      for (let i = 0; i < runs; i++) for (const [k, server] of started.entries()) times[k]!.push(timeCopy(server[transport], mode));
       const rates = times.map((ts) => bytes / median(ts) / 1e9);
-      const conns = connections === undefined ? 'default' : String(connections);
+      const conns = `${mode.connections === undefined ? 'default' : String(mode.connections)}${mode.extents === false ? ' no-ext' : ''}`;
       for (const [k, server] of started.entries()) process.stderr.write(`${title}: ${server.name} ${transport} ×${conns}: ${times[k]!.map((t) => t.toFixed(3)).join(' ')} s\n`);
       rows.push([transport, conns, ...rates.map((r) => r.toFixed(2)), (rates[0]! / rates[1]!).toFixed(2)]);
     }
@@ -200,14 +207,16 @@ async function measure(title: string, path: string, exportName: string, connecti
   for (const c of children.slice(first)) c.kill('SIGTERM');
 }
 
+// --no-extents rows: the same copy with reads only (holes read as zeroes), to tell block status from reads
+const realModes: CopyMode[] = [{ connections: undefined }, { connections: 1 }, ...(values['no-extents-rows'] ? [{ connections: undefined, extents: false }, { connections: 1, extents: false }] : [])];
 const real = realPackage();
 if (!values['no-dense']) {
   makeDensePackage();
-  await measure('dense package (random data, a hole every 128 MiB)', file, 'app', [1, 4]);
+  await measure('dense package (random data, a hole every 128 MiB)', file, 'app', [{ connections: 1 }, { connections: 4 }]);
 }
 if (real !== undefined) {
   const name = basename(real).replace(/\.ark$/, '');
   const usedMiB = Math.round((statSync(real).blocks * 512) / 2 ** 20);
-  await measure(`package made by ark-packager (${usedMiB} MiB of data on disk, the rest holes)`, real, name, [undefined, 1]);
+  await measure(`package made by ark-packager (${usedMiB} MiB of data on disk, the rest holes)`, real, name, realModes);
 }
 cleanup(); // the servers keep the event loop alive otherwise

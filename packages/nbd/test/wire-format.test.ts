@@ -8,7 +8,10 @@ import { RawPeer, goData, optionBytes, requestBytes, tempDir } from './nbd-test-
 const dir = tempDir(t);
 const mem = new MemoryExport({ name: 'mem', description: 'memory', size: 64 * 1024, data: Buffer.alloc(4096, 0xaa) });
 mem.write(32768, Buffer.alloc(4096, 0xbb));
-const server = new NbdServer({ exports: [mem] });
+// data [0, 4K), hole [4K, 8K), data [8K, 12K), hole [12K, 64K)
+const pieces = new MemoryExport({ name: 'pieces', size: 64 * 1024, data: Buffer.alloc(4096, 0xaa) });
+pieces.write(8192, Buffer.alloc(4096, 0xcc));
+const server = new NbdServer({ exports: [mem, pieces] });
 const sock = join(dir, 'nbd.sock');
 await server.listen({ path: sock });
 t.teardown(() => server.close());
@@ -70,6 +73,26 @@ t.test('INFO replies, unknown options, ABORT', async (t) => {
   p.send(optionBytes(Option.abort));
   t.equal((await p.optionReply()).type, OptionReply.ack);
   await p.waitClosed();
+});
+
+t.test('a read whose holes are a small part is one data chunk with the holes zeroed (one read, not one per piece)', async (t) => {
+  const p = new RawPeer({ path: sock });
+  t.teardown(() => p.socket.destroy());
+  await p.handshake('pieces', { structured: true });
+  p.send(requestBytes(Command.read, 0, 12288, 9));
+  const c = await p.chunk();
+  t.same([c.type, c.flags, c.cookie], [ReplyType.offsetData, ReplyFlag.done, 9]);
+  t.equal(Number(c.payload.readBigUInt64BE(0)), 0);
+  t.same(c.payload.subarray(8), Buffer.concat([Buffer.alloc(4096, 0xaa), Buffer.alloc(4096), Buffer.alloc(4096, 0xcc)]));
+  // mostly holes: the holes still go as hole chunks
+  p.send(requestBytes(Command.read, 0, 65536, 10));
+  const types = [];
+  for (;;) {
+    const chunk = await p.chunk();
+    types.push(chunk.type);
+    if (chunk.flags & ReplyFlag.done) break;
+  }
+  t.same(types, [ReplyType.offsetData, ReplyType.offsetHole, ReplyType.offsetData, ReplyType.offsetHole]);
 });
 
 t.test('meta contexts, hole chunks, DF, block status', async (t) => {
