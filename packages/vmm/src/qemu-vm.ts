@@ -175,7 +175,7 @@ export function qemuArguments(spec: VmSpec): string[] {
   for (const disk of spec.disks) {
     if (disk.serial !== undefined && !/^[\w.-]{1,20}$/.test(disk.serial)) throw new Error(`disk serial '${disk.serial}' is not 1 to 20 letters, digits, '.', '_' or '-'`);
     const device = `virtio-blk-device,drive=${disk.id}${disk.serial ? `,serial=${disk.serial}` : ''}`;
-    if (disk.slice || disk.overlay) {
+    if (disk.slice || disk.overlay || disk.nbd) {
       args.push('-blockdev', JSON.stringify(blockdevOptions(disk)), '-device', device);
       continue;
     }
@@ -204,7 +204,9 @@ export function qemuArguments(spec: VmSpec): string[] {
  * overlay when there is one. cache=unsafe as for -drive: a flush is ark's.
  */
 function blockdevOptions(disk: DiskSpec): object {
-  const file = { driver: 'file', filename: disk.path, 'read-only': true, aio: 'threads' };
+  const file = disk.nbd
+    ? { driver: 'nbd', server: { type: 'unix', path: disk.nbd.socket }, export: disk.nbd.export, 'read-only': true }
+    : { driver: 'file', filename: disk.path, 'read-only': true, aio: 'threads' };
   const base = { driver: 'raw', 'read-only': true, file, ...(disk.slice ? { offset: disk.slice.offset, size: disk.slice.size } : {}) };
   if (!disk.overlay) {
     if (!disk.readOnly) throw new Error(`disk ${disk.id}: a disk on a slice of a file is read-only, or takes its writes in an overlay`);

@@ -12,6 +12,8 @@ export interface DiskSpec {
   slice?: { offset: number; size: number };
   /** a qcow2 file (made with qemu-img create, no backing of its own) that takes the guest's writes over the read-only `path`: the file's allocated clusters are what the guest wrote */
   overlay?: string;
+  /** the read-only base is this NBD export on a Unix socket instead of `path` (QEMU's nbd driver): a disk streamed as the guest reads it */
+  nbd?: { socket: string; export: string };
 }
 
 /** What to run; the same for every monitor behind the Vm interface. */
