@@ -95,15 +95,15 @@ export async function runLazy(options: LazyRunOptions): Promise<LazyRunResult> {
     const { lazy } = upstream;
     const pkg = lazy.pkg;
     say({ kind: 'streaming', name: upstream.name, bytes: lazy.size, chunks: lazy.missingChunks });
-    const where = `${upstream.name} from ${options.raddr.host}:${options.raddr.port}`;
+    const where = `${options.raddr.host}:${options.raddr.port}`;
     if (!pkg.has('state') || !pkg.has('memory')) {
-      throw new ArkError('NO_SNAPSHOT', `${where} has no snapshot: ark-peer resumes packages, it does not boot them`, { hint: 'make one with ark-packager, or run the package with ark-runner', exitCode: ExitCode.badInput });
+      throw new ArkError('NO_SNAPSHOT', `${upstream.name} from ${where} has no snapshot: ark-peer resumes packages, it does not boot them`, { hint: 'make one with ark-packager, or run the package with ark-runner', exitCode: ExitCode.badInput });
     }
     await lazy.ensureMember('ark.json');
     const config = JSON.parse(pkg.readMember('ark.json').toString('utf8')) as PackageConfig;
-    checkSnapshot(where, config, { network: options.network });
+    checkSnapshot(`${upstream.name} from ${where}`, config, { network: options.network });
     if (pkg.member('memory').size !== config.vm.memoryMiB * 1024 * 1024) {
-      throw new ArkError('CORRUPT_PACKAGE', `${where} is corrupted: its memory is ${pkg.member('memory').size} bytes, its ark.json says ${config.vm.memoryMiB} MiB`, { hint: 'make the package anew with ark-packager', exitCode: ExitCode.badInput });
+      throw new ArkError('CORRUPT_PACKAGE', `${upstream.name} from ${where} is corrupted: its memory is ${pkg.member('memory').size} bytes, its ark.json says ${config.vm.memoryMiB} MiB`, { hint: 'make the package anew with ark-packager', exitCode: ExitCode.badInput });
     }
     // what the guest reads first: it streams in behind them
     void lazy.pullAll(['state', 'memory', 'disk']).then(
@@ -142,7 +142,7 @@ export async function runLazy(options: LazyRunOptions): Promise<LazyRunResult> {
       onStderr: options.onStderr,
     });
     const { hookError, features } = await guest.resume(files.state);
-    if (options.stdin) await connectPackageInput(guest, where, features, options.stdin);
+    if (options.stdin) await connectPackageInput(guest, upstream.name, features, options.stdin);
     if (hookError) say({ kind: 'warning', message: `after-resume: ${hookError}` });
     say({ kind: 'resumed', ms: Date.now() - started, chunks: lazy.dataChunks, chunksLocal: lazy.dataChunks - lazy.missingChunks });
     network?.announceGateway().catch((error: Error) => say({ kind: 'warning', message: `cannot announce the gateway to the guest (${error.message.trim().split('\n').at(-1)})` }));
@@ -188,7 +188,7 @@ export async function runLazy(options: LazyRunOptions): Promise<LazyRunResult> {
       return { exitCode: ExitCode.ok, interrupted: outcome.signal };
     }
   } catch (error) {
-    if (corrupt !== undefined && !(error instanceof ArkError && error.code === 'CORRUPT_UPSTREAM')) throw corruptUpstream(options.exportName ?? 'the package', corrupt);
+    if (corrupt !== undefined && !(error instanceof ArkError && error.code === 'CORRUPT_UPSTREAM')) throw corruptUpstream(`${options.raddr.host}:${options.raddr.port}`, corrupt);
     throw error;
   } finally {
     await guest?.dispose();

@@ -1,5 +1,5 @@
 import { ArkError, ExitCode } from '@ark/cli';
-import { NbdClient, NbdError } from '@ark/nbd';
+import { NbdClient } from '@ark/nbd';
 import { LazyPackage, type LazyPackageEvent } from '@ark/package-format';
 
 export interface UpstreamAddress {
@@ -92,8 +92,8 @@ async function onlyPackage(address: UpstreamAddress): Promise<string> {
 function unreachable(address: UpstreamAddress, exportName: string, error: unknown): ArkError {
   const where = `${address.host}:${address.port}`;
   const code = (error as NodeJS.ErrnoException).code;
-  if (error instanceof NbdError || /unknown export|no such export|export.*not/i.test((error as Error).message)) {
-    return new ArkError('NO_SUCH_EXPORT', `${where} has no export '${exportName}' (${(error as Error).message})`, {
+  if (/errUnknown|no export named/.test((error as Error).message)) {
+    return new ArkError('NO_SUCH_EXPORT', `${where} has no export '${exportName}'`, {
       hint: `list its exports with: nbdinfo --list nbd://${where}`,
       exitCode: ExitCode.usage,
     });
