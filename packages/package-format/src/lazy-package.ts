@@ -72,6 +72,8 @@ export class LazyPackage {
   readonly #onEvent: (event: LazyPackageEvent) => void;
   readonly #started = Date.now();
   #missingChunks = 0;
+  /** the chunks that hold data (zero chunks need no fetch) */
+  readonly dataChunks: number;
   #pull: Promise<void> | undefined;
   #closed = false;
   #whenComplete: Array<() => void> = [];
@@ -95,6 +97,7 @@ export class LazyPackage {
       }
       return { member, chunks, state, reasons: new Map(), running: new Map() };
     });
+    this.dataChunks = this.#missingChunks;
   }
 
   /**

@@ -56,6 +56,7 @@ export type PeerEvent =
   | { kind: 'completing'; missing: number }
   | { kind: 'flushing' }
   | { kind: 'flushed'; path: string; ms: number }
+  | { kind: 'flush-failed'; message: string }
   | { kind: 'discarded' }
   | { kind: 'warning'; message: string }
   | PublishedPortEvent;
@@ -173,17 +174,30 @@ export async function runLazy(options: LazyRunOptions): Promise<LazyRunResult> {
       }
       say({ kind: 'flushing' });
       const flushStarted = Date.now();
-      await running.suspend(files.state, { deviceState: true });
-      const sources: MemberSource[] = [
-        { name: 'ark.json', bytes: Buffer.from(`${JSON.stringify({ ...config, vmm: installedVmm() }, null, 2)}\n`) },
-        unchangedMember(files.cache, pkg.member('kernel')),
-        unchangedMember(files.cache, pkg.member('initramfs')),
-        { name: 'disk', size: pkg.member('disk').size, ranges: diskRanges(files.overlay, files.cache, pkg.member('disk')) },
-        ...(pkg.has('runtime') ? [unchangedMember(files.cache, pkg.member('runtime'))] : []),
-        { name: 'state', path: files.state },
-        { name: 'memory', size: memory.size, ranges: memoryRanges(running.vm.process.pid!, mount.inode, files.cache, memory).ranges },
-      ];
-      await writePackageInWorker(options.out, sources);
+      try {
+        const { hookError } = await running.suspend(files.state, { deviceState: true });
+        if (hookError) say({ kind: 'warning', message: `before-suspend: ${hookError}` });
+        const sources: MemberSource[] = [
+          { name: 'ark.json', bytes: Buffer.from(`${JSON.stringify({ ...config, vmm: installedVmm() }, null, 2)}\n`) },
+          unchangedMember(files.cache, pkg.member('kernel')),
+          unchangedMember(files.cache, pkg.member('initramfs')),
+          { name: 'disk', size: pkg.member('disk').size, ranges: diskRanges(files.overlay, files.cache, pkg.member('disk')) },
+          ...(pkg.has('runtime') ? [unchangedMember(files.cache, pkg.member('runtime'))] : []),
+          { name: 'state', path: files.state },
+          { name: 'memory', size: memory.size, ranges: memoryRanges(running.vm.process.pid!, mount.inode, files.cache, memory).ranges },
+        ];
+        await writePackageInWorker(options.out, sources);
+      } catch (error) {
+        // as ark-runner: the package was not written, the VM goes on, the next stop request tries again
+        try {
+          await running.cancelSuspend();
+        } catch {
+          throw vmStoppedError(running, await running.waitForExit(5000));
+        }
+        say({ kind: 'flush-failed', message: `the snapshot could not be written to ${options.out} (${(error as NodeJS.ErrnoException).code ?? (error as Error).message}); the VM runs on: Ctrl-C again retries` });
+        stop = options.nextStop?.() ?? new Promise(() => {});
+        continue;
+      }
       say({ kind: 'flushed', path: options.out, ms: Date.now() - flushStarted });
       return { exitCode: ExitCode.ok, interrupted: outcome.signal };
     }

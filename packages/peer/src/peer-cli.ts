@@ -143,6 +143,9 @@ function reportEvent(event: PeerEvent, say: (text: string) => void): void {
     case 'flushed':
       say(`ark-peer: snapshot written to ${event.path} in ${event.ms} ms; run it with ark-runner or serve it with ark-registry\n`);
       break;
+    case 'flush-failed':
+      flushFailed(event.message, say);
+      break;
     case 'discarded':
       say('ark-peer: the VM was discarded (give --out FILE to keep its state)\n');
       break;
@@ -153,6 +156,10 @@ function reportEvent(event: PeerEvent, say: (text: string) => void): void {
       say(`${colour.yellow('ark-peer: warning:')} ${event.message}\n`);
       break;
   }
+}
+
+function flushFailed(message: string, say: (text: string) => void): void {
+  say(`${colour.red('ark-peer:')} ${message}\n`);
 }
 
 function usage(message: string, hint: string): ArkError {
