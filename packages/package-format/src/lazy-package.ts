@@ -55,7 +55,8 @@ interface MemberState {
  * that does not match is never written and fails every read of it
  * (CorruptChunkError). The index and the tar framing come first, zero chunks
  * need no fetch, and `pullAll` fetches the rest in the background while
- * on-demand reads go ahead of it. Once complete, the cache file is the
+ * on-demand reads go ahead of it (the pull starts no chunk while one is in
+ * flight). Once complete, the cache file is the
  * upstream package byte for byte, and ArkPackage reads it as any other.
  *
  * Format 2 only (format 1 has no chunk digests to check lazily).
@@ -77,6 +78,9 @@ export class LazyPackage {
   #pull: Promise<void> | undefined;
   #closed = false;
   #whenComplete: Array<() => void> = [];
+  /** on-demand fetches in flight: the pull starts no chunk meanwhile, so a guest's fault has the link to itself */
+  #demand = 0;
+  #demandIdle: Array<() => void> = [];
 
   private constructor(options: LazyPackageOptions, fd: number, pkg: ArkPackage) {
     this.cachePath = options.cachePath;
@@ -250,6 +254,7 @@ export class LazyPackage {
     let next = 0;
     const worker = async () => {
       while (next < queue.length && !this.#closed) {
+        if (this.#demand > 0) await new Promise<void>((resolve) => this.#demandIdle.push(resolve));
         const [m, i] = queue[next++]!;
         if (m.state[i] === missing) await this.#chunk(m, i, false);
         else if (m.state[i] === bad) throw new CorruptChunkError(m.member, m.reasons.get(i)!);
@@ -262,7 +267,11 @@ export class LazyPackage {
   #chunk(m: MemberState, i: number, onDemand: boolean): Promise<void> {
     let running = m.running.get(i);
     if (running === undefined) {
-      running = this.#fetchChunk(m, i, onDemand).finally(() => m.running.delete(i));
+      if (onDemand) this.#demand++;
+      running = this.#fetchChunk(m, i, onDemand).finally(() => {
+        m.running.delete(i);
+        if (onDemand && --this.#demand === 0) for (const resume of this.#demandIdle.splice(0)) resume();
+      });
       m.running.set(i, running);
     }
     return running;

@@ -82,8 +82,11 @@ t.test('streams from ark-registry, resumes before it is all here, serves onward 
   peer.stderr!.on('data', (c: Buffer) => (stderr += c.toString()));
   const done = finished(peer);
 
-  // onward: as soon as it serves, another client reads the package from it (it may still be pulling)
-  await waitFor(() => stderr, /serving counter onward/, 120_000);
+  const [, ms, local, total] = await waitFor(() => stderr, /ark-peer: resumed in (\d+) ms with (\d+) of (\d+) chunks local/, 180_000);
+  t.ok(Number(local) < Number(total), `resumed in ${ms} ms with ${local} of ${total} chunks local: before the package was all here`);
+  t.match(stderr, /serving counter onward/);
+
+  // onward: another client reads the package from the peer while the peer still pulls it
   const { stdout: list } = await run('nbdinfo', ['--list', `nbd://127.0.0.1:${laddr}`]);
   for (const name of ['counter', 'counter/disk', 'counter/memory', 'counter/state']) t.match(list, `export="${name}"`, `the peer lists ${name}`);
   // the disk first: the pull takes it last, so these reads are the peer's on-demand fetches upstream
@@ -104,8 +107,6 @@ t.test('streams from ark-registry, resumes before it is all here, serves onward 
   await waitFor(() => stdout, /^(\d+) [\d.]+\n(?:.*\n){4}/m, 180_000);
   const seen = counts(stdout);
   t.equal(seen[0], packagerCounts.at(-1)! + 1, `the count goes on from the snapshot (${packagerCounts.at(-1)} → ${seen[0]})`);
-  const [, local, total] = /ark-peer: resumed in \d+ ms with (\d+) of (\d+) chunks local/.exec(stderr) ?? [];
-  t.ok(Number(local) < Number(total), `resumed with ${local} of ${total} chunks local: before the package was all here`);
 
   peer.kill('SIGINT');
   const result = await done;
