@@ -36,6 +36,8 @@ const bad = 2;
 
 /** The index is at the start of the package: this much is fetched first (an index of GiBs of data is a few hundred KiB). */
 const headBytes = 1 << 20;
+/** how long the pull holds off after an on-demand fetch ends (the next fault usually follows within a few ms) */
+const demandGraceMs = 30;
 /** ArkPackage refuses larger indexes */
 const maxHeadBytes = 64 << 20;
 
@@ -56,7 +58,7 @@ interface MemberState {
  * (CorruptChunkError). The index and the tar framing come first, zero chunks
  * need no fetch, and `pullAll` fetches the rest in the background while
  * on-demand reads go ahead of it (the pull starts no chunk while one is in
- * flight). Once complete, the cache file is the
+ * flight, nor for 30 ms after). Once complete, the cache file is the
  * upstream package byte for byte, and ArkPackage reads it as any other.
  *
  * Format 2 only (format 1 has no chunk digests to check lazily).
@@ -81,6 +83,7 @@ export class LazyPackage {
   /** on-demand fetches in flight: the pull starts no chunk meanwhile, so a guest's fault has the link to itself */
   #demand = 0;
   #demandIdle: Array<() => void> = [];
+  #lastDemand = 0;
 
   private constructor(options: LazyPackageOptions, fd: number, pkg: ArkPackage) {
     this.cachePath = options.cachePath;
@@ -254,13 +257,27 @@ export class LazyPackage {
     let next = 0;
     const worker = async () => {
       while (next < queue.length && !this.#closed) {
-        if (this.#demand > 0) await new Promise<void>((resolve) => this.#demandIdle.push(resolve));
+        await this.#demandQuiet();
         const [m, i] = queue[next++]!;
         if (m.state[i] === missing) await this.#chunk(m, i, false);
         else if (m.state[i] === bad) throw new CorruptChunkError(m.member, m.reasons.get(i)!);
       }
     };
     await Promise.all(Array.from({ length: this.#depth }, worker));
+  }
+
+  /**
+   * Resolves once no on-demand fetch has been in flight for a moment: a
+   * guest faulting its working set in asks for one chunk after another, and
+   * the pull must not slip in between.
+   */
+  async #demandQuiet(): Promise<void> {
+    for (;;) {
+      if (this.#demand > 0) await new Promise<void>((resolve) => this.#demandIdle.push(resolve));
+      const quiet = Date.now() - this.#lastDemand;
+      if (quiet >= demandGraceMs) return;
+      await new Promise((resolve) => setTimeout(resolve, demandGraceMs - quiet));
+    }
   }
 
   /** Fetches, checks and writes chunk `i` of a member once, however many ask. */
@@ -270,6 +287,7 @@ export class LazyPackage {
       if (onDemand) this.#demand++;
       running = this.#fetchChunk(m, i, onDemand).finally(() => {
         m.running.delete(i);
+        if (onDemand) this.#lastDemand = Date.now();
         if (onDemand && --this.#demand === 0) for (const resume of this.#demandIdle.splice(0)) resume();
       });
       m.running.set(i, running);

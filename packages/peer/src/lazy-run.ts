@@ -50,7 +50,8 @@ export interface LazyRunOptions {
 export type PeerEvent =
   | { kind: 'streaming'; name: string; bytes: number; chunks: number }
   | { kind: 'serving'; address: BoundAddress; name: string }
-  | { kind: 'resumed'; ms: number; chunksLocal: number; chunks: number }
+  /** onDemand: chunks fetched because something read them (the guest, QEMU, an onward client), by member */
+  | { kind: 'resumed'; ms: number; chunksLocal: number; chunks: number; onDemand: Record<string, number> }
   | { kind: 'pulled'; ms: number }
   | { kind: 'pull-failed'; message: string }
   | { kind: 'completing'; missing: number }
@@ -83,8 +84,10 @@ export async function runLazy(options: LazyRunOptions): Promise<LazyRunResult> {
   const work = options.out ? createWorkDir(options.out) : createOwnedDir(tmpdir(), 'ark-peer-');
   const files = { cache: join(work, 'package'), overlay: join(work, 'disk.qcow2'), state: join(work, 'state'), socket: join(work, 'nbd.sock'), mount: join(work, 'memory') };
   let corrupt: string | undefined;
+  const onDemand: Record<string, number> = {};
   const onLazy = (event: LazyPackageEvent) => {
     if (event.kind === 'corrupt') corrupt ??= `${event.member} chunk ${event.chunk}: ${event.reason}`;
+    if (event.kind === 'chunk' && event.onDemand) onDemand[event.member] = (onDemand[event.member] ?? 0) + 1;
   };
   let upstream: Awaited<ReturnType<typeof connectUpstream>> | undefined;
   const servers: NbdServer[] = [];
@@ -145,7 +148,7 @@ export async function runLazy(options: LazyRunOptions): Promise<LazyRunResult> {
     const { hookError, features } = await guest.resume(files.state);
     if (options.stdin) await connectPackageInput(guest, upstream.name, features, options.stdin);
     if (hookError) say({ kind: 'warning', message: `after-resume: ${hookError}` });
-    say({ kind: 'resumed', ms: Date.now() - started, chunks: lazy.dataChunks, chunksLocal: lazy.dataChunks - lazy.missingChunks });
+    say({ kind: 'resumed', ms: Date.now() - started, chunks: lazy.dataChunks, chunksLocal: lazy.dataChunks - lazy.missingChunks, onDemand: { ...onDemand } });
     network?.announceGateway().catch((error: Error) => say({ kind: 'warning', message: `cannot announce the gateway to the guest (${error.message.trim().split('\n').at(-1)})` }));
     const running = guest;
     let stop: AbortSignal | Promise<StopSignal> | undefined = options.signal;

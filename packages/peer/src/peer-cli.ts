@@ -126,7 +126,7 @@ function reportEvent(event: PeerEvent, say: (text: string) => void): void {
       break;
     }
     case 'resumed':
-      say(colour.dim(`ark-peer: resumed in ${event.ms} ms with ${event.chunksLocal} of ${event.chunks} chunks local\n`));
+      say(colour.dim(`ark-peer: resumed in ${event.ms} ms with ${event.chunksLocal} of ${event.chunks} chunks local (on demand: ${Object.entries(event.onDemand).map(([m, n]) => `${m} ${n}`).join(', ') || 'none'})\n`));
       break;
     case 'pulled':
       say(colour.dim(`ark-peer: the whole package is local (${event.ms} ms after the start)\n`));
