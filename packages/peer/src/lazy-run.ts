@@ -3,7 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
 import { rootDiskSerial, runtimeDiskSerial } from '@ark/blueprint';
-import { ArkError, ExitCode, createOwnedDir, stoppedExitCode, type StopSignal } from '@ark/cli';
+import { ArkError, ExitCode, createOwnedDir, lockPackage, stoppedExitCode, type StopSignal } from '@ark/cli';
 import { NbdServer, type BoundAddress, type ListenAddress } from '@ark/nbd';
 import { lazyPackageExports, type LazyPackageEvent, type MemberSource } from '@ark/package-format';
 import {
@@ -81,6 +81,8 @@ export interface LazyRunResult {
 export async function runLazy(options: LazyRunOptions): Promise<LazyRunResult> {
   const started = Date.now();
   const say = options.onEvent ?? (() => {});
+  // the package a Ctrl-C writes: no other ark-peer, ark-runner or ark-packager writes it meanwhile (BUSY, exit 6)
+  const lock = options.out ? lockPackage(options.out, 'ark-peer', 'give another --out FILE') : undefined;
   const work = options.out ? createWorkDir(options.out) : createOwnedDir(tmpdir(), 'ark-peer-');
   const files = { cache: join(work, 'package'), overlay: join(work, 'disk.qcow2'), state: join(work, 'state'), socket: join(work, 'nbd.sock'), mount: join(work, 'memory') };
   let corrupt: string | undefined;
@@ -214,6 +216,7 @@ export async function runLazy(options: LazyRunOptions): Promise<LazyRunResult> {
     await Promise.allSettled(servers.map((s) => s.close()));
     await upstream?.close();
     rmSync(work, { recursive: true, force: true });
+    lock?.release();
   }
 }
 

@@ -5,6 +5,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import t, { type Test } from 'tap';
+import { lockPackage } from '@ark/cli';
 import { writePackage } from '@ark/package-format';
 import { freePort, runTool, startTool } from '@ark/test-images';
 
@@ -65,4 +66,14 @@ t.test('a package the upstream does not serve, or one without a snapshot', async
   const noSnapshot = await peer('--raddr', `127.0.0.1:${port}`, '--laddr', '');
   t.equal(noSnapshot.code, 3, 'no snapshot: exit 3');
   oneClearLine(t, noSnapshot.stderr, /ark-peer: nosnap from 127\.0\.0\.1:\d+ has no snapshot: ark-peer resumes packages/);
+});
+
+t.test('--out that another process is writing: exit 6, nothing connects', async (t) => {
+  const out = join(work, 'busy.ark');
+  const lock = lockPackage(out, 'ark-runner');
+  t.teardown(() => lock.release());
+  const result = await peer('--raddr', `127.0.0.1:${await freePort()}`, '--laddr', '', '--out', out);
+  t.equal(result.code, 6);
+  oneClearLine(t, result.stderr, /ark-peer: .*busy\.ark/);
+  t.notMatch(result.stderr, /cannot stream/, 'refused before connecting upstream');
 });
