@@ -86,6 +86,7 @@ export async function runLazy(options: LazyRunOptions): Promise<LazyRunResult> {
   const work = options.out ? createWorkDir(options.out) : createOwnedDir(tmpdir(), 'ark-peer-');
   const files = { cache: join(work, 'package'), overlay: join(work, 'disk.qcow2'), state: join(work, 'state'), socket: join(work, 'nbd.sock'), mount: join(work, 'memory') };
   let corrupt: string | undefined;
+  let ending = false;
   const onDemand: Record<string, number> = {};
   const onLazy = (event: LazyPackageEvent) => {
     if (event.kind === 'corrupt') corrupt ??= `${event.member} chunk ${event.chunk}: ${event.reason}`;
@@ -114,7 +115,7 @@ export async function runLazy(options: LazyRunOptions): Promise<LazyRunResult> {
     // what the guest reads first: it streams in behind them
     void lazy.pullAll(['state', 'memory', 'disk']).then(
       () => say({ kind: 'pulled', ms: Date.now() - started }),
-      (error: Error) => say({ kind: 'pull-failed', message: error.message }),
+      (error: Error) => ending || say({ kind: 'pull-failed', message: error.message }),
     );
     await lazy.ensureMember('state');
     pkg.extractMember('state', files.state);
@@ -210,6 +211,8 @@ export async function runLazy(options: LazyRunOptions): Promise<LazyRunResult> {
     if (corrupt !== undefined && !(error instanceof ArkError && error.code === 'CORRUPT_UPSTREAM')) throw corruptUpstream(`${options.raddr.host}:${options.raddr.port}`, corrupt);
     throw error;
   } finally {
+    // the pull stops with the run: not worth a warning
+    ending = true;
     await guest?.dispose();
     await network?.close();
     await mount?.unmount();
@@ -221,7 +224,7 @@ export async function runLazy(options: LazyRunOptions): Promise<LazyRunResult> {
 }
 
 function corruptUpstream(where: string, what: string): ArkError {
-  return new ArkError('CORRUPT_UPSTREAM', `${where} sent data that does not match its index (${what}); it was not used, and the VM was stopped`, {
+  return new ArkError('CORRUPT_UPSTREAM', `${where} sent data that does not match its index (${what}); it was not used: nothing runs on it`, {
     hint: 'the package upstream is damaged or was changed while served: make it anew with ark-packager, or stream from another peer',
     exitCode: ExitCode.badInput,
   });
