@@ -1,0 +1,79 @@
+// ark-peer's mistakes are one clear line and a documented exit code, before
+// anything runs: bad options, an upstream that is not there or serves no such
+// package, a package that has no snapshot. No VM is started here.
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import t, { type Test } from 'tap';
+import { lockPackage } from '@ark/cli';
+import { writePackage } from '@ark/package-format';
+import { freePort, runTool, startTool } from '@ark/test-images';
+
+const work = mkdtempSync(join(tmpdir(), 'ark-peer-args-'));
+t.teardown(() => rmSync(work, { recursive: true, force: true }));
+
+const peer = (...args: string[]) => runTool('peer', 'ark-peer', args);
+
+function oneClearLine(t: Test, stderr: string, pattern: RegExp): void {
+  t.match(stderr, pattern);
+  t.notMatch(stderr, /\n\s+at .*:\d+:\d+/, 'no stack trace');
+  t.notMatch(stderr, /internal error/i);
+}
+
+t.test('usage errors exit 2', async (t) => {
+  const cases: Array<[string[], RegExp]> = [
+    [[], /ark-peer: missing --raddr HOST:PORT/],
+    [['--raddr', 'nohost'], /ark-peer: --raddr nohost is not HOST:PORT/],
+    [['--raddr', '127.0.0.1:99999'], /--raddr 127\.0\.0\.1:99999 is not HOST:PORT/],
+    [['--raddr', '127.0.0.1:0'], /port 0 is not an address to connect to/],
+    [['--raddr', '127.0.0.1:1337', '--laddr', 'x'], /--laddr x is not HOST:PORT/],
+    [['--raddr', '127.0.0.1:1337', '--publish', '8080:80'], /--publish needs --netns/],
+    [['--raddr', '127.0.0.1:1337', '--export', 'a/b'], /--export 'a\/b' is not a package name/],
+    [['--raddr', '127.0.0.1:1337', '--frobnicate'], /Unknown option `--frobnicate`/],
+    [['--raddr', '127.0.0.1:1337', '--', 'sh'], /ark-peer takes no command/],
+  ];
+  for (const [args, pattern] of cases) {
+    const result = await peer(...args);
+    t.equal(result.code, 2, `${args.join(' ') || '(none)'}: exit 2`);
+    oneClearLine(t, result.stderr, pattern);
+  }
+});
+
+t.test('an upstream that is not there exits 1 and says where', async (t) => {
+  const port = await freePort();
+  const result = await peer('--raddr', `127.0.0.1:${port}`, '--laddr', '');
+  t.equal(result.code, 1);
+  oneClearLine(t, result.stderr, new RegExp(`ark-peer: cannot stream from 127\\.0\\.0\\.1:${port}: ECONNREFUSED`));
+});
+
+t.test('a package the upstream does not serve, or one without a snapshot', async (t) => {
+  const pkg = join(work, 'nosnap.ark');
+  writePackage(pkg, [
+    { name: 'ark.json', bytes: Buffer.from('{"kernel":{"cmdline":""},"vm":{"cpus":1,"memoryMiB":128}}') },
+    { name: 'kernel', bytes: Buffer.alloc(4096, 1) },
+    { name: 'initramfs', bytes: Buffer.alloc(4096, 2) },
+    { name: 'disk', bytes: Buffer.alloc(1 << 20) },
+  ]);
+  const port = await freePort();
+  const registry = startTool('registry', 'ark-registry', [pkg, '--laddr', `127.0.0.1:${port}`, '--workers', '1']);
+  t.teardown(() => registry.kill('SIGINT'));
+  await new Promise<void>((resolve) => registry.stdout!.on('data', (c: Buffer) => c.toString().includes('nosnap/disk') && resolve()));
+
+  const missing = await peer('--raddr', `127.0.0.1:${port}`, '--export', 'other', '--laddr', '');
+  t.equal(missing.code, 2, 'no such export: exit 2');
+  oneClearLine(t, missing.stderr, new RegExp(`ark-peer: 127\\.0\\.0\\.1:${port} has no export 'other'`));
+
+  const noSnapshot = await peer('--raddr', `127.0.0.1:${port}`, '--laddr', '');
+  t.equal(noSnapshot.code, 3, 'no snapshot: exit 3');
+  oneClearLine(t, noSnapshot.stderr, /ark-peer: nosnap from 127\.0\.0\.1:\d+ has no snapshot: ark-peer resumes packages/);
+});
+
+t.test('--out that another process is writing: exit 6, nothing connects', async (t) => {
+  const out = join(work, 'busy.ark');
+  const lock = lockPackage(out, 'ark-runner');
+  t.teardown(() => lock.release());
+  const result = await peer('--raddr', `127.0.0.1:${await freePort()}`, '--laddr', '', '--out', out);
+  t.equal(result.code, 6);
+  oneClearLine(t, result.stderr, /ark-peer: .*busy\.ark/);
+  t.notMatch(result.stderr, /cannot stream/, 'refused before connecting upstream');
+});
