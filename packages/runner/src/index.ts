@@ -28,3 +28,6 @@ export type { ListedRun } from './list-runs.ts';
 export { attachToRun } from './attach-client.ts';
 // ark-oci-runtime hands its container's process to the agent as the runner does
 export { handOverRun, pumpInput } from './agent-run.ts';
+// ark-peer resumes a package in place as the runner does, then migrates it
+export { OpenPackage, createDiskOverlay } from './package-in-place.ts';
+export { isDeviceState } from './device-state.ts';

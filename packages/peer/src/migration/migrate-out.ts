@@ -1,0 +1,162 @@
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import type { Duplex } from 'node:stream';
+import { ArkError, ExitCode } from '@ark/cli';
+import type { QmpEvent } from '@ark/vmm';
+import { ChannelMux } from './channel-mux.ts';
+import { diskExport, protocolVersion, streamKinds, type Hello, type Running } from './migration-protocol.ts';
+import type { PackageVm } from './package-vm.ts';
+import { blockJobEvent, eventTimeMs, waitForMigrationStatus } from './qmp-migration.ts';
+
+export type MigrationPhase = 'connecting' | 'mirroring-disk' | 'copying-memory' | 'switching-over' | 'handed-over';
+
+export interface MigrateOutOptions {
+  onPhase?: (phase: MigrationPhase) => void;
+  /** how long the VM may stand still for the last copy (QEMU's downtime-limit), default 50 ms */
+  downtimeLimitMs?: number;
+}
+
+export interface MigrationReport {
+  /** from the first message to the destination running the VM */
+  totalMs: number;
+  /** the guest stood still: QEMU's STOP on the source to RESUME on the destination (wall clock, one host or synchronised clocks) */
+  downtimeMs: number;
+  /** what QEMU itself reports as downtime (its part: stop to the end of the stream) */
+  qemuDowntimeMs: number;
+  /** bytes relayed: QEMU's migration stream and the NBD traffic of the disk mirror */
+  memoryBytes: number;
+  diskBytes: number;
+}
+
+const mirrorJob = 'migration-mirror';
+const mirrorTarget = 'migration-target';
+
+/**
+ * Live-migrates `source` to the ark process at the other end of `connection`
+ * (which runs migrateIn with the same package). The disk's writes go first
+ * (a mirror of the overlay onto the destination's, kept in step by writing
+ * both), then memory by QEMU's precopy, the mirror ends while the VM is
+ * paused, and the device state follows. Only once the destination holds all
+ * of it does the source hand over.
+ *
+ * Resolves once handed over: the source's QEMU is gone (the caller disposes
+ * of `source`). Rejects with MIGRATION_FAILED if anything fails before the
+ * handover: the VM then runs on here as if nothing had happened.
+ */
+export async function migrateOut(source: PackageVm, connection: Duplex, options: MigrateOutOptions = {}): Promise<MigrationReport> {
+  const started = Date.now();
+  const mux = new ChannelMux(connection, { odd: true });
+  const qmp = source.guest.vm.qmp;
+  const agent = source.guest.agent;
+  const peerGone = new Promise<never>((_, reject) => mux.once('close', (error) => reject(new Error(`the destination went away${error ? ` (${error.message})` : ''}`))));
+  peerGone.catch(() => {});
+  const state: SetUp = { target: false, mirror: false, outputHeld: false, migrating: false };
+  let stopped: Promise<QmpEvent> | undefined;
+  try {
+    options.onPhase?.('connecting');
+    mux.send({ kind: 'hello', version: protocolVersion, indexDigest: source.open.pkg.indexDigest, deviceStateStream: source.deviceStateStream } satisfies Hello);
+    await mux.expect('ready');
+    const disk = join(source.guest.runtimeDir, 'mirror.sock');
+    const stream = join(source.guest.runtimeDir, 'migration.sock');
+    await mux.listen(streamKinds.disk, disk);
+    await mux.listen(streamKinds.migration, stream);
+
+    options.onPhase?.('mirroring-disk');
+    await qmp.execute('blockdev-add', { driver: 'nbd', 'node-name': mirrorTarget, server: { type: 'unix', path: disk }, export: diskExport });
+    state.target = true;
+    const ready = blockJobEvent(qmp, mirrorJob, ['BLOCK_JOB_READY', 'BLOCK_JOB_COMPLETED', 'BLOCK_JOB_CANCELLED']);
+    // sync=top: only the overlay (what the guest wrote), the destination has the package's disk beneath;
+    // write-blocking: once in step, each guest write reaches both before it completes, so the copy converges
+    await qmp.execute('blockdev-mirror', { 'job-id': mirrorJob, device: 'root', target: mirrorTarget, sync: 'top', 'copy-mode': 'write-blocking' });
+    state.mirror = true;
+    const readyEvent = await Promise.race([ready, peerGone]);
+    if (readyEvent.event !== 'BLOCK_JOB_READY') throw new Error(`the disk mirror ended before it was in step: ${String(readyEvent.data?.error ?? readyEvent.event)}`);
+
+    options.onPhase?.('copying-memory');
+    // the agent holds the workload's output from here until the destination's after-resume:
+    // no frame is split between the two ends, none is lost or shown twice
+    agent.holdStdin();
+    state.outputHeld = true;
+    const held = await agent.request({ kind: 'before-suspend' }, 60_000);
+    if (!held.ok) throw new Error(`before-suspend: ${held.error}`);
+    await qmp.execute('migrate-set-capabilities', { capabilities: [{ capability: 'pause-before-switchover', state: true }, { capability: 'x-ignore-shared', state: true }] });
+    await qmp.execute('migrate-set-parameters', { 'downtime-limit': options.downtimeLimitMs ?? 50, 'max-bandwidth': 8 * 1024 ** 3 });
+    stopped = qmp.waitForEvent('STOP');
+    stopped.catch(() => {});
+    await qmp.execute('migrate', { uri: `unix:${stream}` });
+    state.migrating = true;
+    await waitForMigrationStatus(qmp, ['pre-switchover'], peerGone);
+
+    // paused: the guest writes no more, so the mirror ends with the destination's disk in step
+    options.onPhase?.('switching-over');
+    const ended = blockJobEvent(qmp, mirrorJob, ['BLOCK_JOB_COMPLETED', 'BLOCK_JOB_CANCELLED']);
+    await qmp.execute('block-job-cancel', { device: mirrorJob });
+    const end = await Promise.race([ended, peerGone]);
+    if (end.data?.error !== undefined || end.event !== 'BLOCK_JOB_COMPLETED') throw new Error(`the disk mirror failed: ${String(end.data?.error ?? end.event)}`);
+    state.mirror = false;
+    await qmp.execute('blockdev-del', { 'node-name': mirrorTarget });
+    state.target = false;
+    await qmp.execute('migrate-continue', { state: 'pre-switchover' });
+    const info = await waitForMigrationStatus(qmp, ['completed'], peerGone);
+    await Promise.race([mux.expect('received'), peerGone]);
+
+    // the handover: from here the VM is the destination's, whatever happens
+    mux.send({ kind: 'go' });
+    options.onPhase?.('handed-over');
+    const running = await Promise.race([mux.expect<Running & { kind: string; [key: string]: unknown }>('running'), peerGone]).catch(() => undefined);
+    await source.guest.vm.kill();
+    const stopAt = eventTimeMs(await stopped);
+    return {
+      totalMs: Date.now() - started,
+      downtimeMs: running ? Math.round(running.resumedAt - stopAt) : Number.NaN,
+      qemuDowntimeMs: info.downtime ?? Number.NaN,
+      memoryBytes: mux.bytes.get(streamKinds.migration) ?? 0,
+      diskBytes: mux.bytes.get(streamKinds.disk) ?? 0,
+    };
+  } catch (error) {
+    const reason = (error as Error).message;
+    mux.send({ kind: 'failed', message: reason });
+    mux.close();
+    await takeBack(source, state);
+    throw new ArkError('MIGRATION_FAILED', `the migration failed before the handover (${reason}); the VM runs on here`, {
+      hint: 'check the destination (its output says why it stopped) and migrate again',
+      exitCode: ExitCode.failure,
+    });
+  } finally {
+    mux.close();
+  }
+}
+
+/** What a migration has set up on the source so far (what a failure undoes). */
+interface SetUp {
+  target: boolean;
+  mirror: boolean;
+  outputHeld: boolean;
+  migrating: boolean;
+}
+
+/** Undoes what a failed migration set up and runs the VM on (the migration's end may have paused it). */
+async function takeBack(source: PackageVm, state: SetUp): Promise<void> {
+  const qmp = source.guest.vm.qmp;
+  if (state.migrating) {
+    await qmp.execute('migrate_cancel').catch(() => {});
+    // the VM can only go on once QEMU's migration has wound down
+    for (let i = 0; i < 500; i++) {
+      const info = await qmp.execute<{ status?: string }>('query-migrate').catch(() => ({ status: undefined }));
+      if (!['setup', 'active', 'pre-switchover', 'device', 'cancelling'].includes(info.status ?? '')) break;
+      await sleep(10);
+    }
+  }
+  if (state.mirror) {
+    const ended = blockJobEvent(qmp, mirrorJob, ['BLOCK_JOB_COMPLETED', 'BLOCK_JOB_CANCELLED']);
+    ended.catch(() => {});
+    if (await qmp.execute('block-job-cancel', { device: mirrorJob, force: true }).then(() => true, () => false)) await Promise.race([ended, sleep(10_000)]).catch(() => {});
+  }
+  if (state.target) await qmp.execute('blockdev-del', { 'node-name': mirrorTarget }).catch(() => {});
+  const status = await qmp.execute<{ running: boolean }>('query-status').catch(() => ({ running: true }));
+  if (!status.running) await qmp.execute('cont').catch(() => {});
+  if (state.outputHeld) {
+    await source.guest.agent.request({ kind: 'cancel-suspend', hostTimeMs: Date.now() }, 60_000).catch(() => {});
+    source.guest.agent.releaseStdin();
+  }
+}
