@@ -12,6 +12,8 @@ const work = mkdtempSync(join(tmpdir(), 'arkm-chain-'));
 t.teardown(() => rmSync(work, { recursive: true, force: true }));
 const { pkg, packagerCounts } = await counterPackage(work);
 const log = new CountLog();
+const started = Date.now();
+const elapsed = () => `${((Date.now() - started) / 1000).toFixed(1)} s`;
 const vms: PackageVm[] = [];
 t.teardown(async () => {
   for (const vm of vms) await vm.dispose().catch(() => {});
@@ -20,8 +22,8 @@ t.teardown(async () => {
 async function migrate(source: PackageVm, name: string): Promise<{ destination: PackageVm; report: MigrationReport }> {
   const [out, into] = await socketPair(work);
   const [report, destination] = await Promise.all([
-    migrateOut(source, out),
-    migrateIn(into, { packagePath: pkg, onStdout: log.sink(name), onStderr: () => {} }),
+    migrateOut(source, out, { onPhase: (phase) => t.comment(`${elapsed()} ${name}: source ${phase}`) }),
+    migrateIn(into, { packagePath: pkg, onStdout: log.sink(name), onStderr: () => {}, onPhase: (phase) => t.comment(`${elapsed()} ${name}: destination ${phase}`) }),
   ]);
   vms.push(destination);
   await source.dispose();
