@@ -31,3 +31,4 @@ export { handOverRun, pumpInput } from './agent-run.ts';
 // ark-peer resumes a package in place as the runner does, then migrates it
 export { OpenPackage, createDiskOverlay } from './package-in-place.ts';
 export { isDeviceState } from './device-state.ts';
+export { memoryRanges } from './guest-memory-changes.ts';

@@ -1,11 +1,13 @@
 import { randomUUID } from 'node:crypto';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { publishPort } from '@ark/network-setup';
 import { join } from 'node:path';
 import type { Duplex } from 'node:stream';
 import { ArkError, ExitCode } from '@ark/cli';
 import { syncMarker } from '@ark/guest-protocol';
 import { OpenPackage } from '@ark/runner';
 import { ChannelMux } from './channel-mux.ts';
-import { diskExport, protocolVersion, streamKinds, type Hello } from './migration-protocol.ts';
+import { diskExport, protocolVersion, streamKinds, type Hello, type MovedPort } from './migration-protocol.ts';
 import { PackageVm, type PackageVmOptions } from './package-vm.ts';
 import { eventTimeMs, waitForMigrationStatus } from './qmp-migration.ts';
 
@@ -71,6 +73,7 @@ export async function migrateIn(connection: Duplex, options: MigrateInOptions): 
     await qmp.execute('announce-self', { initial: 50, max: 550, rounds: 5, step: 100 }).catch(() => {});
     mux.send({ kind: 'running', resumedAt });
     options.onPhase?.('running');
+    await movePorts(vm, hello.ports, mux, options);
     mux.close();
     await announceResume(vm, options);
     return vm;
@@ -83,6 +86,23 @@ export async function migrateIn(connection: Duplex, options: MigrateInOptions): 
       hint: 'check the source (its output says why it stopped) and migrate again',
       exitCode: ExitCode.failure,
     });
+  }
+}
+
+/**
+ * Publishes the source's host ports here once the source has given them up
+ * (at once if it is gone: its ports went with its process). A port that
+ * cannot be published is reported; the VM runs on.
+ */
+async function movePorts(vm: PackageVm, ports: MovedPort[], mux: ChannelMux, options: MigrateInOptions): Promise<void> {
+  if (ports.length === 0 || !options.network) return;
+  await Promise.race([mux.expect('released'), sleep(10_000)]).catch(() => {});
+  for (const port of ports) {
+    try {
+      vm.adoptPorts([await publishPort({ namespace: options.network.namespace, ...port })]);
+    } catch (error) {
+      options.onStderr(Buffer.from(`cannot publish ${port.hostAddress}:${port.hostPort} for guest port ${port.guestPort}/${port.protocol}: ${(error as Error).message}\n`));
+    }
   }
 }
 

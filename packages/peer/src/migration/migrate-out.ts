@@ -54,7 +54,7 @@ export async function migrateOut(source: PackageVm, connection: Duplex, options:
   let stopped: Promise<QmpEvent> | undefined;
   try {
     options.onPhase?.('connecting');
-    mux.send({ kind: 'hello', version: protocolVersion, indexDigest: source.open.pkg.indexDigest, deviceStateStream: source.deviceStateStream } satisfies Hello);
+    mux.send({ kind: 'hello', version: protocolVersion, indexDigest: source.open.pkg.indexDigest, deviceStateStream: source.deviceStateStream, ports: source.publishedPorts.map((port) => ({ hostAddress: port.hostAddress, hostPort: port.hostPort, guestPort: port.guestPort, protocol: port.protocol })) } satisfies Hello);
     await mux.expect('ready');
     const disk = join(source.guest.runtimeDir, 'mirror.sock');
     const stream = join(source.guest.runtimeDir, 'migration.sock');
@@ -103,12 +103,17 @@ export async function migrateOut(source: PackageVm, connection: Duplex, options:
     // the handover: from here the VM is the destination's, whatever happens
     mux.send({ kind: 'go' });
     options.onPhase?.('handed-over');
-    const running = await Promise.race([mux.expect<Running & { kind: string; [key: string]: unknown }>('running'), peerGone]).catch(() => undefined);
+    const running = mux.expect<Running & { kind: string; [key: string]: unknown }>('running');
+    running.catch(() => {});
     await source.guest.vm.kill();
+    // on one host the destination can publish the same host ports only once they are free
+    await source.releasePorts();
+    mux.send({ kind: 'released' });
+    const resumed = await Promise.race([running, peerGone]).catch(() => undefined);
     const stopAt = eventTimeMs(await stopped);
     return {
       totalMs: Date.now() - started,
-      downtimeMs: running ? Math.round(running.resumedAt - stopAt) : Number.NaN,
+      downtimeMs: resumed ? Math.round(resumed.resumedAt - stopAt) : Number.NaN,
       qemuDowntimeMs: info.downtime ?? Number.NaN,
       memoryBytes: mux.bytes.get(streamKinds.migration) ?? 0,
       diskBytes: mux.bytes.get(streamKinds.disk) ?? 0,

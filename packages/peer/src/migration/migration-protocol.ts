@@ -10,6 +10,7 @@
  *   destination → source  received  the whole state is in the destination's QEMU (paused)
  *   source → destination  go        the handover: the destination runs the VM
  *   destination → source  running   when it ran (for the downtime)
+ *   source → destination  released  the source gave up its published host ports: the destination publishes them
  *   either                failed    why it gave up (then it closes the connection)
  */
 export const protocolVersion = 1;
@@ -20,6 +21,15 @@ export interface Hello {
   /** the package both sides run from: its index digest names its bytes */
   indexDigest: string;
   deviceStateStream: boolean;
+  /** host ports that reach the VM: they move with it */
+  ports: MovedPort[];
+}
+
+export interface MovedPort {
+  hostAddress: string;
+  hostPort: number;
+  guestPort: number;
+  protocol: 'tcp' | 'udp';
 }
 
 export interface Running {

@@ -3,6 +3,7 @@ import { join } from 'node:path';
 import { rootDiskSerial, runtimeDiskSerial } from '@ark/blueprint';
 import { ArkError, ExitCode } from '@ark/cli';
 import type { MemberEntry } from '@ark/package-format';
+import type { PublishedPort } from '@ark/network-setup';
 import { GuestVm, OpenPackage, createDiskOverlay, createWorkDir, isDeviceState, type PackageConfig, type VmNetwork } from '@ark/runner';
 
 export interface PackageVmOptions {
@@ -32,6 +33,8 @@ export class PackageVm {
   readonly deviceStateStream: boolean;
   readonly network: VmNetwork | undefined;
   readonly #workDir: string;
+  /** host ports a migration moved to this VM (those of `network` are its own) */
+  readonly #movedPorts: PublishedPort[] = [];
 
   private constructor(fields: { guest: GuestVm; open: OpenPackage; config: PackageConfig; workDir: string; deviceStateStream: boolean; network: VmNetwork | undefined }) {
     this.guest = fields.guest;
@@ -104,9 +107,25 @@ export class PackageVm {
     }
   }
 
+  /** The host ports that reach this VM: those its network published, then those a migration moved here. */
+  get publishedPorts(): PublishedPort[] {
+    return [...(this.network?.ports ?? []), ...this.#movedPorts];
+  }
+
+  adoptPorts(ports: PublishedPort[]): void {
+    this.#movedPorts.push(...ports);
+  }
+
+  /** Gives up the host ports (after a handover: the destination publishes them). */
+  async releasePorts(): Promise<void> {
+    await this.network?.close();
+    await Promise.allSettled(this.#movedPorts.splice(0).map((port) => port.remove()));
+  }
+
   /** Stops QEMU (if still running) and removes the VM's work files; the network is the caller's. */
   async dispose(): Promise<void> {
     await this.guest.dispose();
+    await Promise.allSettled(this.#movedPorts.splice(0).map((port) => port.remove()));
     rmSync(this.#workDir, { recursive: true, force: true });
     this.open.close();
   }
