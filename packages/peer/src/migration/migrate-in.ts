@@ -71,6 +71,7 @@ export async function migrateIn(connection: Duplex, options: MigrateInOptions): 
     const resumedAt = eventTimeMs(await resumed);
     // gratuitous ARPs (and RARPs) from the guest's NIC: switches learn where it is now
     await qmp.execute('announce-self', { initial: 50, max: 550, rounds: 5, step: 100 }).catch(() => {});
+    await vm.announceGateway(options);
     mux.send({ kind: 'running', resumedAt });
     options.onPhase?.('running');
     await movePorts(vm, hello.ports, mux, options);

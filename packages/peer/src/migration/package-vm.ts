@@ -52,6 +52,7 @@ export class PackageVm {
     try {
       const { hookError } = await vm.guest.resume(join(vm.#workDir, 'state'));
       if (hookError) options.onStderr(Buffer.from(`after-resume: ${hookError}\n`));
+      await vm.announceGateway(options);
       return vm;
     } catch (error) {
       await vm.dispose();
@@ -105,6 +106,15 @@ export class PackageVm {
       open.close();
       throw error;
     }
+  }
+
+  /**
+   * The guest still knows the gateway by the MAC address of the tap it ran
+   * behind before (another namespace's): a gratuitous ARP from this tap
+   * corrects that at once (else its packets out are lost for half a minute).
+   */
+  async announceGateway(options: Pick<PackageVmOptions, 'onStderr'>): Promise<void> {
+    await this.network?.announceGateway().catch((error: Error) => options.onStderr(Buffer.from(`cannot announce the gateway to the guest: ${error.message.trim().split('\n').at(-1)}\n`)));
   }
 
   /** The host ports that reach this VM: those its network published, then those a migration moved here. */
