@@ -1,15 +1,15 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import { connect, type Socket } from 'node:net';
+import { connect, createServer, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import t from 'tap';
 import { ArkError } from '@ark/cli';
-import { migrateOut, PackageVm } from '@ark/peer/migration';
+import { migrateIn, migrateOut, PackageVm } from '@ark/peer/migration';
 import { alive, qemuUnder } from '@ark/test-images';
-import { CountLog, counterPackage, firstGap } from './migration-harness.ts';
+import { CountLog, counterPackage, firstGap, socketPair } from './migration-harness.ts';
 
 // The destination (a process of its own) is killed with SIGKILL at each phase
 // before the handover: the migration fails and the VM runs on at the source,
@@ -63,6 +63,24 @@ async function gone(pid: number): Promise<boolean> {
 }
 
 await log.more('A', 3);
+
+t.test('the connection cut mid-migration: the VM runs on at the source, the destination discards its copy', async (t) => {
+  const [out, into] = await socketPair(work);
+  const incoming = migrateIn(into, { packagePath: pkg, onStdout: log.sink('B'), onStderr: () => {} });
+  incoming.catch(() => {});
+  const migration = migrateOut(a, out, {
+    onPhase: (phase) => {
+      if (phase === 'copying-memory') setTimeout(() => out.destroy(), 1000);
+    },
+  });
+  const [outFailure, inFailure] = await Promise.all([migration.then(() => undefined, (error: unknown) => error), incoming.then(() => undefined, (error: unknown) => error)]);
+  t.ok(outFailure instanceof ArkError && outFailure.code === 'MIGRATION_FAILED', `migrateOut failed: ${(outFailure as Error | undefined)?.message}`);
+  t.ok(inFailure instanceof ArkError && inFailure.code === 'MIGRATION_FAILED', `migrateIn failed: ${(inFailure as Error | undefined)?.message}`);
+  t.same(qemuUnder(process.pid).length, 1, "only A's QEMU is left");
+  await log.more('A', 5);
+  t.equal(firstGap([...packagerCounts.slice(-1), ...log.numbers]), -1, 'A counts on, unbroken');
+  t.same(log.from('B'), [], 'the destination never ran');
+});
 // 'receiving': the destination's QEMU waits for the stream and the source sets up the disk mirror;
 // some hundred ms later the mirror runs, a few seconds later QEMU's precopy
 for (const [killAt, delayMs] of [['receiving', 0], ['receiving', 300], ['receiving', 2500], ['received', 0]] as const) {
@@ -84,3 +102,25 @@ for (const [killAt, delayMs] of [['receiving', 0], ['receiving', 300], ['receivi
     t.ok(await gone(qemu[0]!), "the destination's QEMU died with it");
   });
 }
+
+t.test('the source killed right after the handover: the destination goes on', async (t) => {
+  await a.dispose();
+  const path = join(work, 'source.sock');
+  const server = createServer();
+  await new Promise<void>((resolve) => server.listen(path, resolve));
+  const source = spawn(process.execPath, [fileURLToPath(new URL('fixtures/migrate-out.ts', import.meta.url)), path, pkg, '5'], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const sourceLog = log.sink('source');
+  source.stdout!.on('data', (chunk: Buffer) => {
+    sourceLog(chunk);
+    if (chunk.toString().includes('phase handed-over')) source.kill('SIGKILL');
+  });
+  const connection = await new Promise<Socket>((resolve) => server.once('connection', resolve));
+  server.close();
+  const b = await migrateIn(connection, { packagePath: pkg, onStdout: log.sink('B'), onStderr: () => {} });
+  t.teardown(() => b.dispose());
+  await new Promise((resolve) => source.once('exit', resolve));
+  t.equal(source.signalCode, 'SIGKILL', 'the source was killed');
+  await log.more('B', 10);
+  const numbers = [...log.from('source'), ...log.from('B')];
+  t.equal(firstGap(numbers), -1, `the count goes on at the destination: ${numbers.join(' ')}`);
+});

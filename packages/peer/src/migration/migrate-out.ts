@@ -2,11 +2,11 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Duplex } from 'node:stream';
 import { ArkError, ExitCode } from '@ark/cli';
-import type { QmpEvent } from '@ark/vmm';
+import type { QmpClient, QmpEvent } from '@ark/vmm';
 import { ChannelMux } from './channel-mux.ts';
 import { diskExport, protocolVersion, streamKinds, type Hello, type Running } from './migration-protocol.ts';
 import type { PackageVm } from './package-vm.ts';
-import { blockJobEvent, eventTimeMs, waitForMigrationStatus } from './qmp-migration.ts';
+import { blockJobEvent, eventTimeMs, waitForMigrationStatus, type MigrationInfo } from './qmp-migration.ts';
 
 export type MigrationPhase = 'connecting' | 'mirroring-disk' | 'copying-memory' | 'switching-over' | 'handed-over';
 
@@ -85,7 +85,7 @@ export async function migrateOut(source: PackageVm, connection: Duplex, options:
     stopped.catch(() => {});
     await qmp.execute('migrate', { uri: `unix:${stream}` });
     state.migrating = true;
-    await waitForMigrationStatus(qmp, ['pre-switchover'], peerGone);
+    await waitForMigrationStatus(qmp, ['pre-switchover'], peerGone, convergence(qmp, options.downtimeLimitMs ?? 50));
 
     // paused: the guest writes no more, so the mirror ends with the destination's disk in step
     options.onPhase?.('switching-over');
@@ -130,6 +130,23 @@ export async function migrateOut(source: PackageVm, connection: Duplex, options:
   } finally {
     mux.close();
   }
+}
+
+/**
+ * Precopy ends only when what the guest dirties between two passes fits in
+ * the downtime limit; a guest that dirties faster than the link carries (a
+ * busy host, a slow link) would never get there. After every third pass the
+ * limit doubles, up to 2 s: a longer pause rather than a migration that never ends.
+ */
+function convergence(qmp: QmpClient, limitMs: number): (info: MigrationInfo) => Promise<void> {
+  let passes = 0;
+  return async (info) => {
+    const count = info.ram?.['dirty-sync-count'] ?? 0;
+    if (count < passes + 3 || limitMs >= 2000) return;
+    passes = count;
+    limitMs = Math.min(2000, limitMs * 2);
+    await qmp.execute('migrate-set-parameters', { 'downtime-limit': limitMs });
+  };
 }
 
 /** What a migration has set up on the source so far (what a failure undoes). */

@@ -35,6 +35,7 @@ export class PackageVm {
   readonly #workDir: string;
   /** host ports a migration moved to this VM (those of `network` are its own) */
   readonly #movedPorts: PublishedPort[] = [];
+  #disposed = false;
 
   private constructor(fields: { guest: GuestVm; open: OpenPackage; config: PackageConfig; workDir: string; deviceStateStream: boolean; network: VmNetwork | undefined }) {
     this.guest = fields.guest;
@@ -134,6 +135,8 @@ export class PackageVm {
 
   /** Stops QEMU (if still running) and removes the VM's work files; the network is the caller's. */
   async dispose(): Promise<void> {
+    if (this.#disposed) return;
+    this.#disposed = true;
     await this.guest.dispose();
     await Promise.allSettled(this.#movedPorts.splice(0).map((port) => port.remove()));
     rmSync(this.#workDir, { recursive: true, force: true });

@@ -13,7 +13,7 @@ export interface MigrationInfo {
  * Polls query-migrate until the status is one of `wanted`; throws when it
  * fails or is cancelled, or when `abort` rejects first (the peer went away).
  */
-export async function waitForMigrationStatus(qmp: QmpClient, wanted: string[], abort: Promise<never>): Promise<MigrationInfo> {
+export async function waitForMigrationStatus(qmp: QmpClient, wanted: string[], abort: Promise<never>, onPoll?: (info: MigrationInfo) => Promise<void>): Promise<MigrationInfo> {
   let aborted: unknown;
   abort.catch((error: unknown) => (aborted = error ?? new Error('aborted')));
   for (;;) {
@@ -21,6 +21,7 @@ export async function waitForMigrationStatus(qmp: QmpClient, wanted: string[], a
     const info = await qmp.execute<MigrationInfo>('query-migrate');
     if (info.status && wanted.includes(info.status)) return info;
     if (info.status === 'failed' || info.status === 'cancelled') throw new Error(`QEMU's migration ${info.status}${info['error-desc'] ? `: ${info['error-desc']}` : ''}`);
+    await onPoll?.(info);
     await sleep(5);
   }
 }
