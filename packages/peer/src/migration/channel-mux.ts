@@ -30,6 +30,9 @@ export class ChannelMux extends EventEmitter<ChannelMuxEvents> {
   readonly #servers: Server[] = [];
   #nextId = 1;
   #pending: Buffer = Buffer.alloc(0);
+  /** the data frame being received: its stream and how many payload bytes are still to come */
+  #dataStream = 0;
+  #dataLeft = 0;
   #closed = false;
   /** payload bytes relayed, by stream kind, both directions */
   readonly bytes = new Map<string, number>();
@@ -140,7 +143,18 @@ export class ChannelMux extends EventEmitter<ChannelMuxEvents> {
 
   #onData(chunk: Buffer): void {
     this.#pending = this.#pending.length === 0 ? chunk : Buffer.concat([this.#pending, chunk]);
-    while (this.#pending.length >= headerBytes) {
+    for (;;) {
+      // a data frame's payload goes on as it arrives: a 1 MiB frame is never gathered first
+      if (this.#dataLeft > 0) {
+        if (this.#pending.length === 0) return;
+        const part = this.#pending.subarray(0, this.#dataLeft);
+        this.#pending = this.#pending.subarray(part.length);
+        this.#dataLeft -= part.length;
+        this.#onStreamData(this.#dataStream, part);
+        if (this.#closed) return;
+        continue;
+      }
+      if (this.#pending.length < headerBytes) return;
       const kind = this.#pending[0]!;
       const id = this.#pending.readUInt32BE(1);
       const length = this.#pending.readUInt32BE(5);
@@ -148,11 +162,27 @@ export class ChannelMux extends EventEmitter<ChannelMuxEvents> {
         this.#close(new Error(`bad frame from the peer (kind ${kind}, length ${length})`));
         return;
       }
+      if (kind === FrameKind.data) {
+        this.#pending = this.#pending.subarray(headerBytes);
+        this.#dataStream = id;
+        this.#dataLeft = length;
+        continue;
+      }
       if (this.#pending.length < headerBytes + length) return;
       const payload = this.#pending.subarray(headerBytes, headerBytes + length);
       this.#pending = this.#pending.subarray(headerBytes + length);
       this.#onFrame(kind, id, payload);
       if (this.#closed) return;
+    }
+  }
+
+  #onStreamData(id: number, payload: Buffer): void {
+    const local = this.#streams.get(id);
+    if (!local) return;
+    this.#count(this.#kinds.get(id) ?? '', payload.length);
+    if (!local.write(payload)) {
+      this.#socket.pause();
+      local.once('drain', () => this.#socket.resume());
     }
   }
 
@@ -167,14 +197,6 @@ export class ChannelMux extends EventEmitter<ChannelMuxEvents> {
         return;
       }
       this.#relay(id, streamKind, createConnection(path));
-    } else if (kind === FrameKind.data) {
-      const local = this.#streams.get(id);
-      if (!local) return;
-      this.#count(this.#kinds.get(id) ?? '', payload.length);
-      if (!local.write(payload)) {
-        this.#socket.pause();
-        local.once('drain', () => this.#socket.resume());
-      }
     } else {
       const local = this.#streams.get(id);
       this.#streams.delete(id);
