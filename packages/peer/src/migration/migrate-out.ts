@@ -52,6 +52,7 @@ export async function migrateOut(source: PackageVm, connection: Duplex, options:
   peerGone.catch(() => {});
   const state: SetUp = { target: false, mirror: false, outputHeld: false, migrating: false };
   let stopped: Promise<QmpEvent> | undefined;
+  let handedOver = false;
   try {
     options.onPhase?.('connecting');
     mux.send({ kind: 'hello', version: protocolVersion, indexDigest: source.open.pkg.indexDigest, deviceStateStream: source.deviceStateStream, ports: source.publishedPorts.map((port) => ({ hostAddress: port.hostAddress, hostPort: port.hostPort, guestPort: port.guestPort, protocol: port.protocol })) } satisfies Hello);
@@ -102,6 +103,7 @@ export async function migrateOut(source: PackageVm, connection: Duplex, options:
 
     // the handover: from here the VM is the destination's, whatever happens
     mux.send({ kind: 'go' });
+    handedOver = true;
     options.onPhase?.('handed-over');
     const running = mux.expect<Running & { kind: string; [key: string]: unknown }>('running');
     running.catch(() => {});
@@ -119,6 +121,8 @@ export async function migrateOut(source: PackageVm, connection: Duplex, options:
       diskBytes: mux.bytes.get(streamKinds.disk) ?? 0,
     };
   } catch (error) {
+    // after `go` nothing may run the VM here again, whatever failed
+    if (handedOver) throw error;
     const reason = (error as Error).message;
     mux.send({ kind: 'failed', message: reason });
     mux.close();
