@@ -46,12 +46,14 @@ t.test('the published port moves with the VM A → B → C; the client sees a sh
   const a = await PackageVm.resume(pkg, { onStdout: log.sink('A'), onStderr: () => {}, network: await attach(ns1.namespace, publish) });
   vms.push(a);
 
-  // the client: one GET every 10 ms, each answer's count and when it came
+  // the client: one GET every 10 ms, each answer's count and when it came; it gives up on a
+  // request after 300 ms (a SYN sent into the old namespace in the switch is lost, and TCP
+  // would try it again only a second later)
   const answers: Array<{ at: number; count: number }> = [];
   let polling = true;
   const client = (async () => {
     while (polling) {
-      const body = await httpGet('127.0.0.1', hostPort);
+      const body = await httpGet('127.0.0.1', hostPort, 300);
       if (/^\d+$/.test(body)) answers.push({ at: Date.now(), count: Number(body) });
       await sleep(10);
     }
@@ -63,7 +65,13 @@ t.test('the published port moves with the VM A → B → C; the client sees a sh
     const [out, into] = await socketPair(work);
     const network = await attach(namespace);
     const begin = Date.now();
-    const [report, vm] = await Promise.all([migrateOut(source, out), migrateIn(into, { packagePath: pkg, onStdout: log.sink(name), onStderr: () => {}, network })]);
+    const phases: string[] = [];
+    const phase = (side: string) => (name: string) => phases.push(`${side} ${name} ${Date.now() - begin}`);
+    const [report, vm] = await Promise.all([
+      migrateOut(source, out, { onPhase: phase('source') }),
+      migrateIn(into, { packagePath: pkg, onStdout: log.sink(name), onStderr: (chunk) => t.comment(chunk.toString()), network, onPhase: phase('destination') }),
+    ]);
+    t.comment(`${name}: phases (ms from the start) ${phases.join(', ')}`);
     vms.push(vm);
     await source.dispose();
     return { vm, report, window: [begin, Date.now()] };

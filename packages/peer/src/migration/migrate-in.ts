@@ -11,7 +11,7 @@ import { diskExport, protocolVersion, streamKinds, type Hello, type MovedPort } 
 import { PackageVm, type PackageVmOptions } from './package-vm.ts';
 import { eventTimeMs, waitForMigrationStatus } from './qmp-migration.ts';
 
-export type IncomingPhase = 'starting' | 'receiving' | 'received' | 'running';
+export type IncomingPhase = 'starting' | 'receiving' | 'received' | 'running' | 'ports-moved';
 
 export interface MigrateInOptions extends PackageVmOptions {
   /** the package the source runs, here (a local file for now) */
@@ -74,7 +74,7 @@ export async function migrateIn(connection: Duplex, options: MigrateInOptions): 
     await vm.announceGateway(options);
     mux.send({ kind: 'running', resumedAt });
     options.onPhase?.('running');
-    await movePorts(vm, hello.ports, mux, options);
+    if (await movePorts(vm, hello.ports, mux, options)) options.onPhase?.('ports-moved');
     mux.close();
     await announceResume(vm, options);
     return vm;
@@ -95,8 +95,8 @@ export async function migrateIn(connection: Duplex, options: MigrateInOptions): 
  * (at once if it is gone: its ports went with its process). A port that
  * cannot be published is reported; the VM runs on.
  */
-async function movePorts(vm: PackageVm, ports: MovedPort[], mux: ChannelMux, options: MigrateInOptions): Promise<void> {
-  if (ports.length === 0 || !options.network) return;
+async function movePorts(vm: PackageVm, ports: MovedPort[], mux: ChannelMux, options: MigrateInOptions): Promise<boolean> {
+  if (ports.length === 0 || !options.network) return false;
   await Promise.race([mux.expect('released'), sleep(10_000)]).catch(() => {});
   for (const port of ports) {
     try {
@@ -105,6 +105,7 @@ async function movePorts(vm: PackageVm, ports: MovedPort[], mux: ChannelMux, opt
       options.onStderr(Buffer.from(`cannot publish ${port.hostAddress}:${port.hostPort} for guest port ${port.guestPort}/${port.protocol}: ${(error as Error).message}\n`));
     }
   }
+  return true;
 }
 
 /**
