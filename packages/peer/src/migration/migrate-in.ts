@@ -36,6 +36,9 @@ export async function migrateIn(connection: Duplex, options: MigrateInOptions): 
   try {
     options.onPhase?.('starting');
     const hello = await mux.expect<Hello & { [key: string]: unknown }>('hello');
+    // the source gives its ports up while its VM is paused for the switch-over, before `go`
+    const released = mux.expect('released');
+    released.catch(() => {});
     if (hello.version !== protocolVersion) throw new Error(`the source speaks migration protocol ${hello.version}, this side ${protocolVersion}`);
     const local = OpenPackage.open(options.packagePath);
     const digest = local.pkg.indexDigest;
@@ -74,7 +77,7 @@ export async function migrateIn(connection: Duplex, options: MigrateInOptions): 
     await vm.announceGateway(options);
     mux.send({ kind: 'running', resumedAt });
     options.onPhase?.('running');
-    if (await movePorts(vm, hello.ports, mux, options)) options.onPhase?.('ports-moved');
+    if (await movePorts(vm, hello.ports, released, options)) options.onPhase?.('ports-moved');
     mux.close();
     await announceResume(vm, options);
     return vm;
@@ -95,9 +98,9 @@ export async function migrateIn(connection: Duplex, options: MigrateInOptions): 
  * (at once if it is gone: its ports went with its process). A port that
  * cannot be published is reported; the VM runs on.
  */
-async function movePorts(vm: PackageVm, ports: MovedPort[], mux: ChannelMux, options: MigrateInOptions): Promise<boolean> {
+async function movePorts(vm: PackageVm, ports: MovedPort[], released: Promise<unknown>, options: MigrateInOptions): Promise<boolean> {
   if (ports.length === 0 || !options.network) return false;
-  await Promise.race([mux.expect('released'), sleep(10_000)]).catch(() => {});
+  await Promise.race([released, sleep(10_000)]).catch(() => {});
   for (const port of ports) {
     try {
       vm.adoptPorts([await publishPort({ namespace: options.network.namespace, ...port })]);

@@ -2,9 +2,10 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Duplex } from 'node:stream';
 import { ArkError, ExitCode } from '@ark/cli';
+import { publishPort, type PublishedPort } from '@ark/network-setup';
 import type { QmpClient, QmpEvent } from '@ark/vmm';
 import { ChannelMux } from './channel-mux.ts';
-import { diskExport, protocolVersion, streamKinds, type Hello, type Running } from './migration-protocol.ts';
+import { diskExport, protocolVersion, streamKinds, type Hello, type MovedPort, type Running } from './migration-protocol.ts';
 import type { PackageVm } from './package-vm.ts';
 import { blockJobEvent, eventTimeMs, waitForMigrationStatus, type MigrationInfo } from './qmp-migration.ts';
 
@@ -12,6 +13,8 @@ export type MigrationPhase = 'connecting' | 'mirroring-disk' | 'copying-memory' 
 
 export interface MigrateOutOptions {
   onPhase?: (phase: MigrationPhase) => void;
+  /** what went wrong while taking the VM back after a failed migration (it runs on regardless) */
+  onWarning?: (message: string) => void;
   /** how long the VM may stand still for the last copy (QEMU's downtime-limit), default 50 ms */
   downtimeLimitMs?: number;
 }
@@ -50,12 +53,12 @@ export async function migrateOut(source: PackageVm, connection: Duplex, options:
   const agent = source.guest.agent;
   const peerGone = new Promise<never>((_, reject) => mux.once('close', (error) => reject(new Error(`the destination went away${error ? ` (${error.message})` : ''}`))));
   peerGone.catch(() => {});
-  const state: SetUp = { target: false, mirror: false, outputHeld: false, migrating: false };
+  const state: SetUp = { target: false, mirror: false, outputHeld: false, migrating: false, releasedPorts: undefined };
   let stopped: Promise<QmpEvent> | undefined;
   let handedOver = false;
   try {
     options.onPhase?.('connecting');
-    mux.send({ kind: 'hello', version: protocolVersion, indexDigest: source.open.pkg.indexDigest, deviceStateStream: source.deviceStateStream, ports: source.publishedPorts.map((port) => ({ hostAddress: port.hostAddress, hostPort: port.hostPort, guestPort: port.guestPort, protocol: port.protocol })) } satisfies Hello);
+    mux.send({ kind: 'hello', version: protocolVersion, indexDigest: source.open.pkg.indexDigest, deviceStateStream: source.deviceStateStream, ports: source.publishedPorts.map(movedPort) } satisfies Hello);
     await mux.expect('ready');
     const disk = join(source.guest.runtimeDir, 'mirror.sock');
     const stream = join(source.guest.runtimeDir, 'migration.sock');
@@ -88,8 +91,11 @@ export async function migrateOut(source: PackageVm, connection: Duplex, options:
     state.migrating = true;
     await waitForMigrationStatus(qmp, ['pre-switchover'], peerGone, convergence(qmp, options.downtimeLimitMs ?? 50));
 
-    // paused: the guest writes no more, so the mirror ends with the destination's disk in step
+    // paused: the guest writes no more, so the mirror ends with the destination's disk in step;
+    // its host ports are given up meanwhile (on one host the destination can publish them only once free)
     options.onPhase?.('switching-over');
+    const ports = source.publishedPorts.map(movedPort);
+    if (ports.length > 0) state.releasedPorts = { ports, done: source.releasePorts() };
     const ended = blockJobEvent(qmp, mirrorJob, ['BLOCK_JOB_COMPLETED', 'BLOCK_JOB_CANCELLED']);
     await qmp.execute('block-job-cancel', { device: mirrorJob });
     const end = await Promise.race([ended, peerGone]);
@@ -107,10 +113,11 @@ export async function migrateOut(source: PackageVm, connection: Duplex, options:
     options.onPhase?.('handed-over');
     const running = mux.expect<Running & { kind: string; [key: string]: unknown }>('running');
     running.catch(() => {});
+    if (state.releasedPorts) {
+      await state.releasedPorts.done;
+      mux.send({ kind: 'released' });
+    }
     await source.guest.vm.kill();
-    // on one host the destination can publish the same host ports only once they are free
-    await source.releasePorts();
-    mux.send({ kind: 'released' });
     const resumed = await Promise.race([running, peerGone]).catch(() => undefined);
     const stopAt = eventTimeMs(await stopped);
     return {
@@ -126,7 +133,7 @@ export async function migrateOut(source: PackageVm, connection: Duplex, options:
     const reason = (error as Error).message;
     mux.send({ kind: 'failed', message: reason });
     mux.close();
-    await takeBack(source, state);
+    await takeBack(source, state, options.onWarning);
     throw new ArkError('MIGRATION_FAILED', `the migration failed before the handover (${reason}); the VM runs on here`, {
       hint: 'check the destination (its output says why it stopped) and migrate again',
       exitCode: ExitCode.failure,
@@ -159,10 +166,16 @@ interface SetUp {
   mirror: boolean;
   outputHeld: boolean;
   migrating: boolean;
+  /** the host ports given up for the destination (being given up: `done`) */
+  releasedPorts: { ports: MovedPort[]; done: Promise<void> } | undefined;
+}
+
+function movedPort(port: PublishedPort): MovedPort {
+  return { hostAddress: port.hostAddress, hostPort: port.hostPort, guestPort: port.guestPort, protocol: port.protocol };
 }
 
 /** Undoes what a failed migration set up and runs the VM on (the migration's end may have paused it). */
-async function takeBack(source: PackageVm, state: SetUp): Promise<void> {
+async function takeBack(source: PackageVm, state: SetUp, onWarning: ((message: string) => void) | undefined): Promise<void> {
   const qmp = source.guest.vm.qmp;
   if (state.migrating) {
     await qmp.execute('migrate_cancel').catch(() => {});
@@ -181,6 +194,17 @@ async function takeBack(source: PackageVm, state: SetUp): Promise<void> {
   if (state.target) await qmp.execute('blockdev-del', { 'node-name': mirrorTarget }).catch(() => {});
   const status = await qmp.execute<{ running: boolean }>('query-status').catch(() => ({ running: true }));
   if (!status.running) await qmp.execute('cont').catch(() => {});
+  if (state.releasedPorts && source.network) {
+    await state.releasedPorts.done;
+    for (const port of state.releasedPorts.ports) {
+      try {
+        source.adoptPorts([await publishPort({ namespace: source.network.namespace, ...port })]);
+      } catch (error) {
+        // the VM runs on, unreachable on this port
+        onWarning?.(`cannot publish ${port.hostAddress}:${port.hostPort} again: ${(error as Error).message}`);
+      }
+    }
+  }
   if (state.outputHeld) {
     await source.guest.agent.request({ kind: 'cancel-suspend', hostTimeMs: Date.now() }, 60_000).catch(() => {});
     source.guest.agent.releaseStdin();
