@@ -109,6 +109,7 @@ t.test('the source killed right after the handover: the destination goes on', as
   const server = createServer();
   await new Promise<void>((resolve) => server.listen(path, resolve));
   const source = spawn(process.execPath, [fileURLToPath(new URL('fixtures/migrate-out.ts', import.meta.url)), path, pkg, '5'], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const sourceExit = new Promise((resolve) => source.once('exit', resolve));
   const sourceLog = log.sink('source');
   source.stdout!.on('data', (chunk: Buffer) => {
     sourceLog(chunk);
@@ -118,7 +119,7 @@ t.test('the source killed right after the handover: the destination goes on', as
   server.close();
   const b = await migrateIn(connection, { packagePath: pkg, onStdout: log.sink('B'), onStderr: () => {} });
   t.teardown(() => b.dispose());
-  await new Promise((resolve) => source.once('exit', resolve));
+  await sourceExit;
   t.equal(source.signalCode, 'SIGKILL', 'the source was killed');
   await log.more('B', 10);
   const numbers = [...log.from('source'), ...log.from('B')];
