@@ -63,7 +63,7 @@ export class CountLog {
   }
 }
 
-/** The counter's /log on a stopped VM's disk: the package's disk member under the VM's overlay, journal replayed. */
+/** The counter's /log on a killed VM's disk (the package's disk member under the VM's overlay, journal replayed), up to its first torn line. */
 export function diskLog(vm: PackageVm): number[] {
   const member = ArkPackage.open(vm.open.pkg.path).member('disk');
   const dir = mkdtempSync(join(tmpdir(), 'arkm-disk-'));
@@ -74,7 +74,10 @@ export function diskLog(vm: PackageVm): number[] {
     // the guest's last appends may be in the ext4 journal only: e2fsck replays it (exit 1: it fixed something)
     const fsck = spawnSync('e2fsck', ['-fy', raw], { stdio: 'ignore' });
     if (fsck.status === null || fsck.status >= 4) throw new Error(`e2fsck: exit ${fsck.status ?? fsck.signal}`);
-    return execFileSync('debugfs', ['-R', 'cat /log', raw], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim().split('\n').map(Number);
+    const lines = execFileSync('debugfs', ['-R', 'cat /log', raw], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).split('\n');
+    // a VM killed while appending may leave the file's last block unwritten (zeros) past the data
+    const whole = lines.findIndex((line) => !/^\d+$/.test(line));
+    return (whole < 0 ? lines : lines.slice(0, whole)).map(Number);
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
