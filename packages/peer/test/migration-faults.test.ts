@@ -83,7 +83,9 @@ t.test('the connection cut mid-migration: the VM runs on at the source, the dest
 });
 // 'receiving': the destination's QEMU waits for the stream and the source sets up the disk mirror;
 // some hundred ms later the mirror runs, a few seconds later QEMU's precopy
-for (const [killAt, delayMs] of [['receiving', 0], ['receiving', 300], ['receiving', 2500], ['received', 0]] as const) {
+// and five kills at random moments of the migration (the delay is in the test's name)
+const random = Array.from({ length: 5 }, () => ['receiving', Math.floor(Math.random() * 6000)] as const);
+for (const [killAt, delayMs] of [['receiving', 0], ['receiving', 300], ['receiving', 2500], ['received', 0], ...random] as const) {
   t.test(`the destination killed at '${killAt}' + ${delayMs} ms: the VM runs on at the source`, async (t) => {
     const dest = await destination('received');
     const migration = migrateOut(a, dest.socket, { onPhase: (phase) => t.comment(`source: ${phase}`) });
