@@ -77,9 +77,12 @@ export async function migrateIn(connection: Duplex, options: MigrateInOptions): 
     await vm.announceGateway(options);
     mux.send({ kind: 'running', resumedAt });
     options.onPhase?.('running');
-    if (await movePorts(vm, hello.ports, released, options)) options.onPhase?.('ports-moved');
+    // the ports and the agent's output, each as soon as it can
+    await Promise.all([
+      movePorts(vm, hello.ports, released, options).then((moved) => moved && options.onPhase?.('ports-moved')),
+      announceResume(vm, options),
+    ]);
     mux.close();
-    await announceResume(vm, options);
     return vm;
   } catch (error) {
     mux.send({ kind: 'failed', message: (error as Error).message });
