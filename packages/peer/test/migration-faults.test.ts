@@ -115,11 +115,12 @@ t.test('the source killed right after the handover: the destination goes on', as
   const sourceLog = log.sink('source');
   source.stdout!.on('data', (chunk: Buffer) => {
     sourceLog(chunk);
+    for (const match of chunk.toString().matchAll(/^phase \S+$/gm)) t.comment(`source ${match[0]}`);
     if (chunk.toString().includes('phase handed-over')) source.kill('SIGKILL');
   });
   const connection = await new Promise<Socket>((resolve) => server.once('connection', resolve));
   server.close();
-  const b = await migrateIn(connection, { packagePath: pkg, onStdout: log.sink('B'), onStderr: () => {} });
+  const b = await migrateIn(connection, { packagePath: pkg, onStdout: log.sink('B'), onStderr: () => {}, timeoutMs: 120_000, onPhase: (phase) => t.comment(`destination phase ${phase}`) });
   t.teardown(() => b.dispose());
   await sourceExit;
   t.equal(source.signalCode, 'SIGKILL', 'the source was killed');

@@ -9,7 +9,7 @@ import { OpenPackage } from '@ark/runner';
 import { ChannelMux } from './channel-mux.ts';
 import { diskExport, protocolVersion, streamKinds, type Hello, type MovedPort } from './migration-protocol.ts';
 import { PackageVm, type PackageVmOptions } from './package-vm.ts';
-import { eventTimeMs, waitForMigrationStatus } from './qmp-migration.ts';
+import { eventTimeMs, timeLimit, waitForMigrationStatus } from './qmp-migration.ts';
 
 export type IncomingPhase = 'starting' | 'receiving' | 'received' | 'running' | 'ports-moved';
 
@@ -17,6 +17,8 @@ export interface MigrateInOptions extends PackageVmOptions {
   /** the package the source runs, here (a local file for now) */
   packagePath: string;
   onPhase?: (phase: IncomingPhase) => void;
+  /** a migration that has not reached the handover by then is given up (default 10 min) */
+  timeoutMs?: number;
 }
 
 /**
@@ -32,10 +34,14 @@ export async function migrateIn(connection: Duplex, options: MigrateInOptions): 
   const mux = new ChannelMux(connection, { odd: false });
   const sourceGone = new Promise<never>((_, reject) => mux.once('close', (error) => reject(new Error(`the source went away${error ? ` (${error.message})` : ''}`))));
   sourceGone.catch(() => {});
+  let waitingFor = "the source's hello";
+  const limit = timeLimit(options.timeoutMs ?? 600_000, () => waitingFor);
+  const abort = Promise.race([sourceGone, limit.expired]);
+  abort.catch(() => {});
   let vm: PackageVm | undefined;
   try {
     options.onPhase?.('starting');
-    const hello = await mux.expect<Hello & { [key: string]: unknown }>('hello');
+    const hello = await Promise.race([mux.expect<Hello & { [key: string]: unknown }>('hello'), abort]);
     // the source gives its ports up while its VM is paused for the switch-over, before `go`
     const released = mux.expect('released');
     released.catch(() => {});
@@ -62,11 +68,14 @@ export async function migrateIn(connection: Duplex, options: MigrateInOptions): 
     mux.accept(streamKinds.migration, incoming);
     mux.send({ kind: 'ready' });
     options.onPhase?.('receiving');
-    await waitForMigrationStatus(qmp, ['completed'], sourceGone);
+    waitingFor = 'the disk mirror and the migration stream';
+    await waitForMigrationStatus(qmp, ['completed'], abort);
     await qmp.execute('nbd-server-stop');
     options.onPhase?.('received');
     mux.send({ kind: 'received' });
-    await Promise.race([mux.expect('go'), sourceGone]);
+    waitingFor = "the source's go";
+    await Promise.race([mux.expect('go'), abort]);
+    limit.clear();
 
     // the VM is ours now: nothing below may give it back
     const resumed = qmp.waitForEvent('RESUME');
@@ -85,6 +94,7 @@ export async function migrateIn(connection: Duplex, options: MigrateInOptions): 
     mux.close();
     return vm;
   } catch (error) {
+    limit.clear();
     mux.send({ kind: 'failed', message: (error as Error).message });
     mux.close();
     await vm?.dispose();

@@ -7,7 +7,7 @@ import type { QmpClient, QmpEvent } from '@ark/vmm';
 import { ChannelMux } from './channel-mux.ts';
 import { diskExport, protocolVersion, streamKinds, type Hello, type MovedPort, type Running } from './migration-protocol.ts';
 import type { PackageVm } from './package-vm.ts';
-import { blockJobEvent, eventTimeMs, waitForMigrationStatus, type MigrationInfo } from './qmp-migration.ts';
+import { blockJobEvent, eventTimeMs, timeLimit, waitForMigrationStatus, type MigrationInfo } from './qmp-migration.ts';
 
 export type MigrationPhase = 'connecting' | 'mirroring-disk' | 'copying-memory' | 'switching-over' | 'handed-over';
 
@@ -15,6 +15,8 @@ export interface MigrateOutOptions {
   onPhase?: (phase: MigrationPhase) => void;
   /** what went wrong while taking the VM back after a failed migration (it runs on regardless) */
   onWarning?: (message: string) => void;
+  /** a migration that has not reached the handover by then is given up (default 10 min) */
+  timeoutMs?: number;
   /** how long the VM may stand still for the last copy (QEMU's downtime-limit), default 50 ms */
   downtimeLimitMs?: number;
 }
@@ -53,13 +55,17 @@ export async function migrateOut(source: PackageVm, connection: Duplex, options:
   const agent = source.guest.agent;
   const peerGone = new Promise<never>((_, reject) => mux.once('close', (error) => reject(new Error(`the destination went away${error ? ` (${error.message})` : ''}`))));
   peerGone.catch(() => {});
+  let waitingFor = 'the destination to start';
+  const limit = timeLimit(options.timeoutMs ?? 600_000, () => waitingFor);
+  const abort = Promise.race([peerGone, limit.expired]);
+  abort.catch(() => {});
   const state: SetUp = { target: false, mirror: false, outputHeld: false, migrating: false, releasedPorts: undefined };
   let stopped: Promise<QmpEvent> | undefined;
   let handedOver = false;
   try {
     options.onPhase?.('connecting');
     mux.send({ kind: 'hello', version: protocolVersion, indexDigest: source.open.pkg.indexDigest, deviceStateStream: source.deviceStateStream, ports: source.publishedPorts.map(movedPort) } satisfies Hello);
-    await mux.expect('ready');
+    await Promise.race([mux.expect('ready'), abort]);
     const disk = join(source.guest.runtimeDir, 'mirror.sock');
     const stream = join(source.guest.runtimeDir, 'migration.sock');
     await mux.listen(streamKinds.disk, disk);
@@ -73,7 +79,8 @@ export async function migrateOut(source: PackageVm, connection: Duplex, options:
     // write-blocking: once in step, each guest write reaches both before it completes, so the copy converges
     await qmp.execute('blockdev-mirror', { 'job-id': mirrorJob, device: 'root', target: mirrorTarget, sync: 'top', 'copy-mode': 'write-blocking' });
     state.mirror = true;
-    const readyEvent = await Promise.race([ready, peerGone]);
+    waitingFor = 'the disk mirror to be in step';
+    const readyEvent = await Promise.race([ready, abort]);
     if (readyEvent.event !== 'BLOCK_JOB_READY') throw new Error(`the disk mirror ended before it was in step: ${String(readyEvent.data?.error ?? readyEvent.event)}`);
 
     options.onPhase?.('copying-memory');
@@ -89,7 +96,8 @@ export async function migrateOut(source: PackageVm, connection: Duplex, options:
     stopped.catch(() => {});
     await qmp.execute('migrate', { uri: `unix:${stream}` });
     state.migrating = true;
-    await waitForMigrationStatus(qmp, ['pre-switchover'], peerGone, convergence(qmp, options.downtimeLimitMs ?? 50));
+    waitingFor = "QEMU's precopy";
+    await waitForMigrationStatus(qmp, ['pre-switchover'], abort, convergence(qmp, options.downtimeLimitMs ?? 50));
 
     // paused: the guest writes no more, so the mirror ends with the destination's disk in step;
     // its host ports are given up meanwhile (on one host the destination can publish them only once free)
@@ -98,14 +106,17 @@ export async function migrateOut(source: PackageVm, connection: Duplex, options:
     if (ports.length > 0) state.releasedPorts = { ports, done: source.releasePorts() };
     const ended = blockJobEvent(qmp, mirrorJob, ['BLOCK_JOB_COMPLETED', 'BLOCK_JOB_CANCELLED']);
     await qmp.execute('block-job-cancel', { device: mirrorJob });
-    const end = await Promise.race([ended, peerGone]);
+    waitingFor = 'the disk mirror to end';
+    const end = await Promise.race([ended, abort]);
     if (end.data?.error !== undefined || end.event !== 'BLOCK_JOB_COMPLETED') throw new Error(`the disk mirror failed: ${String(end.data?.error ?? end.event)}`);
     state.mirror = false;
     await qmp.execute('blockdev-del', { 'node-name': mirrorTarget });
     state.target = false;
     await qmp.execute('migrate-continue', { state: 'pre-switchover' });
-    const info = await waitForMigrationStatus(qmp, ['completed'], peerGone);
-    await Promise.race([mux.expect('received'), peerGone]);
+    waitingFor = 'the device state to be sent';
+    const info = await waitForMigrationStatus(qmp, ['completed'], abort);
+    waitingFor = "the destination's 'received'";
+    await Promise.race([mux.expect('received'), abort]);
 
     // the handover: from here the VM is the destination's, whatever happens
     mux.send({ kind: 'go' });
@@ -139,6 +150,7 @@ export async function migrateOut(source: PackageVm, connection: Duplex, options:
       exitCode: ExitCode.failure,
     });
   } finally {
+    limit.clear();
     mux.close();
   }
 }

@@ -51,3 +51,17 @@ export function blockJobEvent(qmp: QmpClient, jobId: string, names: string[]): P
 export function eventTimeMs(event: QmpEvent): number {
   return event.timestamp ? event.timestamp.seconds * 1000 + event.timestamp.microseconds / 1000 : Date.now();
 }
+
+/**
+ * A limit on a whole migration: rejects after `ms` naming what was awaited
+ * then (`waitingFor()`), so that a side that stops answering without closing
+ * the connection ends the migration like one that went away. `clear()` when done.
+ */
+export function timeLimit(ms: number, waitingFor: () => string): { expired: Promise<never>; clear: () => void } {
+  let timer: NodeJS.Timeout | undefined;
+  const expired = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`no progress within ${Math.round(ms / 1000)} s (waiting for ${waitingFor()})`)), ms);
+  });
+  expired.catch(() => {});
+  return { expired, clear: () => clearTimeout(timer) };
+}
