@@ -22,8 +22,8 @@ t.teardown(async () => {
 async function migrate(source: PackageVm, name: string): Promise<{ destination: PackageVm; report: MigrationReport }> {
   const [out, into] = await socketPair(work);
   const [report, destination] = await Promise.all([
-    migrateOut(source, out, { onPhase: (phase) => t.comment(`${elapsed()} ${name}: source ${phase}`) }),
-    migrateIn(into, { packagePath: pkg, onStdout: log.sink(name), onStderr: () => {}, onPhase: (phase) => t.comment(`${elapsed()} ${name}: destination ${phase}`) }),
+    migrateOut(source, out, { timeoutMs: 120_000, onPhase: (phase) => t.comment(`${elapsed()} ${name}: source ${phase}`) }),
+    migrateIn(into, { packagePath: pkg, onStdout: log.sink(name), onStderr: () => {}, timeoutMs: 120_000, onPhase: (phase) => t.comment(`${elapsed()} ${name}: destination ${phase}`) }),
   ]);
   vms.push(destination);
   await source.dispose();
