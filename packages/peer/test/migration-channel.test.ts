@@ -46,6 +46,9 @@ t.test('control messages in order, and streams relayed byte-exact both ways', as
   source.send({ kind: 'go' });
   await destination.expect('go');
   t.same(received, ['hello', 'go'], 'messages arrive in order');
+  t.same(await destination.expect('hello'), { kind: 'hello' }, 'a message that came before anyone waited for it is kept for the wait');
+  source.send({ kind: 'go' });
+  await destination.expect('go');
 
   // 3 MiB (frames are at most 1 MiB) on two streams at once
   const [one, two] = [randomBytes(3 * 1024 * 1024 + 17), randomBytes(100_000)];
@@ -64,12 +67,17 @@ t.test("a peer that goes away fails what waits on it and closes the relayed stre
   const waiting = source.expect('received');
   destination.send({ kind: 'failed', message: 'no space' });
   await t.rejects(waiting, /the peer failed: no space/);
-  const next = source.expect('received');
-  right.destroy();
-  await t.rejects(next, /the peer closed the connection before 'received'/);
-  t.ok(source.closed, 'the channel is closed');
-  await t.rejects(source.expect('go'), /closed the connection before 'go'/, 'later waits fail at once');
+  await t.rejects(source.expect('ready'), /the peer failed: no space/, 'every later wait sees the failure');
+  source.close();
   destination.close();
+
+  const [left2, right2] = await socketPair(work);
+  const other = new ChannelMux(left2, { odd: true });
+  const next = other.expect('received');
+  right2.destroy();
+  await t.rejects(next, /the peer closed the connection before 'received'/);
+  t.ok(other.closed, 'the channel is closed');
+  await t.rejects(other.expect('go'), /closed the connection before 'go'/, 'later waits fail at once');
 });
 
 t.test('garbage from the peer closes the channel with a reason', async (t) => {

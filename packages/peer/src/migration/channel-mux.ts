@@ -37,6 +37,8 @@ export class ChannelMux extends EventEmitter<ChannelMuxEvents> {
   /** payload bytes relayed, by stream kind, both directions */
   readonly bytes = new Map<string, number>();
   readonly #kinds = new Map<number, string>();
+  /** control messages that no expect() has taken yet */
+  readonly #inbox: ControlMessage[] = [];
 
   constructor(socket: Duplex, { odd }: { odd: boolean }) {
     super();
@@ -58,15 +60,30 @@ export class ChannelMux extends EventEmitter<ChannelMuxEvents> {
     this.#write(FrameKind.control, 0, Buffer.from(JSON.stringify(message)));
   }
 
-  /** Resolves with the next control message of `kind`; rejects if the peer goes away first or sends `failed`. */
+  /**
+   * Resolves with the first control message of `kind` not yet taken, whether
+   * it came before this call or comes later; rejects if the peer sends
+   * `failed` or goes away first.
+   */
   expect<T extends ControlMessage>(kind: string): Promise<T> {
     return new Promise((resolve, reject) => {
+      const settle = (message: ControlMessage) => {
+        if (message.kind === 'failed') reject(new Error(`the peer failed: ${String(message.message)}`));
+        else resolve(message as T);
+      };
+      // a `failed` stays for every other wait to see
+      const failed = this.#inbox.find((message) => message.kind === 'failed');
+      if (failed) return settle(failed);
+      const waiting = this.#inbox.findIndex((message) => message.kind === kind);
+      if (waiting >= 0) return settle(this.#inbox.splice(waiting, 1)[0]!);
       if (this.#closed) return reject(new Error(`the peer closed the connection before '${kind}'`));
       const onControl = (message: ControlMessage) => {
         if (message.kind !== kind && message.kind !== 'failed') return;
+        const at = this.#inbox.indexOf(message);
+        if (at < 0) return;
+        if (message.kind !== 'failed') this.#inbox.splice(at, 1);
         done();
-        if (message.kind === 'failed') reject(new Error(`the peer failed: ${String(message.message)}`));
-        else resolve(message as T);
+        settle(message);
       };
       const onClose = (error: Error | undefined) => {
         done();
@@ -188,7 +205,10 @@ export class ChannelMux extends EventEmitter<ChannelMuxEvents> {
 
   #onFrame(kind: number, id: number, payload: Buffer): void {
     if (kind === FrameKind.control) {
-      this.emit('control', JSON.parse(payload.toString('utf8')) as ControlMessage);
+      // kept until an expect() takes it: a message may come before anyone waits for it
+      const message = JSON.parse(payload.toString('utf8')) as ControlMessage;
+      this.#inbox.push(message);
+      this.emit('control', message);
     } else if (kind === FrameKind.open) {
       const streamKind = payload.toString('utf8');
       const path = this.#targets.get(streamKind);
