@@ -34,3 +34,5 @@ export type { ListedRun } from './list-runs.ts';
 export { attachToRun } from './attach-client.ts';
 // ark-oci-runtime hands its container's process to the agent as the runner does
 export { connectPackageInput, handOverRun, pumpInput } from './agent-run.ts';
+// ark-peer's migration resumes a package in place as the runner does, then migrates it
+export { OpenPackage } from './package-in-place.ts';
