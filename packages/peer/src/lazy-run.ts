@@ -26,14 +26,18 @@ import {
 } from '@ark/runner';
 import { installedVmm } from '@ark/vmm';
 import { MemoryMount } from './memory-mount.ts';
+import { migrateOut, type IncomingPhase, type MigrationPhase, type MigrationReport, type PackageVm } from './migration/index.ts';
+import { MigrationService, lazyMigrationSource, migrationAddress, takeOverVm } from './migration-service.ts';
 import { connectUpstream, type UpstreamAddress } from './upstream.ts';
 
 export interface LazyRunOptions {
   raddr: UpstreamAddress;
   /** the package's export upstream (default: the only one it serves) */
   exportName?: string | undefined;
-  /** serve the package onward here (undefined: not at all) */
+  /** serve the package onward here (undefined: not at all); a TCP laddr also takes migration requests on its next port */
   laddr?: ListenAddress | undefined;
+  /** take over the VM that the peer at raddr runs (live migration) instead of resuming the package's snapshot */
+  migrate?: boolean | undefined;
   network?: VmNetworkOptions | undefined;
   /** on a stop request: make the package local, then write it here with the VM's state; without it the VM is discarded */
   out?: string | undefined;
@@ -60,6 +64,12 @@ export type PeerEvent =
   | { kind: 'flush-failed'; message: string }
   | { kind: 'discarded' }
   | { kind: 'warning'; message: string }
+  | { kind: 'offering'; address: { host?: string | undefined; port: number } }
+  | { kind: 'migration-out'; phase: MigrationPhase }
+  | { kind: 'migration-in'; phase: IncomingPhase }
+  /** the VM runs at the destination now: this peer ends (exit 0) */
+  | { kind: 'migrated'; report: MigrationReport }
+  | { kind: 'migration-failed'; message: string }
   | PublishedPortEvent;
 
 export interface LazyRunResult {
@@ -97,6 +107,9 @@ export async function runLazy(options: LazyRunOptions): Promise<LazyRunResult> {
   let mount: MemoryMount | undefined;
   let network: VmNetwork | undefined;
   let guest: GuestVm | undefined;
+  let migrated: PackageVm | undefined;
+  let service: MigrationService | undefined;
+  let lazySource: ReturnType<typeof lazyMigrationSource> | undefined;
   try {
     upstream = await connectUpstream(options.raddr, options.exportName, files.cache, onLazy);
     const { lazy } = upstream;
@@ -117,8 +130,10 @@ export async function runLazy(options: LazyRunOptions): Promise<LazyRunResult> {
       () => say({ kind: 'pulled', ms: Date.now() - started }),
       (error: Error) => ending || say({ kind: 'pull-failed', message: error.message }),
     );
-    await lazy.ensureMember('state');
-    pkg.extractMember('state', files.state);
+    if (!options.migrate) {
+      await lazy.ensureMember('state');
+      pkg.extractMember('state', files.state);
+    }
     const exports = lazyPackageExports(lazy, upstream.name);
     const local = new NbdServer({ exports });
     servers.push(local);
@@ -129,34 +144,65 @@ export async function runLazy(options: LazyRunOptions): Promise<LazyRunResult> {
       say({ kind: 'serving', address: await listenOnward(onward, options.laddr), name: upstream.name });
     }
     const memory = pkg.member('memory');
-    mount = await MemoryMount.mount(files.mount, `nbd+unix:///${upstream.name}?socket=${files.socket}`, lazy.size);
-    network = options.network && (await VmNetwork.attach(options.network, say));
-    createDiskOverlay(files.overlay, pkg.member('disk').size);
-    const nbdDisk = (member: string) => ({ socket: files.socket, export: `${upstream!.name}/${member}` });
-    guest = await GuestVm.start({
-      cmdline: config.kernel.cmdline,
-      disks: [
-        { id: 'root', path: files.cache, nbd: nbdDisk('disk'), overlay: files.overlay, serial: rootDiskSerial },
-        ...(pkg.has('runtime') ? [{ id: 'runtime', path: files.cache, nbd: nbdDisk('runtime'), readOnly: true, serial: runtimeDiskSerial }] : []),
-      ],
-      cpus: config.vm.cpus,
-      memoryMiB: config.vm.memoryMiB,
-      memoryImage: { path: mount.file, offset: memory.offset },
-      incoming: 'defer',
-      incomingDeviceState: isDeviceState(files.state),
-      network: network?.device,
-      onStdout: options.onStdout,
-      onStderr: options.onStderr,
-    });
-    const { hookError, features } = await guest.resume(files.state);
-    if (options.stdin) await connectPackageInput(guest, upstream.name, features, options.stdin);
-    if (hookError) say({ kind: 'warning', message: `after-resume: ${hookError}` });
-    say({ kind: 'resumed', ms: Date.now() - started, chunks: lazy.dataChunks, chunksLocal: lazy.dataChunks - lazy.missingChunks, onDemand: { ...onDemand } });
-    network?.announceGateway().catch((error: Error) => say({ kind: 'warning', message: `cannot announce the gateway to the guest (${error.message.trim().split('\n').at(-1)})` }));
+    if (options.laddr && !('path' in options.laddr)) {
+      const address = migrationAddress(options.laddr);
+      service = await MigrationService.listen(address);
+      say({ kind: 'offering', address });
+    }
+    if (options.migrate) {
+      // the source exits at the handover: everything the VM may read must be here by then
+      await Promise.race([lazy.whenComplete(), lazy.pullAll()]);
+      say({ kind: 'pulled', ms: Date.now() - started });
+      network = options.network && (await VmNetwork.attach(options.network, say));
+      migrated = await takeOverVm({ raddr: options.raddr, packagePath: files.cache, network, onStdout: options.onStdout, onStderr: options.onStderr, onPhase: (phase) => say({ kind: 'migration-in', phase }) });
+      guest = migrated.guest;
+      if (options.stdin) await connectPackageInput(guest, upstream.name, undefined, options.stdin);
+    } else {
+      mount = await MemoryMount.mount(files.mount, `nbd+unix:///${upstream.name}?socket=${files.socket}`, lazy.size);
+      network = options.network && (await VmNetwork.attach(options.network, say));
+      createDiskOverlay(files.overlay, pkg.member('disk').size);
+      const nbdDisk = (member: string) => ({ socket: files.socket, export: `${upstream!.name}/${member}` });
+      guest = await GuestVm.start({
+        cmdline: config.kernel.cmdline,
+        disks: [
+          { id: 'root', path: files.cache, nbd: nbdDisk('disk'), overlay: files.overlay, serial: rootDiskSerial },
+          ...(pkg.has('runtime') ? [{ id: 'runtime', path: files.cache, nbd: nbdDisk('runtime'), readOnly: true, serial: runtimeDiskSerial }] : []),
+        ],
+        cpus: config.vm.cpus,
+        memoryMiB: config.vm.memoryMiB,
+        memoryImage: { path: mount.file, offset: memory.offset },
+        incoming: 'defer',
+        incomingDeviceState: isDeviceState(files.state),
+        network: network?.device,
+        onStdout: options.onStdout,
+        onStderr: options.onStderr,
+      });
+      const { hookError, features } = await guest.resume(files.state);
+      if (options.stdin) await connectPackageInput(guest, upstream.name, features, options.stdin);
+      if (hookError) say({ kind: 'warning', message: `after-resume: ${hookError}` });
+      say({ kind: 'resumed', ms: Date.now() - started, chunks: lazy.dataChunks, chunksLocal: lazy.dataChunks - lazy.missingChunks, onDemand: { ...onDemand } });
+      network?.announceGateway().catch((error: Error) => say({ kind: 'warning', message: `cannot announce the gateway to the guest (${error.message.trim().split('\n').at(-1)})` }));
+    }
     const running = guest;
+    // what a flush reads the VM's changes from: its disk overlay, and the file its RAM maps privately
+    const overlay = migrated?.overlay ?? files.overlay;
+    const memoryInode = migrated?.open.inode ?? mount!.inode;
+    const source = migrated ?? (lazySource = lazyMigrationSource(running, pkg.indexDigest, isDeviceState(files.state), network));
     let stop: AbortSignal | Promise<StopSignal> | undefined = options.signal;
     for (;;) {
-      const outcome = await running.nextOutcome(stop);
+      const request = service?.next().then((socket) => ({ kind: 'migrate' as const, socket }));
+      const outcome = await (request ? Promise.race([running.nextOutcome(stop), request]) : running.nextOutcome(stop));
+      if (outcome.kind === 'migrate') {
+        try {
+          const report = await migrateOut(source, outcome.socket, { onPhase: (phase) => say({ kind: 'migration-out', phase }), onWarning: (message) => say({ kind: 'warning', message }) });
+          say({ kind: 'migrated', report });
+          return { exitCode: ExitCode.ok };
+        } catch (error) {
+          // before the handover: the VM runs on here, another request may come
+          say({ kind: 'migration-failed', message: (error as Error).message });
+          continue;
+        }
+      }
       if (outcome.kind === 'exit') {
         if (outcome.exit.startError !== undefined) throw workloadStartError({ ...outcome.exit, startError: outcome.exit.startError });
         await running.waitForExit(15_000);
@@ -187,10 +233,10 @@ export async function runLazy(options: LazyRunOptions): Promise<LazyRunResult> {
           { name: 'ark.json', bytes: Buffer.from(`${JSON.stringify({ ...config, vmm: installedVmm() }, null, 2)}\n`) },
           unchangedMember(files.cache, pkg.member('kernel')),
           unchangedMember(files.cache, pkg.member('initramfs')),
-          { name: 'disk', size: pkg.member('disk').size, ranges: diskRanges(files.overlay, files.cache, pkg.member('disk')) },
+          { name: 'disk', size: pkg.member('disk').size, ranges: diskRanges(overlay, files.cache, pkg.member('disk')) },
           ...(pkg.has('runtime') ? [unchangedMember(files.cache, pkg.member('runtime'))] : []),
           { name: 'state', path: files.state },
-          { name: 'memory', size: memory.size, ranges: memoryRanges(running.vm.process.pid!, mount.inode, files.cache, memory).ranges },
+          { name: 'memory', size: memory.size, ranges: memoryRanges(running.vm.process.pid!, memoryInode, files.cache, memory).ranges },
         ];
         await writePackageInWorker(options.out, sources);
       } catch (error) {
@@ -213,7 +259,10 @@ export async function runLazy(options: LazyRunOptions): Promise<LazyRunResult> {
   } finally {
     // the pull stops with the run: not worth a warning
     ending = true;
-    await guest?.dispose();
+    await service?.close();
+    if (migrated) await migrated.dispose();
+    else await guest?.dispose();
+    await lazySource?.dispose();
     await network?.close();
     await mount?.unmount();
     await Promise.allSettled(servers.map((s) => s.close()));

@@ -15,6 +15,7 @@ interface PeerOptions {
   publish?: unknown[];
   out?: unknown;
   interactive?: boolean;
+  migrate?: boolean;
 }
 
 export async function main(argv: string[]): Promise<void> {
@@ -28,9 +29,11 @@ export async function main(argv: string[]): Promise<void> {
     .option('--publish <spec>', `Publish a guest port on the host, ${publishSyntax} (repeatable; needs --netns)`, { type: [String] })
     .option('--out <file>', 'On Ctrl-C, fetch what is not local yet and write the package with the VM\'s state here (without it Ctrl-C discards the VM)')
     .option('-i, --interactive', "Connect this process's stdin to the workload's stdin")
+    .option('--migrate', 'Take over the VM that the ark-peer at --raddr runs (live migration; it exits 0 once this peer runs it) instead of resuming the package')
     .example('ark-peer --raddr 10.0.0.5:1337')
     .example("ark-peer --raddr 127.0.0.1:1337 --export app --laddr '' --out app.ark")
     .example('ark-peer --raddr 127.0.0.1:1338 --netns ark1 --publish 8080:80')
+    .example("ark-peer --raddr 127.0.0.1:1337 --migrate --laddr 127.0.0.1:1339")
     .action(async (options: PeerOptions) => {
       const plan = peerPlan(options, argv);
       const code = await execute(plan);
@@ -48,11 +51,12 @@ interface PeerPlan {
   network: VmNetworkOptions | undefined;
   out: string | undefined;
   interactive: boolean;
+  migrate: boolean;
 }
 
 /** The command line, checked: every usage error before anything connects. */
 function peerPlan(options: PeerOptions, argv: string[]): PeerPlan {
-  const unexpected = Object.keys(options).find((key) => !['raddr', 'export', 'laddr', 'netns', 'publish', 'out', 'interactive', 'i', '--'].includes(key));
+  const unexpected = Object.keys(options).find((key) => !['raddr', 'export', 'laddr', 'netns', 'publish', 'out', 'interactive', 'i', 'migrate', '--'].includes(key));
   if (unexpected !== undefined) throw usage(`unknown option ${unexpected.length > 1 ? '--' : '-'}${unexpected}`, "run 'ark-peer --help'");
   if ((options as { '--'?: string[] })['--']?.length) throw usage("ark-peer takes no command: a package's workload was started when it was packaged", 'leave out -- COMMAND');
   const raddrText = rawOptionValue(argv, '--raddr') ?? options.raddr;
@@ -65,7 +69,7 @@ function peerPlan(options: PeerOptions, argv: string[]): PeerPlan {
   if (exportText !== undefined && !/^[\w.-]+$/.test(exportText)) throw usage(`--export '${exportText}' is not a package name (letters, digits, '.', '_' and '-')`, 'give the name the upstream serves the whole package under, e.g. app');
   const outText = rawOptionValue(argv, '--out') ?? (options.out === undefined ? undefined : String(options.out));
   const out = outText === undefined ? undefined : checkOutputPath(resolve(outText));
-  return { raddr, exportName: exportText, laddr, network: networkOptions(options), out, interactive: options.interactive === true };
+  return { raddr, exportName: exportText, laddr, network: networkOptions(options), out, interactive: options.interactive === true, migrate: options.migrate === true };
 }
 
 function networkOptions(options: PeerOptions): VmNetworkOptions | undefined {
@@ -153,6 +157,19 @@ function reportEvent(event: PeerEvent, say: (text: string) => void): void {
       say(colour.dim(`ark-peer: published ${describePublished(event)} of ${event.namespace}\n`));
       break;
     case 'warning':
+      say(`${colour.yellow('ark-peer: warning:')} ${event.message}\n`);
+      break;
+    case 'offering':
+      say(colour.dim(`ark-peer: takes migration requests on ${event.address.host ?? '*'}:${event.address.port}\n`));
+      break;
+    case 'migration-out':
+    case 'migration-in':
+      say(colour.dim(`ark-peer: migration ${event.kind === 'migration-out' ? 'out' : 'in'}: ${event.phase}\n`));
+      break;
+    case 'migrated':
+      say(`ark-peer: migrated: the destination runs the VM (total ${event.report.totalMs} ms, downtime ${event.report.downtimeMs} ms, ${formatBytes(event.report.memoryBytes)} memory, ${formatBytes(event.report.diskBytes)} disk)\n`);
+      break;
+    case 'migration-failed':
       say(`${colour.yellow('ark-peer: warning:')} ${event.message}\n`);
       break;
   }

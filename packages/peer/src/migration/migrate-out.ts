@@ -33,6 +33,13 @@ export interface MigrationReport {
   diskBytes: number;
 }
 
+/**
+ * What migrateOut needs of the VM it moves: a PackageVm, or a VM that runs a
+ * package streamed from upstream (ark-peer's lazy run), with the same disk
+ * layout (node 'root': an overlay over the package's disk member).
+ */
+export type MigrationSource = Pick<PackageVm, 'guest' | 'deviceStateStream' | 'publishedPorts' | 'network' | 'releasePorts' | 'adoptPorts'> & { open: { pkg: { indexDigest: string } } };
+
 const mirrorJob = 'migration-mirror';
 const mirrorTarget = 'migration-target';
 
@@ -48,7 +55,7 @@ const mirrorTarget = 'migration-target';
  * of `source`). Rejects with MIGRATION_FAILED if anything fails before the
  * handover: the VM then runs on here as if nothing had happened.
  */
-export async function migrateOut(source: PackageVm, connection: Duplex, options: MigrateOutOptions = {}): Promise<MigrationReport> {
+export async function migrateOut(source: MigrationSource, connection: Duplex, options: MigrateOutOptions = {}): Promise<MigrationReport> {
   const started = Date.now();
   const mux = new ChannelMux(connection, { odd: true });
   const qmp = source.guest.vm.qmp;
@@ -187,7 +194,7 @@ function movedPort(port: PublishedPort): MovedPort {
 }
 
 /** Undoes what a failed migration set up and runs the VM on (the migration's end may have paused it). */
-async function takeBack(source: PackageVm, state: SetUp, onWarning: ((message: string) => void) | undefined): Promise<void> {
+async function takeBack(source: MigrationSource, state: SetUp, onWarning: ((message: string) => void) | undefined): Promise<void> {
   const qmp = source.guest.vm.qmp;
   if (state.migrating) {
     await qmp.execute('migrate_cancel').catch(() => {});
