@@ -77,3 +77,23 @@ t.test('--out that another process is writing: exit 6, nothing connects', async 
   oneClearLine(t, result.stderr, /ark-peer: .*busy\.ark/);
   t.notMatch(result.stderr, /cannot stream/, 'refused before connecting upstream');
 });
+
+t.test('--migrate from an ark-registry (no VM to take over): exit 1, one line that says so', async (t) => {
+  const pkg = join(work, 'snap.ark');
+  writePackage(pkg, [
+    { name: 'ark.json', bytes: Buffer.from('{"kernel":{"cmdline":""},"vm":{"cpus":1,"memoryMiB":1}}') },
+    { name: 'kernel', bytes: Buffer.alloc(4096, 1) },
+    { name: 'initramfs', bytes: Buffer.alloc(4096, 2) },
+    { name: 'disk', bytes: Buffer.alloc(1 << 20) },
+    { name: 'state', bytes: Buffer.alloc(4096, 3) },
+    { name: 'memory', bytes: Buffer.alloc(1 << 20) },
+  ]);
+  const port = await freePort();
+  const registry = startTool('registry', 'ark-registry', [pkg, '--laddr', `127.0.0.1:${port}`, '--workers', '1']);
+  t.teardown(() => registry.kill('SIGINT'));
+  await new Promise<void>((resolve) => registry.stdout!.on('data', (c: Buffer) => c.toString().includes('snap/memory') && resolve()));
+
+  const result = await peer('--raddr', `127.0.0.1:${port}`, '--migrate', '--laddr', '');
+  t.equal(result.code, 1, 'exit 1');
+  oneClearLine(t, result.stderr, new RegExp(`ark-peer: 127\\.0\\.0\\.1:${port} offers no VM to migrate \\(nothing listens on 127\\.0\\.0\\.1:${port + 1}: ECONNREFUSED\\)`));
+});
