@@ -27,7 +27,7 @@ import {
 import { installedVmm } from '@ark/vmm';
 import { MemoryMount } from './memory-mount.ts';
 import { migrateOut, type IncomingPhase, type MigrationPhase, type MigrationReport, type PackageVm } from './migration/index.ts';
-import { MigrationService, lazyMigrationSource, migrationAddress, takeOverVm } from './migration-service.ts';
+import { MigrationService, lazyMigrationSource, migrationAddress, takeOverVm, unmigratable } from './migration-service.ts';
 import { connectUpstream, type UpstreamAddress } from './upstream.ts';
 
 export interface LazyRunOptions {
@@ -193,6 +193,13 @@ export async function runLazy(options: LazyRunOptions): Promise<LazyRunResult> {
       const request = service?.next().then((socket) => ({ kind: 'migrate' as const, socket }));
       const outcome = await (request ? Promise.race([running.nextOutcome(stop), request]) : running.nextOutcome(stop));
       if (outcome.kind === 'migrate') {
+        const refusal = unmigratable(source);
+        if (refusal !== undefined) {
+          // the destination sees the connection end before any hello: its migration fails, nothing moved
+          outcome.socket.destroy();
+          say({ kind: 'migration-failed', message: `a migration request was refused: ${refusal}` });
+          continue;
+        }
         try {
           const report = await migrateOut(source, outcome.socket, { onPhase: (phase) => say({ kind: 'migration-out', phase }), onWarning: (message) => say({ kind: 'warning', message }) });
           say({ kind: 'migrated', report });

@@ -97,6 +97,17 @@ export function lazyMigrationSource(guest: GuestVm, indexDigest: string, deviceS
   };
 }
 
+/**
+ * Why `source` cannot be migrated, if it cannot: a VM resumed from device
+ * state alone (a package flushed by ark-runner or ark-peer) runs with QEMU's
+ * send-configuration=off, and QEMU 10.0 aborts sending such a VM's state
+ * (an assertion in its JSON writer): the VM would be lost, so it is not tried.
+ */
+export function unmigratable(source: MigrationSource): string | undefined {
+  if (!source.deviceStateStream) return undefined;
+  return 'this VM was resumed from device state alone (a package flushed by ark-runner or ark-peer), which QEMU 10.0 cannot migrate (it aborts); it runs on here';
+}
+
 export interface TakeOverOptions {
   /** the source peer's --laddr: its migration requests are taken on the next port */
   raddr: TcpAddress;
