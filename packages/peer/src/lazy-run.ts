@@ -152,7 +152,6 @@ export async function runLazy(options: LazyRunOptions): Promise<LazyRunResult> {
     if (options.migrate) {
       // the source exits at the handover: everything the VM may read must be here by then
       await Promise.race([lazy.whenComplete(), lazy.pullAll()]);
-      say({ kind: 'pulled', ms: Date.now() - started });
       network = options.network && (await VmNetwork.attach(options.network, say));
       migrated = await takeOverVm({ raddr: options.raddr, packagePath: files.cache, network, onStdout: options.onStdout, onStderr: options.onStderr, onPhase: (phase) => say({ kind: 'migration-in', phase }) });
       guest = migrated.guest;
