@@ -56,7 +56,7 @@ async function makePackage(fillMiB: number): Promise<string> {
   return pkg;
 }
 
-async function measure(pkg: string, name: string): Promise<{ lazy: number[]; whole: number[]; download: number[] }> {
+async function measure(pkg: string, name: string): Promise<{ lazy: number[]; whole: number[]; download: number[]; resumed: string[] }> {
   const [command, ...args] = link.exec([process.execPath, toolPath('registry', 'ark-registry'), pkg, '--laddr', `${registryAddress}:1337`, '--workers', '1']);
   const registry = spawn(command!, args, { stdio: ['ignore', 'pipe', 'pipe'] });
   await new Promise<void>((resolve, reject) => {
