@@ -56,7 +56,7 @@ async function makePackage(fillMiB: number): Promise<string> {
   return pkg;
 }
 
-async function measure(pkg: string, name: string): Promise<{ lazy: number[]; whole: number[]; download: number[] }> {
+async function measure(pkg: string, name: string): Promise<{ lazy: number[]; whole: number[]; download: number[]; resumed: string[] }> {
   const [command, ...args] = link.exec([process.execPath, toolPath('registry', 'ark-registry'), pkg, '--laddr', `${registryAddress}:1337`, '--workers', '1']);
   const registry = spawn(command!, args, { stdio: ['ignore', 'pipe', 'pipe'] });
   await new Promise<void>((resolve, reject) => {
@@ -64,15 +64,18 @@ async function measure(pkg: string, name: string): Promise<{ lazy: number[]; who
     registry.stdout!.on('data', (c: Buffer) => (out += c.toString()) && out.includes(`${name}/memory`) && resolve());
     registry.once('exit', (code) => reject(new Error(`ark-registry exited ${code}`)));
   });
-  const figures = { lazy: [] as number[], whole: [] as number[], download: [] as number[] };
+  const figures = { lazy: [] as number[], whole: [] as number[], download: [] as number[], resumed: [] as string[] };
   try {
     for (let round = 0; round < rounds; round++) {
       execFileSync('sync');
       execFileSync('sh', ['-c', 'echo 1 > /proc/sys/vm/drop_caches']);
       const started = Date.now();
       const peer = startTool('peer', 'ark-peer', ['--raddr', `${registryAddress}:1337`, '--laddr', '']);
+      let said = '';
+      peer.stderr!.on('data', (c: Buffer) => (said += c.toString()));
       figures.lazy.push(await firstLine(peer, started));
       await stop(peer);
+      figures.resumed.push(/resumed in .*/.exec(said)?.[0] ?? '');
 
       const copy = join(work, `copy-${name}.ark`);
       const downloadStarted = Date.now();
@@ -101,6 +104,7 @@ try {
     console.log(`\n${fillMiB} MiB filled: package ${(info.fileBytes / MiB).toFixed(0)} MiB, ${(data / MiB).toFixed(0)} MiB of data`);
     console.log(`  ark-peer --raddr (lazy)               median ${String(median(f.lazy)).padStart(7)}   runs ${f.lazy.join(' ')}`);
     console.log(`  nbdcopy whole + ark-runner            median ${String(median(f.whole)).padStart(7)}   runs ${f.whole.join(' ')} (download alone ${f.download.join(' ')})`);
+    for (const line of f.resumed) console.log(`    ark-peer: ${line}`);
     console.log(`  lazy / whole: ${(median(f.lazy) / median(f.whole)).toFixed(3)} (goal ≤ 0.25)`);
   }
   if (fills.length >= 2) {

@@ -3,7 +3,7 @@ import { mkdirSync, rmdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { promisify } from 'node:util';
-import { ArkError, ExitCode } from '@ark/cli';
+import { ArkError, ExitCode, diesWithUs } from '@ark/cli';
 
 const run = promisify(execFile);
 
@@ -31,7 +31,10 @@ export class MemoryMount {
   static async mount(dir: string, uri: string, size: number): Promise<MemoryMount> {
     mkdirSync(dir, { recursive: true });
     const file = join(dir, 'package');
-    const child = spawn('nbdfuse', ['-r', file, uri], { stdio: ['ignore', 'ignore', 'pipe'] });
+    // nbdfuse dies with this process, even by SIGKILL; auto_unmount has fusermount3 take the mount away when
+    // nbdfuse is gone (a stale one a later ark-peer's sweep of dead work directories unmounts)
+    const { command, args } = diesWithUs('nbdfuse', ['-o', 'auto_unmount', '-r', file, uri]);
+    const child = spawn(command, args, { stdio: ['ignore', 'ignore', 'pipe'] });
     let stderr = '';
     child.stderr!.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
     const spawned = new Promise<void>((resolve, reject) => {
@@ -46,6 +49,8 @@ export class MemoryMount {
       await sleep(25);
     }
     await mount.unmount();
+    // setpriv could not run it (exit 127: not on PATH)
+    if (child.exitCode === 127) throw missingNbdfuse();
     throw new ArkError('NBDFUSE_FAILED', `nbdfuse could not show the package's memory as a file: ${stderr.trim() || 'it did not come up within 5 s'}`, {
       hint: 'ark-peer needs FUSE (/dev/fuse, fusermount3) and nbdfuse from libnbd (Debian: apt-get install nbdfuse fuse3)',
       exitCode: ExitCode.failure,
