@@ -42,7 +42,7 @@ export async function migrateIn(connection: Duplex, options: MigrateInOptions): 
   try {
     options.onPhase?.('starting');
     const hello = await Promise.race([mux.expect<Hello & { [key: string]: unknown }>('hello'), abort]);
-    // the source gives its ports up while its VM is paused for the switch-over, before `go`
+    // the source gives its ports up while its VM is paused for the switch-over and says so after `go`
     const released = mux.expect('released');
     released.catch(() => {});
     if (hello.version !== protocolVersion) throw new Error(`the source speaks migration protocol ${hello.version}, this side ${protocolVersion}`);
