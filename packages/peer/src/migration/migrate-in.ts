@@ -69,7 +69,7 @@ export async function migrateIn(connection: Duplex, options: MigrateInOptions): 
     mux.send({ kind: 'ready' });
     // the source's ports, published here once it has given them up (before `go` or after)
     const vmHere = vm;
-    publishing = released.then(() => movePorts(vmHere, hello.ports, options), () => undefined);
+    publishing = hello.ports.length === 0 ? Promise.resolve(false) : released.then(() => movePorts(vmHere, hello.ports, options), () => undefined);
     options.onPhase?.('receiving');
     waitingFor = 'the disk mirror and the migration stream';
     await waitForMigrationStatus(qmp, ['completed'], abort);
