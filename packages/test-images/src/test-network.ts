@@ -50,6 +50,9 @@ export function httpGet(host: string, port: number, timeoutMs = 5000): Promise<s
       response.setEncoding('utf8');
       response.on('data', (chunk: string) => (body += chunk));
       response.on('end', () => resolve(body.trim()));
+      // the connection cut (or timed out) after the headers: the body never ends
+      response.on('error', (error: NodeJS.ErrnoException) => resolve(error.code ?? 'ERROR'));
+      response.on('close', () => resolve(response.complete ? body.trim() : 'CLOSED'));
     });
     request.on('timeout', () => request.destroy(Object.assign(new Error('timeout'), { code: 'TIMEOUT' })));
     request.on('error', (error: NodeJS.ErrnoException) => resolve(error.code ?? 'ERROR'));

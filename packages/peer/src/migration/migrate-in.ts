@@ -1,5 +1,4 @@
 import { randomUUID } from 'node:crypto';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { publishPort } from '@ark/network-setup';
 import { join } from 'node:path';
 import type { Duplex } from 'node:stream';
@@ -39,10 +38,11 @@ export async function migrateIn(connection: Duplex, options: MigrateInOptions): 
   const abort = Promise.race([sourceGone, limit.expired]);
   abort.catch(() => {});
   let vm: PackageVm | undefined;
+  let publishing: Promise<boolean | undefined> | undefined;
   try {
     options.onPhase?.('starting');
     const hello = await Promise.race([mux.expect<Hello & { [key: string]: unknown }>('hello'), abort]);
-    // the source gives its ports up while its VM is paused for the switch-over, before `go`
+    // the source gives its ports up while its VM is paused for the switch-over
     const released = mux.expect('released');
     released.catch(() => {});
     if (hello.version !== protocolVersion) throw new Error(`the source speaks migration protocol ${hello.version}, this side ${protocolVersion}`);
@@ -67,6 +67,9 @@ export async function migrateIn(connection: Duplex, options: MigrateInOptions): 
     mux.accept(streamKinds.disk, disk);
     mux.accept(streamKinds.migration, incoming);
     mux.send({ kind: 'ready' });
+    // the source's ports, published here once it has given them up (before `go` or after)
+    const vmHere = vm;
+    publishing = hello.ports.length === 0 ? Promise.resolve(false) : released.then(() => movePorts(vmHere, hello.ports, options), () => undefined);
     options.onPhase?.('receiving');
     waitingFor = 'the disk mirror and the migration stream';
     await waitForMigrationStatus(qmp, ['completed'], abort);
@@ -88,7 +91,8 @@ export async function migrateIn(connection: Duplex, options: MigrateInOptions): 
     options.onPhase?.('running');
     // the ports and the agent's output, each as soon as it can
     await Promise.all([
-      movePorts(vm, hello.ports, released, options).then((moved) => moved && options.onPhase?.('ports-moved')),
+      // a source gone before it said `released` took its ports with its process: publish them now
+      publishing.then((moved) => moved ?? movePorts(vm!, hello.ports, options)).then((moved) => moved && options.onPhase?.('ports-moved')),
       announceResume(vm, options),
     ]);
     mux.close();
@@ -97,6 +101,8 @@ export async function migrateIn(connection: Duplex, options: MigrateInOptions): 
     limit.clear();
     mux.send({ kind: 'failed', message: (error as Error).message });
     mux.close();
+    // a publication under way is removed with the VM
+    await publishing;
     await vm?.dispose();
     if (error instanceof ArkError) throw error;
     throw new ArkError('MIGRATION_FAILED', `the incoming migration failed before the handover (${(error as Error).message}); the VM runs on at the source`, {
@@ -106,14 +112,9 @@ export async function migrateIn(connection: Duplex, options: MigrateInOptions): 
   }
 }
 
-/**
- * Publishes the source's host ports here once the source has given them up
- * (at once if it is gone: its ports went with its process). A port that
- * cannot be published is reported; the VM runs on.
- */
-async function movePorts(vm: PackageVm, ports: MovedPort[], released: Promise<unknown>, options: MigrateInOptions): Promise<boolean> {
+/** Publishes the source's host ports here. A port that cannot be published is reported; the VM runs on. */
+async function movePorts(vm: PackageVm, ports: MovedPort[], options: MigrateInOptions): Promise<boolean> {
   if (ports.length === 0 || !options.network) return false;
-  await Promise.race([released, sleep(10_000)]).catch(() => {});
   for (const port of ports) {
     try {
       vm.adoptPorts([await publishPort({ namespace: options.network.namespace, ...port })]);

@@ -110,7 +110,8 @@ export async function migrateOut(source: MigrationSource, connection: Duplex, op
     // its host ports are given up meanwhile (on one host the destination can publish them only once free)
     options.onPhase?.('switching-over');
     const ports = source.publishedPorts.map(movedPort);
-    if (ports.length > 0) state.releasedPorts = { ports, done: source.releasePorts() };
+    // the destination publishes them as soon as they are free: its paused VM takes the connections once it runs
+    if (ports.length > 0) state.releasedPorts = { ports, done: source.releasePorts().then(() => mux.send({ kind: 'released' })) };
     const ended = blockJobEvent(qmp, mirrorJob, ['BLOCK_JOB_COMPLETED', 'BLOCK_JOB_CANCELLED']);
     await qmp.execute('block-job-cancel', { device: mirrorJob });
     waitingFor = 'the disk mirror to end';
@@ -131,10 +132,7 @@ export async function migrateOut(source: MigrationSource, connection: Duplex, op
     options.onPhase?.('handed-over');
     const running = mux.expect<Running & { kind: string; [key: string]: unknown }>('running');
     running.catch(() => {});
-    if (state.releasedPorts) {
-      await state.releasedPorts.done;
-      mux.send({ kind: 'released' });
-    }
+    await state.releasedPorts?.done;
     await source.guest.vm.kill();
     const resumed = await Promise.race([running, peerGone]).catch(() => undefined);
     const stopAt = eventTimeMs(await stopped);
@@ -216,14 +214,24 @@ async function takeBack(source: MigrationSource, state: SetUp, onWarning: ((mess
   if (state.releasedPorts && source.network) {
     await state.releasedPorts.done;
     for (const port of state.releasedPorts.ports) {
-      try {
-        source.adoptPorts([await publishPort({ namespace: source.network.namespace, ...port })]);
-      } catch (error) {
-        // the VM runs on, unreachable on this port
-        onWarning?.(`cannot publish ${port.hostAddress}:${port.hostPort} again: ${(error as Error).message}`);
+      // the destination may still hold the port until its process has let go of it
+      for (let attempt = 1; ; attempt++) {
+        try {
+          source.adoptPorts([await publishPort({ namespace: source.network.namespace, ...port })]);
+          break;
+        } catch (error) {
+          if (attempt < 20) {
+            await sleep(250);
+            continue;
+          }
+          // the VM runs on, unreachable on this port
+          onWarning?.(`cannot publish ${port.hostAddress}:${port.hostPort} again: ${(error as Error).message}`);
+          break;
+        }
       }
     }
   }
+
   if (state.outputHeld) {
     await source.guest.agent.request({ kind: 'cancel-suspend', hostTimeMs: Date.now() }, 60_000).catch(() => {});
     source.guest.agent.releaseStdin();

@@ -10,7 +10,10 @@
  *   destination → source  received  the whole state is in the destination's QEMU (paused)
  *   source → destination  go        the handover: the destination runs the VM
  *   destination → source  running   when it ran (for the downtime)
- *   source → destination  released  the source gave up its published host ports: the destination publishes them
+ *   source → destination  released  (during the switch-over, before or after go) the source gave up its
+ *                                   published host ports: the destination publishes them, its paused VM
+ *                                   takes the connections once it runs; if the migration fails, the
+ *                                   destination drops them and the source publishes them again
  *   either                failed    why it gave up (then it closes the connection)
  */
 export const protocolVersion = 1;
