@@ -3,7 +3,8 @@
 // (`--migrate`) takes A's running VM over, and A exits 0; peer C takes it from
 // B, and B exits 0. One count, no number lost or repeated, across A, B and C;
 // C (`--laddr ''`, the chain's end) runs until Ctrl-C, which writes its state
-// to --out, and ark-runner resumes that package where C left off.
+// to --out, and ark-runner resumes that package where C left off. A VM resumed
+// from that flushed package (device state alone) is refused a migration and runs on.
 // Two VMs at a time (a migration's source and destination): run under /work/vm-slot.
 import { type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -12,7 +13,7 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import t from 'tap';
 import { ArkPackage } from '@ark/package-format';
-import { finished, freePort, startTool } from '@ark/test-images';
+import { finished, freePort, runTool, startTool } from '@ark/test-images';
 import { counterPackage, counts, firstGap } from './migration-harness.ts';
 
 const work = mkdtempSync(join(tmpdir(), 'arki-peer-migration-'));
@@ -64,7 +65,7 @@ async function isFree(port: number): Promise<boolean> {
   });
 }
 
-t.test('registry → A (stream, resume) → B (--migrate) → C (--migrate): one count, A and B exit 0, C flushes on Ctrl-C', async (t) => {
+t.test('registry → A (stream, resume) → B (--migrate) → C (--migrate): one count, A and B exit 0, C flushes on Ctrl-C; the flushed package's VM is not migrated', async (t) => {
   const registryPort = await freePort();
   const registry = start('ark-registry', 'registry', [pkg, '--laddr', `127.0.0.1:${registryPort}`, '--workers', '1']);
   t.teardown(async () => {
@@ -114,4 +115,25 @@ t.test('registry → A (stream, resume) → B (--migrate) → C (--migrate): one
   runner.child.kill('SIGINT');
   await runner.done;
   t.equal(counts(runner.stdout())[0], counts(c.stdout()).at(-1)! + 1, 'ark-runner resumes C\'s package where C left off');
+
+  // that package holds device state alone: QEMU 10.0 aborts migrating a VM resumed from it, so the request is refused
+  const flushedPort = await freePort();
+  const flushedRegistry = start('ark-registry', 'registry', [out, '--laddr', `127.0.0.1:${flushedPort}`, '--workers', '1']);
+  t.teardown(async () => {
+    flushedRegistry.child.kill('SIGINT');
+    await flushedRegistry.done;
+  });
+  await waitFor(flushedRegistry, /from-c\/memory/, 30_000);
+  const portD = await laddrPair();
+  const d = start('ark-peer', 'peer', ['--raddr', `127.0.0.1:${flushedPort}`, '--laddr', `127.0.0.1:${portD}`]);
+  await waitFor(d, /ark-peer: resumed in/, 180_000);
+  const e = await runTool('peer', 'ark-peer', ['--raddr', `127.0.0.1:${portD}`, '--migrate', '--laddr', '']);
+  t.equal(e.code, 1, `the destination fails (exit 1): ${e.stderr.trim().split('\n').at(-2)}`);
+  t.match(e.stderr, /the incoming migration failed before the handover/);
+  await waitFor(d, /a migration request was refused: this VM was resumed from device state alone/, 10_000);
+  const before = counts(d.stdout()).length;
+  for (const until = Date.now() + 60_000; counts(d.stdout()).length < before + 3 && Date.now() < until; ) await sleep(200);
+  t.ok(counts(d.stdout()).length >= before + 3, 'the VM runs on at the source');
+  d.child.kill('SIGTERM');
+  t.equal((await d.done).code, 143, 'SIGTERM without --out discards it: exit 143');
 });
