@@ -65,7 +65,7 @@ async function isFree(port: number): Promise<boolean> {
   });
 }
 
-t.test('registry → A (stream, resume) → B (--migrate) → C (--migrate): one count, A and B exit 0, C flushes on Ctrl-C; the flushed package's VM is not migrated', async (t) => {
+t.test('registry → A (stream, resume) → B (--migrate) → C (--migrate): one count, A and B exit 0, C flushes on Ctrl-C; a VM from the flushed package is not migrated', async (t) => {
   const registryPort = await freePort();
   const registry = start('ark-registry', 'registry', [pkg, '--laddr', `127.0.0.1:${registryPort}`, '--workers', '1']);
   t.teardown(async () => {
