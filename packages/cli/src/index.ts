@@ -8,6 +8,8 @@ export { colour, wantsColour } from './terminal.ts';
 export { stopSignals, stoppedExitCode, whenStopped } from './stop-signals.ts';
 export type { StopRequests, StopSignal } from './stop-signals.ts';
 export { createOwnedDir, removeStaleEntries } from './owned-dir.ts';
+export { unmountUnder } from './stale-mounts.ts';
+export { diesWithUs } from './dies-with-us.ts';
 export { printable } from './printable.ts';
 export { lockPackage, processStartTime } from './path-lock.ts';
 export type { PackageLock } from './path-lock.ts';

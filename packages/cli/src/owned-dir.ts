@@ -1,10 +1,11 @@
 import { mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
+import { unmountUnder } from './stale-mounts.ts';
 
 /**
  * A private directory `parent/<prefix><pid>-XXXXXX`. Entries named with any of
  * `stalePrefixes` followed by the pid of a process that is gone (one killed by
- * SIGKILL could not clean up) are removed first.
+ * SIGKILL could not clean up) are removed first, mounts left in them too.
  */
 export function createOwnedDir(parent: string, prefix: string, stalePrefixes: string[] = [prefix]): string {
   removeStaleEntries(parent, stalePrefixes);
@@ -17,7 +18,13 @@ export function removeStaleEntries(parent: string, prefixes: string[]): void {
     const stale = prefixes.find((p) => entry.startsWith(p));
     if (stale === undefined) continue;
     const pid = Number(/^(\d+)(?:-|$)/.exec(entry.slice(stale.length))?.[1]);
-    if (Number.isInteger(pid) && pid !== process.pid && !isAlive(pid)) rmSync(join(parent, entry), { recursive: true, force: true });
+    if (!Number.isInteger(pid) || pid === process.pid || isAlive(pid)) continue;
+    unmountUnder(join(parent, entry));
+    try {
+      rmSync(join(parent, entry), { recursive: true, force: true });
+    } catch {
+      // still in use (a mount that would not go): a later sweep takes it; it must not stop this run
+    }
   }
 }
 

@@ -11,3 +11,6 @@ export type { MemberSource, WritePackageOptions } from './package-writer.ts';
 export { ArkPackage, memberDigest } from './package-reader.ts';
 export { CorruptChunkError, VerifiedMemberReader } from './verified-member-reader.ts';
 export type { MemberRange, RangesSource } from './member-ranges.ts';
+export { LazyPackage, lazyChunkBytes } from './lazy-package.ts';
+export type { LazyPackageEvent, LazyPackageOptions, RangeFetcher } from './lazy-package.ts';
+export { lazyPackageExports } from './lazy-package-exports.ts';

@@ -4,7 +4,13 @@ export { checkHostname, effectiveRunSpec, environmentOptions, givenOverrides } f
 export type { RunOverrides } from './run-overrides.ts';
 export { defaultStopTimeoutMs, runBlueprint } from './run-blueprint.ts';
 export type { RunEvent, RunOptions, RunResult, TerminalOptions } from './run-blueprint.ts';
-export { runPackage, sparseCopy } from './run-package.ts';
+export { checkSnapshot, runPackage, sparseCopy } from './run-package.ts';
+// ark-peer runs a streamed package as the runner runs a local one, and flushes it the same way
+export { createDiskOverlay } from './package-in-place.ts';
+export { diskRanges } from './disk-changes.ts';
+export { memoryRanges } from './guest-memory-changes.ts';
+export { unchangedMember } from './unchanged-range.ts';
+export { isDeviceState } from './device-state.ts';
 export type { PackageRunEvent, RunPackageOptions } from './run-package.ts';
 export type { PackageConfig } from './package-config.ts';
 export { lockPackage, processStartTime } from '@ark/cli';
@@ -27,4 +33,6 @@ export { formatRunTable, formatUptime, listRuns } from './list-runs.ts';
 export type { ListedRun } from './list-runs.ts';
 export { attachToRun } from './attach-client.ts';
 // ark-oci-runtime hands its container's process to the agent as the runner does
-export { handOverRun, pumpInput } from './agent-run.ts';
+export { connectPackageInput, handOverRun, pumpInput } from './agent-run.ts';
+// ark-peer's migration resumes a package in place as the runner does, then migrates it
+export { OpenPackage } from './package-in-place.ts';

@@ -294,7 +294,7 @@ function refuseOverrides(path: string, options: RunPackageOptions): void {
  * loads only into a compatible QEMU), its VM shape (--cpus, --memory), its
  * network device and its nameservers.
  */
-function checkSnapshot(path: string, config: PackageConfig, options: RunPackageOptions): void {
+export function checkSnapshot(path: string, config: PackageConfig, options: Pick<RunPackageOptions, 'cpus' | 'memoryMiB' | 'network'>): void {
   if (config.vmm) {
     const here = installedVmm();
     if (!vmmCompatible(config.vmm, here)) {

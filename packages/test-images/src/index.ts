@@ -14,3 +14,5 @@ export { buildBlueprint } from './build-blueprint.ts';
 export { TestPodman } from './podman-sandbox.ts';
 export type { PodmanResult } from './podman-sandbox.ts';
 export { sparseFile } from './sparse-file.ts';
+export { shapedLink } from './shaped-link.ts';
+export type { ShapedLink } from './shaped-link.ts';

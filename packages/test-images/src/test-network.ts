@@ -42,14 +42,17 @@ export async function gatewayServer(namespace: string, reply: string): Promise<C
   return child;
 }
 
-/** GET / over a fresh connection: the body, or the error code. */
-export function httpGet(host: string, port: number): Promise<string> {
+/** GET / over a fresh connection, given up after `timeoutMs`: the body, or the error code. */
+export function httpGet(host: string, port: number, timeoutMs = 5000): Promise<string> {
   return new Promise((resolve) => {
-    const request = get({ host, port, path: '/', agent: false, timeout: 5000 }, (response) => {
+    const request = get({ host, port, path: '/', agent: false, timeout: timeoutMs }, (response) => {
       let body = '';
       response.setEncoding('utf8');
       response.on('data', (chunk: string) => (body += chunk));
       response.on('end', () => resolve(body.trim()));
+      // the connection cut (or timed out) after the headers: the body never ends
+      response.on('error', (error: NodeJS.ErrnoException) => resolve(error.code ?? 'ERROR'));
+      response.on('close', () => resolve(response.complete ? body.trim() : 'CLOSED'));
     });
     request.on('timeout', () => request.destroy(Object.assign(new Error('timeout'), { code: 'TIMEOUT' })));
     request.on('error', (error: NodeJS.ErrnoException) => resolve(error.code ?? 'ERROR'));

@@ -2,7 +2,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { ArkError, ExitCode } from '@ark/cli';
+import { ArkError, ExitCode, diesWithUs } from '@ark/cli';
 import { tcgClockArguments } from './guest-clock.ts';
 import { QmpClient } from './qmp-client.ts';
 import { qemuBinary } from './qemu-version.ts';
@@ -39,8 +39,7 @@ export class QemuVm {
       });
     }
     const args = qemuArguments(spec);
-    let command = 'setpriv';
-    let argv = ['--pdeathsig', 'KILL', '--', qemu, ...args];
+    let { command, args: argv } = diesWithUs(qemu, args);
     if (spec.network) {
       argv = ['netns', 'exec', spec.network.namespace, command, ...argv];
       command = 'ip';

@@ -44,6 +44,13 @@ t.test('a disk on an NBD export over a Unix socket, under a qcow2 overlay; read-
   t.throws(() => qemuArguments({ ...base, disks: [{ id: 'd', path: '/pkg', nbd, slice: { offset: 0, size: 4096 }, readOnly: true }] }), /not a slice/);
 });
 
+t.test('a disk whose base is an NBD export (streamed), under a qcow2 overlay', async (t) => {
+  const args = qemuArguments({ ...base, disks: [{ id: 'root', path: '/unused', nbd: { socket: '/w/nbd.sock', export: 'app/disk' }, overlay: '/w/disk.qcow2' }] });
+  const [root] = value(args, '-blockdev').map((json) => JSON.parse(json));
+  t.match(root, { driver: 'qcow2', file: { filename: '/w/disk.qcow2' }, backing: { driver: 'raw', 'read-only': true, file: { driver: 'nbd', server: { type: 'unix', path: '/w/nbd.sock' }, export: 'app/disk', 'read-only': true } } });
+  t.notMatch(args.join(' '), /\/unused/, 'path is not used');
+});
+
 t.test('device state alone is loaded without a configuration section', async (t) => {
   t.same(value(qemuArguments({ ...base, incoming: 'defer', incomingDeviceState: true }), '-global'), ['migration.send-configuration=off']);
   t.same(value(qemuArguments({ ...base, incoming: 'defer' }), '-global'), []);
