@@ -225,7 +225,10 @@ class ContainerShim {
     const agent = this.#guest.agent;
     const execId = randomUUID();
     let exited = false;
-    const onMessage = (message: AgentMessage) => {
+    // a quick process's output and exit can come before the agent's reply to the exec: they wait for our `ok`
+    let started = false;
+    const early: AgentMessage[] = [];
+    const deliver = (message: AgentMessage) => {
       if (message.kind === 'exec-output' && message.execId === execId) send({ stream: message.stream, data: message.data });
       if (message.kind === 'exec-exit' && message.execId === execId) {
         exited = true;
@@ -233,6 +236,7 @@ class ContainerShim {
         socket.end(`${JSON.stringify({ exit: message.code } satisfies ExecEvent)}\n`);
       }
     };
+    const onMessage = (message: AgentMessage) => (started ? deliver(message) : early.push(message));
     agent.on('message', onMessage);
     const { process: p, stdin, tty } = request;
     const reply = await agent.request({ kind: 'exec', execId, spec: { entrypoint: p.args, cmd: [], env: p.env, workingDir: p.cwd, user: p.user }, stdin, ...(tty ? { tty } : {}) }).catch((error: Error) => ({ ok: false as const, error: error.message }));
@@ -242,6 +246,8 @@ class ContainerShim {
       return;
     }
     send({ ok: true });
+    started = true;
+    for (const message of early.splice(0)) deliver(message);
     let received = '';
     const takeLines = (chunk: string) => {
       received += chunk;

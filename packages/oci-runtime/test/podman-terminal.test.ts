@@ -84,7 +84,7 @@ t.test('exec -it: a second terminal in the same VM', async (t) => {
   t.pass('the exec runs in the container\'s VM');
   await checkShell(t, 'exec', 5);
   const after = await podman.run(['exec', name, 'echo', 'still-up']);
-  t.equal(after.stdout, 'still-up\n', 'the container runs on after its terminal exec ended');
+  t.equal(after.stdout, 'still-up\n', `the container runs on after its terminal exec ended (exit ${after.code}: ${after.stderr.trim()})`);
   t.equal((await podman.run(['rm', '-f', '-t', '0', name])).code, 0);
 });
 
