@@ -24,7 +24,8 @@ const layout = join(work, 'oci');
 await writeOciLayout(layout, {
   tag: 'reader',
   layers: [{ entries: [...baseEntries(), { name: 'data', type: 'directory' }, { name: 'data/blob', content: blob }] }],
-  config: { Entrypoint: ['/bin/sh', '-c'], Cmd: ['echo up; while read x; do echo "reading $x"; sha256sum /data/blob; done; sleep 100000'], Env: ['PATH=/usr/bin:/bin'] },
+  // the pause after "reading": that line must reach the host before the read stops the VM (under load it did not)
+  config: { Entrypoint: ['/bin/sh', '-c'], Cmd: ['echo up; while read x; do echo "reading $x"; sleep 2; sha256sum /data/blob; done; sleep 100000'], Env: ['PATH=/usr/bin:/bin'] },
 });
 const blueprint = join(work, 'reader');
 const built = await runTool('builder', 'ark-builder', [`oci:${layout}:reader`, blueprint]);
