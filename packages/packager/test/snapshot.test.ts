@@ -117,7 +117,7 @@ t.test('when the workload exits, the runner exits with its code and the package 
   const exiter = await counterPackage(work, 25);
   const before = sha256File(exiter.pkg);
   const result = await runTool('runner', 'ark-runner', [exiter.pkg]);
-  t.equal(result.code, 7);
+  t.equal(result.code, 7, `the workload's exit code (stderr: ${result.stderr})`);
   t.equal(counts(result.stdout).at(-1), 25);
   t.equal(counts(result.stdout)[0], exiter.packagerCounts.at(-1)! + 1);
   t.equal(sha256File(exiter.pkg), before);
