@@ -12,7 +12,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { ArkPackage, dataExtents } from '@ark/package-format';
-import { finished, shapedLink, shellImage, startTool, toolPath, writeOciLayout } from '@ark/test-images';
+import { finished, shapedLink, startTool, toolPath } from '@ark/test-images';
+import { makeFillPackage } from './fill-package.ts';
 
 const { values } = parseArgs({ options: { rounds: { type: 'string', default: '2' }, fill: { type: 'string', default: '400,1536' }, rate: { type: 'string', default: '200' }, memory: { type: 'string', default: '1900' } } });
 const rounds = Number(values.rounds);
@@ -24,13 +25,6 @@ const work = mkdtempSync(join(tmpdir(), 'arkp-bench-peer-'));
 const link = shapedLink('arkpbench', Number(values.rate), 200 + (process.pid % 50));
 const registryAddress = link.innerAddress;
 
-function fillImage(fillMiB: number) {
-  return shellImage(
-    `mkdir -p /fill && busybox mount -t tmpfs -o size=${fillMiB + 64}m fill /fill && busybox yes 0123456789abcdef | head -c ${fillMiB * MiB} > /fill/data && touch /fill/done; ` +
-      'i=0; while true; do i=$((i+1)); echo "$i"; sleep 0.2; done',
-    `fill-${fillMiB}`,
-  );
-}
 
 function firstLine(child: ChildProcess, started: number): Promise<number> {
   return new Promise((resolve, reject) => {
@@ -46,14 +40,7 @@ async function stop(child: ChildProcess): Promise<void> {
 }
 
 async function makePackage(fillMiB: number): Promise<string> {
-  const layout = join(work, `oci-${fillMiB}`);
-  const spec = fillImage(fillMiB);
-  await writeOciLayout(layout, spec);
-  const blueprint = join(work, `fill-${fillMiB}`);
-  execFileSync(process.execPath, [toolPath('builder', 'ark-builder'), `oci:${layout}:${spec.tag}`, blueprint, '--ready-cmd', 'test -e /fill/done'], { stdio: 'ignore' });
-  const pkg = join(work, `fill-${fillMiB}.ark`);
-  execFileSync(process.execPath, [toolPath('packager', 'ark-packager'), blueprint, pkg, '--memory', String(memoryMiB), '--liveness-timeout', '900'], { stdio: 'ignore' });
-  return pkg;
+  return (await makeFillPackage(work, fillMiB, memoryMiB, 900)).pkg;
 }
 
 async function measure(pkg: string, name: string): Promise<{ lazy: number[]; whole: number[]; download: number[]; resumed: string[] }> {

@@ -6,12 +6,13 @@
 // and the host memory a running VM costs beyond its guest RAM. Both packages
 // are made first, then each round runs both, one after the other.
 // Usage: node bench/snapshot.ts [rounds=3]
-import { execFileSync, type ChildProcess } from 'node:child_process';
+import { type ChildProcess } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ArkPackage, dataExtents, ensurePackageVerified } from '@ark/package-format';
-import { finished, qemuUnder, shellImage, startTool, toolPath, writeOciLayout } from '@ark/test-images';
+import { finished, qemuUnder, startTool } from '@ark/test-images';
+import { makeFillPackage } from './fill-package.ts';
 
 const rounds = Number(process.argv[2] ?? 3);
 const work = mkdtempSync(join(tmpdir(), 'ark-bench-snapshot-'));
@@ -20,14 +21,6 @@ const memoryMiB = 1900;
 const MiB = 2 ** 20;
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
 
-/** Fills a tmpfs with `fillMiB` MiB of non-zero data (guest memory), then counts every 200 ms. */
-function fillImage(fillMiB: number) {
-  return shellImage(
-    `mkdir -p /fill && busybox mount -t tmpfs -o size=${fillMiB + 64}m fill /fill && busybox yes 0123456789abcdef | head -c ${fillMiB * MiB} > /fill/data && touch /fill/done; ` +
-      'i=0; while true; do i=$((i+1)); echo "$i"; sleep 0.2; done',
-    `fill-${fillMiB}`,
-  );
-}
 
 function firstLine(child: ChildProcess): Promise<number> {
   const started = Date.now();
@@ -72,15 +65,8 @@ interface Figures {
   memory: Array<ReturnType<typeof memoryUse>>;
 }
 
-async function makePackage(fillMiB: number): Promise<{ blueprint: string; pkg: string }> {
-  const layout = join(work, `oci-${fillMiB}`);
-  const spec = fillImage(fillMiB);
-  await writeOciLayout(layout, spec);
-  const blueprint = join(work, `fill-${fillMiB}`);
-  execFileSync(process.execPath, [toolPath('builder', 'ark-builder'), `oci:${layout}:${spec.tag}`, blueprint, '--ready-cmd', 'test -e /fill/done'], { stdio: 'ignore' });
-  const pkg = join(work, `fill-${fillMiB}.ark`);
-  execFileSync(process.execPath, [toolPath('packager', 'ark-packager'), blueprint, pkg, '--memory', String(memoryMiB), '--liveness-timeout', '600'], { stdio: 'ignore' });
-  return { blueprint, pkg };
+function makePackage(fillMiB: number): Promise<{ blueprint: string; pkg: string }> {
+  return makeFillPackage(work, fillMiB, memoryMiB, 600);
 }
 
 /** One round for one package: the checks an untrusted copy would need, a cold boot, a resume and a flush. */
