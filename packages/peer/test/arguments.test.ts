@@ -23,6 +23,16 @@ function oneClearLine(t: Test, stderr: string, pattern: RegExp): void {
   t.notMatch(stderr, /internal error/i);
 }
 
+
+/** Serves `pkg` with ark-registry on a free loopback port (stopped at the test's end); resolves with the port once `lastExport` is listed. */
+async function serveOnRegistry(t: { teardown(fn: () => void): void }, pkg: string, lastExport: string): Promise<number> {
+  const port = await freePort();
+  const registry = startTool('registry', 'ark-registry', [pkg, '--laddr', `127.0.0.1:${port}`, '--workers', '1']);
+  t.teardown(() => registry.kill('SIGINT'));
+  await new Promise<void>((resolve) => registry.stdout!.on('data', (c: Buffer) => c.toString().includes(lastExport) && resolve()));
+  return port;
+}
+
 t.test('usage errors exit 2', async (t) => {
   const cases: Array<[string[], RegExp]> = [
     [[], /ark-peer: missing --raddr HOST:PORT/],
@@ -57,10 +67,7 @@ t.test('a package the upstream does not serve, or one without a snapshot', async
     { name: 'initramfs', bytes: Buffer.alloc(4096, 2) },
     { name: 'disk', bytes: Buffer.alloc(1 << 20) },
   ]);
-  const port = await freePort();
-  const registry = startTool('registry', 'ark-registry', [pkg, '--laddr', `127.0.0.1:${port}`, '--workers', '1']);
-  t.teardown(() => registry.kill('SIGINT'));
-  await new Promise<void>((resolve) => registry.stdout!.on('data', (c: Buffer) => c.toString().includes('nosnap/disk') && resolve()));
+  const port = await serveOnRegistry(t, pkg, 'nosnap/disk');
 
   const missing = await peer('--raddr', `127.0.0.1:${port}`, '--export', 'other', '--laddr', '');
   t.equal(missing.code, 2, 'no such export: exit 2');
@@ -92,10 +99,7 @@ t.test('--laddr taken: exit 2 (LADDR_IN_USE) before any VM, and the work directo
     { name: 'state', bytes: Buffer.alloc(4096, 3) },
     { name: 'memory', bytes: Buffer.alloc(1 << 20, 4) },
   ]);
-  const port = await freePort();
-  const registry = startTool('registry', 'ark-registry', [pkg, '--laddr', `127.0.0.1:${port}`, '--workers', '1']);
-  t.teardown(() => registry.kill('SIGINT'));
-  await new Promise<void>((resolve) => registry.stdout!.on('data', (c: Buffer) => c.toString().includes('snap/memory') && resolve()));
+  const port = await serveOnRegistry(t, pkg, 'snap/memory');
   const taken = createServer();
   await new Promise<void>((resolve) => taken.listen(0, '127.0.0.1', resolve));
   t.teardown(() => taken.close());
@@ -148,10 +152,7 @@ t.test('--migrate from an ark-registry (no VM to take over): exit 1, one line th
     { name: 'state', bytes: Buffer.alloc(4096, 3) },
     { name: 'memory', bytes: Buffer.alloc(1 << 20) },
   ]);
-  const port = await freePort();
-  const registry = startTool('registry', 'ark-registry', [pkg, '--laddr', `127.0.0.1:${port}`, '--workers', '1']);
-  t.teardown(() => registry.kill('SIGINT'));
-  await new Promise<void>((resolve) => registry.stdout!.on('data', (c: Buffer) => c.toString().includes('migrate-snap/memory') && resolve()));
+  const port = await serveOnRegistry(t, pkg, 'migrate-snap/memory');
 
   const result = await peer('--raddr', `127.0.0.1:${port}`, '--migrate', '--laddr', '');
   t.equal(result.code, 1, 'exit 1');
